@@ -1,0 +1,403 @@
+"""Run a real Mongrel2 in the foreground for tests, benchmarks and demos.
+
+Mongrel2 is configured through ``m2sh`` and a sqlite database, daemonizes and
+chroots by default, and has no "reload config" any more. This module hides all
+of that: it writes an ``m2.conf`` without chroot and with daemonizing off, loads
+it, runs ``mongrel2`` as a child process that only ever gets signalled by its
+own PID, and waits until the HTTP port really accepts connections.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+__all__ = ["HandlerSpec", "Mongrel2", "Mongrel2Error", "free_port"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTENT_LENGTH: Final = 20480
+_SPEC_CHARS: Final = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/*@+=,~%"
+)
+
+
+class Mongrel2Error(RuntimeError):
+    """Mongrel2 could not be configured or started."""
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago.
+
+    The kernel picks it (bind to port 0), so parallel test runs do not collide on
+    a fixed number; the small race until the real server binds it is accepted.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class HandlerSpec:
+    """One Mongrel2 handler route; empty specs are filled with free loopback ports."""
+
+    route: str = "/"
+    send_spec: str = ""
+    recv_spec: str = ""
+    send_ident: str = field(default_factory=lambda: str(uuid.uuid4()))
+    protocol: str = "tnetstring"
+
+
+# PIDs of every Mongrel2 this process started and has not reaped yet, so that an
+# interpreter exit (test failure, Ctrl-C, forgotten stop()) never leaks a server.
+_LIVE: dict[int, subprocess.Popen[bytes]] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def _kill_leftovers() -> None:
+    """atexit safety net: stop every still-running Mongrel2 we started, by PID."""
+    with _LIVE_LOCK:
+        procs = list(_LIVE.values())
+        _LIVE.clear()
+    for proc in procs:
+        _terminate(proc, grace=2.0)
+
+
+atexit.register(_kill_leftovers)
+
+
+def _terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGINT (Mongrel2's clean shutdown) to this PID, then SIGKILL after ``grace``."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=grace)
+        return
+    except subprocess.TimeoutExpired:
+        log.warning("mongrel2 pid %s ignored SIGINT for %ss, killing it", proc.pid, grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def _die_with_parent() -> None:
+    """Child-side hook: ask Linux to SIGKILL Mongrel2 if our process dies hard."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: atexit remains the safety net
+        pass
+
+
+def _conf_string(value: str) -> str:
+    """Quote ``value`` for m2sh's config language, which has no escape sequences."""
+    if '"' in value or "\\" in value or "\n" in value:
+        raise Mongrel2Error(f"value not representable in m2.conf: {value!r}")
+    return f'"{value}"'
+
+
+def _conf_value(value: object) -> str:
+    """Render a setting value: m2sh knows integers and strings only."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    return _conf_string(str(value))
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    """Last lines of a log file, for error messages; empty if unreadable."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class Mongrel2:
+    """A foreground Mongrel2 in ``workdir``, owned and stopped by PID.
+
+    Use it as a context manager (``with Mongrel2(tmp_path) as m2:``) or call
+    :meth:`start` and :meth:`stop`; stop is idempotent and always runs on exit.
+    """
+
+    server_uuid: Final = "f400bf85-4538-4f7a-8908-67e313d515c2"
+
+    def __init__(
+        self,
+        workdir: Path,
+        handlers: list[HandlerSpec] | None = None,
+        settings: dict[str, object] | None = None,
+        port: int | None = None,
+        *,
+        startup_timeout: float = 10.0,
+    ) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.startup_timeout = startup_timeout
+        taken: set[int] = set()
+        self.port = port if port is not None else self._pick_port(taken)
+        taken.add(self.port)
+        self.handlers = [self._resolve(spec, taken) for spec in (handlers or [HandlerSpec()])]
+        routes = [spec.route for spec in self.handlers]
+        if len(set(routes)) != len(routes):
+            raise Mongrel2Error(f"duplicate handler routes: {routes}")
+        self.settings: dict[str, object] = {
+            "server.daemonize": 0,
+            "limits.content_length": DEFAULT_CONTENT_LENGTH,
+            "upload.temp_store": str(self.workdir / "tmp" / "upload.XXXXXX"),
+        }
+        self.settings.update(settings or {})
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    # -- configuration -------------------------------------------------------
+
+    @staticmethod
+    def _pick_port(taken: set[int]) -> int:
+        """A free port not already handed to this instance (the kernel may repeat)."""
+        for _ in range(50):
+            candidate = free_port()
+            if candidate not in taken:
+                return candidate
+        raise Mongrel2Error("could not find a free TCP port")
+
+    def _resolve(self, spec: HandlerSpec, taken: set[int]) -> HandlerSpec:
+        """Copy ``spec`` with empty send/recv specs replaced by free loopback ports."""
+        specs: dict[str, str] = {}
+        for name in ("send_spec", "recv_spec"):
+            value: str = getattr(spec, name)
+            if not value:
+                chosen = self._pick_port(taken)
+                taken.add(chosen)
+                value = f"tcp://127.0.0.1:{chosen}"
+            specs[name] = value
+        if spec.protocol not in ("tnetstring", "json"):
+            raise Mongrel2Error(f"unknown handler protocol {spec.protocol!r}")
+        return dataclasses.replace(spec, **specs)
+
+    @property
+    def handler(self) -> HandlerSpec:
+        """The first handler: most tests configure exactly one."""
+        return self.handlers[0]
+
+    @property
+    def url(self) -> str:
+        """Base URL of the HTTP listener, without trailing slash."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def conf_path(self) -> Path:
+        """The m2sh source config written by :meth:`write_config`."""
+        return self.workdir / "m2.conf"
+
+    @property
+    def db_path(self) -> Path:
+        """The sqlite config database Mongrel2 actually reads."""
+        return self.workdir / "config.sqlite"
+
+    @property
+    def upload_dir(self) -> Path:
+        """Directory of ``upload.temp_store``, where Mongrel2 writes big bodies."""
+        return Path(str(self.settings["upload.temp_store"])).parent
+
+    @property
+    def error_log(self) -> Path:
+        """Mongrel2's own error log (most startup failures end up here)."""
+        return self.workdir / "logs" / "error.log"
+
+    @property
+    def access_log(self) -> Path:
+        """Mongrel2's access log."""
+        return self.workdir / "logs" / "access.log"
+
+    @property
+    def output_log(self) -> Path:
+        """Where the process's stdout and stderr go."""
+        return self.workdir / "logs" / "mongrel2.out"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running Mongrel2, or None when stopped."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the Mongrel2 process is alive."""
+        return self.pid is not None
+
+    def render_config(self) -> str:
+        """The m2.conf text: one Server, one Host, one Handler per spec, no chroot."""
+        routes = []
+        for spec in self.handlers:
+            routes.append(
+                f"        {_conf_string(spec.route)}: Handler("
+                f"send_spec={_conf_string(spec.send_spec)}, "
+                f"send_ident={_conf_string(spec.send_ident)}, "
+                f"recv_spec={_conf_string(spec.recv_spec)}, recv_ident={_conf_string('')}, "
+                f"protocol={_conf_string(spec.protocol)})"
+            )
+        settings = ",\n    ".join(
+            f"{_conf_string(key)}: {_conf_value(value)}" for key, value in self.settings.items()
+        )
+        # m2sh rejects trailing commas, hence the joins.
+        return (
+            f"main = Server(uuid={_conf_string(self.server_uuid)},\n"
+            '    access_log="logs/access.log", error_log="logs/error.log",\n'
+            '    pid_file="run/mongrel2.pid", control_port="ipc://run/control",\n'
+            '    default_host="localhost", name="main", bind_addr="127.0.0.1",\n'
+            f"    port={self.port},\n"
+            '    hosts=[Host(name="localhost", routes={\n' + ",\n".join(routes) + "\n    })]\n)\n\n"
+            f"settings = {{\n    {settings}\n}}\n\n"
+            "servers = [main]\n"
+        )
+
+    def write_config(self) -> None:
+        """Create the working directories, write m2.conf and load it with m2sh."""
+        for sub in ("logs", "run", "tmp"):
+            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        self.upload_dir.mkdir(parents=True, exist_ok=True)
+        self.conf_path.write_text(self.render_config(), encoding="utf-8")
+        # m2sh load adds to an existing database; start from scratch each time.
+        self.db_path.unlink(missing_ok=True)
+        m2sh = shutil.which("m2sh")
+        if m2sh is None:
+            raise Mongrel2Error("m2sh not found on PATH (apt-get install mongrel2-core)")
+        env = dict(os.environ)
+        env.setdefault("LOGNAME", "m2gate")  # m2sh records the loader's name in its log
+        result = subprocess.run(
+            [m2sh, "load", "-config", self.conf_path.name, "-db", self.db_path.name],
+            cwd=self.workdir,
+            env=env,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        if result.returncode != 0 or not self.db_path.exists():
+            raise Mongrel2Error(
+                f"m2sh load failed (exit {result.returncode}):\n"
+                + result.stdout.decode(errors="replace")
+                + result.stderr.decode(errors="replace")
+            )
+
+    # -- process lifecycle ---------------------------------------------------
+
+    def start(self) -> Mongrel2:
+        """Write and load the config, start Mongrel2 and wait for its HTTP port."""
+        with self._lock:
+            if self.running:
+                return self
+            self.write_config()
+            binary = shutil.which("mongrel2")
+            if binary is None:
+                raise Mongrel2Error("mongrel2 not found on PATH (apt-get install mongrel2-core)")
+            # A SIGKILLed Mongrel2 leaves its pid file behind and the next one
+            # would refuse to start if that PID got reused.
+            (self.workdir / "run" / "mongrel2.pid").unlink(missing_ok=True)
+            in_main = threading.current_thread() is threading.main_thread()
+            with self.output_log.open("ab") as out:
+                proc = subprocess.Popen(
+                    [binary, self.db_path.name, self.server_uuid],
+                    cwd=self.workdir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    # Parent death is tracked per thread: only safe from the main one.
+                    preexec_fn=_die_with_parent if in_main else None,
+                )
+            self._proc = proc
+            with _LIVE_LOCK:
+                _LIVE[proc.pid] = proc
+        log.info("started mongrel2 pid %s on %s in %s", proc.pid, self.url, self.workdir)
+        try:
+            self._wait_listening(proc)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_listening(self, proc: subprocess.Popen[bytes]) -> None:
+        """Poll the HTTP port until it accepts a connection, or fail with the logs."""
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            code = proc.poll()
+            if code is not None:
+                raise Mongrel2Error(
+                    f"mongrel2 exited with status {code} during startup\n" + self._diagnostics()
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise Mongrel2Error(
+                    f"mongrel2 (pid {proc.pid}) not listening on port {self.port} after "
+                    f"{self.startup_timeout}s\n" + self._diagnostics()
+                )
+            time.sleep(0.05)
+
+    def _diagnostics(self) -> str:
+        """Tail of the error log and process output, for failure messages."""
+        return (
+            f"--- {self.error_log} (tail) ---\n{_tail(self.error_log)}\n"
+            f"--- {self.output_log} (tail) ---\n{_tail(self.output_log)}"
+        )
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGINT our PID, SIGKILL after ``grace`` seconds; safe to call repeatedly."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            _terminate(proc, grace)
+        finally:
+            with _LIVE_LOCK:
+                _LIVE.pop(proc.pid, None)
+        log.info("stopped mongrel2 pid %s (status %s)", proc.pid, proc.returncode)
+
+    def restart(self, settings: Mapping[str, object] | None = None) -> Mongrel2:
+        """Stop, apply setting changes, reload the config and start again.
+
+        Mongrel2 1.12 only reopens logs on SIGHUP, so any config change needs a
+        full restart; ports and handler specs stay the same, connection ids reset.
+        """
+        self.stop()
+        if settings:
+            self.settings.update(settings)
+        return self.start()
+
+    def __enter__(self) -> Mongrel2:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<Mongrel2 pid={self.pid} url={self.url} workdir={self.workdir}>"
