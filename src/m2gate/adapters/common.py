@@ -1,0 +1,84 @@
+"""Request facts shared by the WSGI environ and the ASGI scope.
+
+Mongrel2 gives no server name or port and leaves the path raw, so these
+rules live in one place: SCRIPT_NAME from the route's PATTERN (its regex part
+stripped), PATH_INFO the percent-decoded rest, SERVER_NAME/PORT from Host.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from m2gate.protocol.messages import Message
+
+# Mongrel2 route patterns are a literal prefix followed by pattern syntax.
+_PATTERN_META = re.compile(r"[(\[%.*+?^$]")
+_HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]]*)(?::(\d{1,5}))?\Z")
+
+
+@dataclass(frozen=True)
+class EnvironDefaults:
+    """The settings that shape the environ / scope."""
+
+    server_name: str = "localhost"
+    server_port: str = ""
+    trust_x_forwarded_for: bool = False
+
+
+def route_prefix(pattern: str | None) -> str:
+    """The literal part of a route pattern, without a trailing slash."""
+    if not pattern:
+        return ""
+    match = _PATTERN_META.search(pattern)
+    literal = pattern[: match.start()] if match else pattern
+    return literal.rstrip("/")
+
+
+def split_path(msg: Message) -> tuple[str, str]:
+    """``(SCRIPT_NAME, PATH_INFO)``, both percent-decoded latin-1 strings."""
+    decoded = unquote_to_bytes(msg.path).decode("latin-1")
+    prefix = route_prefix(msg.header("PATTERN"))
+    if (
+        prefix
+        and decoded.startswith(prefix)
+        and decoded[len(prefix) : len(prefix) + 1] in ("", "/")
+    ):
+        return prefix, decoded[len(prefix) :]
+    return "", decoded
+
+
+def server_address(msg: Message, scheme: str, defaults: EnvironDefaults) -> tuple[str, str]:
+    """``(SERVER_NAME, SERVER_PORT)`` from the Host header, else the defaults."""
+    default_port = defaults.server_port or ("443" if scheme == "https" else "80")
+    host = msg.header("host")
+    if host:
+        match = _HOST_RE.match(host.strip())
+        if match and match.group(1):
+            return match.group(1), match.group(2) or default_port
+    return defaults.server_name, default_port
+
+
+def remote_addr(msg: Message, defaults: EnvironDefaults) -> str:
+    """Mongrel2's REMOTE_ADDR, or X-Forwarded-For's first hop when trusted."""
+    if defaults.trust_x_forwarded_for:
+        xff = msg.header("x-forwarded-for")
+        if xff:
+            return xff.split(",")[0].strip()
+    return msg.header("REMOTE_ADDR") or ""
+
+
+def client_headers(msg: Message) -> list[tuple[str, str]]:
+    """Client headers (Mongrel2 lowercases them) with repeats joined by ", ".
+
+    Mongrel2's own keys are uppercase and are left out, as are names with
+    ``_`` (they would alias ``-`` names in the environ) and the
+    ``x-mongrel2-*`` upload headers, which clients can forge.
+    """
+    out = []
+    for name, value in msg.headers.items():
+        if name.lower() != name or "_" in name or name.startswith("x-mongrel2-"):
+            continue
+        out.append((name, value if isinstance(value, str) else ", ".join(value)))
+    return out

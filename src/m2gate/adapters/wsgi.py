@@ -1,0 +1,248 @@
+"""PEP 3333 adapter: a Mongrel2 request in, a framed HTTP response out."""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import IO, Any
+
+from m2gate import __version__
+from m2gate.adapters.common import (
+    EnvironDefaults,
+    client_headers,
+    remote_addr,
+    server_address,
+    split_path,
+)
+from m2gate.protocol.errors import LocalProtocolError
+from m2gate.protocol.http import Response, request_framing, simple_response
+from m2gate.protocol.messages import Message
+from m2gate.server.output import ClientDisconnected, Output
+
+log = logging.getLogger("m2gate.wsgi")
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+StartResponse = Callable[..., Callable[[bytes], None]]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+SERVER = b"m2gate/" + __version__.encode("ascii")
+_SPECIAL = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: iterate a file in blocks; close() closes the file."""
+
+    def __init__(self, filelike: IO[bytes], blksize: int = 65536) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = self.filelike.read
+        while True:
+            block = read(self.blksize)
+            if not block:
+                return
+            yield block
+
+
+class ErrorStream:
+    """``wsgi.errors``: text written by the app goes to the ``m2gate.app`` log."""
+
+    def __init__(self) -> None:
+        self._log = logging.getLogger("m2gate.app")
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._log.error("%s", line)
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._partial:
+            self._log.error("%s", self._partial)
+            self._partial = ""
+
+
+class WSGIHandler:
+    """Runs one WSGI app for requests handed over by the runtime."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        defaults: EnvironDefaults,
+        multithread: bool,
+        multiprocess: bool,
+    ) -> None:
+        self.app = app
+        self.defaults = defaults
+        self.base = {
+            "wsgi.version": (1, 0),
+            "wsgi.multithread": multithread,
+            "wsgi.multiprocess": multiprocess,
+            "wsgi.run_once": False,
+            "wsgi.file_wrapper": FileWrapper,
+            "SERVER_SOFTWARE": SERVER.decode("ascii"),
+        }
+
+    def environ(self, msg: Message, body: IO[bytes]) -> dict[str, Any]:
+        """Build the PEP 3333 environ for ``msg`` with ``body`` as wsgi.input."""
+        scheme = msg.header("URL_SCHEME") or "http"
+        script_name, path_info = split_path(msg)
+        server_name, server_port = server_address(msg, scheme, self.defaults)
+        env: dict[str, Any] = dict(self.base)
+        env.update(
+            {
+                "REQUEST_METHOD": msg.method,
+                "SCRIPT_NAME": script_name,
+                "PATH_INFO": path_info,
+                "QUERY_STRING": msg.header("QUERY") or "",
+                "SERVER_NAME": server_name,
+                "SERVER_PORT": server_port,
+                "SERVER_PROTOCOL": msg.header("VERSION") or "HTTP/1.0",
+                "REMOTE_ADDR": remote_addr(msg, self.defaults),
+                "wsgi.url_scheme": scheme,
+                "wsgi.input": body,
+                "wsgi.errors": ErrorStream(),
+                "m2gate.sender": msg.sender,
+                "m2gate.conn_id": msg.conn_id,
+                "m2gate.pattern": msg.header("PATTERN") or "",
+            }
+        )
+        for name, value in client_headers(msg):
+            special = _SPECIAL.get(name)
+            if special is not None:
+                env[special] = value
+            else:
+                env["HTTP_" + name.upper().replace("-", "_")] = value
+        if "CONTENT_LENGTH" not in env and msg.body:
+            env["CONTENT_LENGTH"] = str(len(msg.body))
+        return env
+
+    def __call__(self, msg: Message, out: Output, body: IO[bytes] | None = None) -> None:
+        """Serve ``msg``; always finishes ``out`` (and closes the app's iterable)."""
+        version, keep_alive = request_framing(msg)
+        resp = Response(msg.method, version, keep_alive, SERVER)
+        env = self.environ(msg, body if body is not None else io.BytesIO(msg.body))
+        call = _Call(resp, out)
+        result: Iterable[bytes] | None = None
+        try:
+            result = self.app(env, call.start_response)
+            call.run(result)
+        except ClientDisconnected:
+            log.info("client %s:%s went away during the response", msg.sender, msg.conn_id)
+            out.finish(close=True)
+        except Exception as exc:
+            call.fail(exc, msg)
+        finally:
+            if result is not None and hasattr(result, "close"):
+                try:
+                    result.close()
+                except Exception:
+                    log.exception("close() of the app's iterable failed")
+                    if not out.done:
+                        call.fail(None, msg)
+
+
+class _Call:
+    """State of one app call: start_response, write() and the body loop."""
+
+    __slots__ = ("headers", "out", "resp", "status")
+
+    def __init__(self, resp: Response, out: Output) -> None:
+        self.resp = resp
+        self.out = out
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+
+    def start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: ExcInfo | None = None,
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.resp.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None  # no reference cycle through the traceback
+        elif self.status is not None:
+            raise AssertionError("start_response() called twice without exc_info")
+        if not isinstance(status, str):
+            raise TypeError("status must be a str, got %r" % (status,))
+        if not isinstance(headers, list):
+            raise TypeError("headers must be a list, got %r" % (headers,))
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    def _head(self, content_length: int | None = None) -> bytes:
+        if self.status is None:
+            raise AssertionError("the app returned data before calling start_response()")
+        return self.resp.head(self.status, self.headers, content_length)
+
+    def write(self, data: bytes) -> None:
+        """PEP 3333's write(): sent before it returns (as far as we can tell)."""
+        if not isinstance(data, bytes):
+            raise TypeError("write() takes bytes, got %s" % type(data).__name__)
+        if not self.resp.head_sent:
+            self.out.write(self._head())
+        self.out.write(self.resp.body(data))
+
+    def run(self, result: Iterable[bytes]) -> None:
+        resp = self.resp
+        if isinstance(result, (list, tuple)) and not resp.head_sent:
+            # The whole body is here: one message, with a Content-Length.
+            for chunk in result:
+                if not isinstance(chunk, bytes):
+                    raise TypeError("the app yielded %s, not bytes" % type(chunk).__name__)
+            body = b"".join(result)
+            payload = self._head(len(body)) + resp.body(body) + resp.end()
+            self.out.finish(payload, close=not resp.keep_alive)
+            return
+        for chunk in result:
+            if not isinstance(chunk, bytes):
+                raise TypeError("the app yielded %s, not bytes" % type(chunk).__name__)
+            if not chunk:
+                continue
+            if not resp.head_sent:
+                self.out.write(self._head())
+            self.out.write(resp.body(chunk))
+        tail = b"" if resp.head_sent else self._head(0)
+        tail += resp.end()
+        self.out.finish(tail, close=not resp.keep_alive)
+
+    def fail(self, exc: BaseException | None, msg: Message) -> None:
+        """500 if nothing was sent yet; otherwise the connection is cut."""
+        if exc is not None:
+            if isinstance(exc, LocalProtocolError):
+                log.error("invalid response for %s %s: %s", msg.method, msg.path, exc)
+            else:
+                log.error("error in app for %s %s", msg.method, msg.path, exc_info=sys.exc_info())
+        if self.out.done:
+            return
+        if self.resp.head_sent:
+            self.resp.abort()
+            self.out.finish(close=True)
+            return
+        payload, keep_alive = simple_response(
+            "500 Internal Server Error",
+            b"Internal Server Error\n",
+            self.resp.version,
+            self.resp.keep_alive,
+            SERVER,
+        )
+        if self.resp.method == "HEAD":
+            payload = payload.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+        self.out.finish(payload, close=not keep_alive)

@@ -1,0 +1,268 @@
+"""Every setting, declared once as a typed dataclass field.
+
+The CLI flags, the ``M2GATE_<NAME>`` environment variables, the TOML config
+keys and ``docs/settings.md`` are all generated from :class:`Config`, so a new
+option is one field here and nothing else. Precedence: defaults < config
+file < environment < command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin
+
+
+class ConfigError(Exception):
+    """A bad setting; the message is the one line the user sees."""
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What a setting needs beyond its type and default."""
+
+    help: str
+    section: str = "server"
+    short: str | None = None
+    aliases: tuple[str, ...] = ()
+    metavar: str | None = None
+    validate: Callable[[Any], Any] | None = None
+    accepted: str = ""  # how to describe valid values in error messages
+    positional: bool = False
+
+
+def setting(default: Any, help: str, **meta: Any) -> Any:
+    """Declare one setting (a dataclass field carrying its :class:`Meta`)."""
+    info = Meta(help=help, **meta)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"m2gate": info})
+    return field(default=default, metadata={"m2gate": info})
+
+
+_SPEC_RE = re.compile(r"(tcp://[^\s:/]+:\d{1,5}|ipc://\S+|inproc://\S+)\Z")
+_IDENT_RE = re.compile(r"[A-Za-z0-9-]+\Z")
+SPEC_ACCEPTED = "tcp://HOST:PORT, ipc://PATH or inproc://NAME, optionally IDENT@ before the address"
+
+
+def split_spec(value: str) -> tuple[str, str | None]:
+    """``proto://[IDENT@]endpoint`` (m2wsgi's syntax) -> ``(endpoint, ident)``."""
+    proto, sep, rest = value.partition("://")
+    ident = None
+    if sep and "@" in rest.split("/", 1)[0]:
+        ident, _, rest = rest.partition("@")
+    spec = proto + sep + rest
+    if not _SPEC_RE.match(spec) or (ident is not None and not _IDENT_RE.match(ident)):
+        raise ValueError(value)
+    if spec.startswith("tcp://") and not 0 < int(spec.rsplit(":", 1)[1]) < 65536:
+        raise ValueError(value)
+    return spec, ident
+
+
+def _check_spec(value: str) -> str:
+    if value:
+        split_spec(value)
+    return value
+
+
+def _check_ident(value: str) -> str:
+    if value and not _IDENT_RE.match(value):
+        raise ValueError(value)
+    return value
+
+
+def _positive(value: int) -> int:
+    if value < 1:
+        raise ValueError(value)
+    return value
+
+
+def _non_negative(value: float) -> float:
+    if value < 0:
+        raise ValueError(value)
+    return value
+
+
+@dataclass
+class Config:
+    """The validated settings of one m2gate run."""
+
+    app: str = setting(
+        "",
+        "The application: module:attr, module (then `application`, then `app`).",
+        section="app",
+        positional=True,
+        metavar="APP",
+    )
+    config: str = setting(
+        "", "TOML config file whose keys are these settings.", short="-c", metavar="FILE"
+    )
+    send_spec: str = setting(
+        "",
+        "Mongrel2's send_spec, where m2gate PULLs requests from.",
+        section="mongrel2",
+        metavar="SPEC",
+        validate=_check_spec,
+        accepted=SPEC_ACCEPTED,
+    )
+    recv_spec: str = setting(
+        "",
+        "Mongrel2's recv_spec, where m2gate PUBlishes replies; default: send port - 1.",
+        section="mongrel2",
+        metavar="SPEC",
+        validate=_check_spec,
+        accepted=SPEC_ACCEPTED,
+    )
+    zeromq: str = setting(
+        "",
+        "SEND_SPEC,RECV_SPEC in one value, as uWSGI's --zeromq takes them.",
+        section="mongrel2",
+        aliases=("--zmq", "--zeromq-socket", "--zmq-socket"),
+        metavar="SEND,RECV",
+    )
+    send_ident: str = setting(
+        "",
+        "ZeroMQ identity of this handler's sockets (default: a fresh UUID).",
+        section="mongrel2",
+        metavar="UUID",
+        validate=_check_ident,
+        accepted="letters, digits and '-'",
+    )
+    recv_ident: str = setting(
+        "",
+        "Prefix of replies, when Mongrel2's recv_ident is set (default: the request's sender).",
+        section="mongrel2",
+        metavar="UUID",
+        validate=_check_ident,
+        accepted="letters, digits and '-'",
+    )
+    threads: int = setting(
+        1,
+        "Worker threads per process.",
+        section="workers",
+        validate=_positive,
+        accepted="an integer >= 1",
+    )
+    graceful_timeout: float = setting(
+        30.0,
+        "Seconds in-flight requests get to finish on stop or reload.",
+        section="workers",
+        validate=_non_negative,
+        accepted="a number of seconds >= 0",
+    )
+    chdir: str = setting("", "Change to this directory before loading the app.", section="app")
+    server_name: str = setting(
+        "localhost", "SERVER_NAME when the request has no Host header.", section="wsgi"
+    )
+    server_port: str = setting(
+        "", "SERVER_PORT when Host has no port (default: 80 or 443 by scheme).", section="wsgi"
+    )
+    trust_x_forwarded_for: bool = setting(
+        False,
+        "Take REMOTE_ADDR from X-Forwarded-For (only behind a proxy you trust).",
+        section="wsgi",
+    )
+    max_message: int = setting(
+        4 * 1024 * 1024,
+        "Largest reply message in bytes; streamed chunks are coalesced up to this.",
+        section="wsgi",
+        validate=_positive,
+        accepted="a number of bytes >= 1",
+    )
+    flush_interval: float = setting(
+        0.005,
+        "Seconds a streamed chunk may wait to be merged with the next one.",
+        section="wsgi",
+        validate=_non_negative,
+        accepted="a number of seconds >= 0",
+    )
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = setting(
+        "info", "Logging level.", section="logging"
+    )
+
+
+def settings() -> list[tuple[dataclasses.Field[Any], Meta, Any]]:
+    """``(field, meta, resolved type)`` for every setting, in declaration order."""
+    hints = typing.get_type_hints(Config)
+    return [(f, f.metadata["m2gate"], hints[f.name]) for f in dataclasses.fields(Config)]
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_var(name: str) -> str:
+    return "M2GATE_" + name.upper()
+
+
+def describe_type(kind: Any, meta: Meta) -> str:
+    """The accepted values, for errors and docs."""
+    if meta.accepted:
+        return meta.accepted
+    if get_origin(kind) is Literal:
+        return "one of " + ", ".join(str(a) for a in get_args(kind))
+    if kind is bool:
+        return "true or false"
+    if kind is int:
+        return "an integer"
+    if kind is float:
+        return "a number"
+    if get_origin(kind) is list:
+        return "a list of strings"
+    return "a string"
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def convert(name: str, kind: Any, meta: Meta, raw: Any, source: str) -> Any:
+    """Turn a raw value (text from CLI/env, or a TOML value) into the setting's type."""
+
+    def fail() -> ConfigError:
+        return ConfigError(
+            "%s: invalid value %r for %s; accepted: %s"
+            % (source, raw, name, describe_type(kind, meta))
+        )
+
+    try:
+        if get_origin(kind) is Literal:
+            value: Any = str(raw).lower() if isinstance(raw, str) else raw
+            if value not in get_args(kind):
+                raise fail()
+        elif kind is bool:
+            if isinstance(raw, bool):
+                value = raw
+            elif isinstance(raw, str) and raw.lower() in _TRUE | _FALSE:
+                value = raw.lower() in _TRUE
+            else:
+                raise fail()
+        elif kind is int:
+            if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+                raise fail()
+            value = int(raw)
+        elif kind is float:
+            if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+                raise fail()
+            value = float(raw)
+        elif get_origin(kind) is list:
+            if isinstance(raw, str):
+                value = [raw]
+            elif isinstance(raw, list) and all(isinstance(v, str) for v in raw):
+                value = list(raw)
+            else:
+                raise fail()
+        else:
+            if not isinstance(raw, str):
+                raise fail()
+            value = raw
+        if meta.validate is not None:
+            if isinstance(value, list):
+                value = [meta.validate(v) for v in value]
+            else:
+                value = meta.validate(value)
+    except ValueError:
+        raise fail() from None
+    return value

@@ -1,0 +1,54 @@
+"""``m2gate serve`` in one process: load the app, connect, serve, stop cleanly."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+
+from m2gate.adapters.common import EnvironDefaults
+from m2gate.adapters.wsgi import SERVER, WSGIHandler
+from m2gate.config.settings import Config
+from m2gate.loading import load_app
+from m2gate.server.threaded import ThreadedWorker
+from m2gate.transports.zmq_sync import ZmqTransport
+
+log = logging.getLogger("m2gate")
+
+
+def serve(cfg: Config) -> int:
+    """Serve ``cfg.app`` until SIGTERM/SIGINT; exit 0 after a graceful stop."""
+    app = load_app(cfg.app, cfg.chdir)
+    defaults = EnvironDefaults(cfg.server_name, cfg.server_port, cfg.trust_x_forwarded_for)
+    handler = WSGIHandler(app, defaults, multithread=cfg.threads > 1, multiprocess=False)
+    transport = ZmqTransport(cfg.send_spec, cfg.recv_spec, cfg.send_ident)
+    worker = ThreadedWorker(
+        transport,
+        transport,
+        handler,
+        threads=cfg.threads,
+        reply_ident=cfg.recv_ident.encode("ascii"),
+        max_message=cfg.max_message,
+        flush_interval=cfg.flush_interval,
+        server_header=SERVER,
+    )
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if worker.stopping.is_set():
+            raise SystemExit(1)  # a second signal forces the exit
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info(
+        "serving %s: PULL %s, PUB %s, identity %s, %d thread(s)",
+        cfg.app,
+        cfg.send_spec,
+        cfg.recv_spec,
+        cfg.send_ident,
+        cfg.threads,
+    )
+    clean = worker.run(cfg.graceful_timeout)
+    transport.close(linger_s=min(cfg.graceful_timeout, 5.0))
+    log.info("stopped after %d request(s)%s", worker.requests, "" if clean else " (forced)")
+    return 0

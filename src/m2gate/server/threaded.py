@@ -1,0 +1,202 @@
+"""The threaded worker: one receiving loop, N app threads, graceful stop.
+
+A single thread owns the PULL socket and hands requests to the app threads.
+This is what keeps the Mongrel2 facts manageable: pipelined requests for a
+connection are queued behind the one in flight (replies go out in request
+order), and a disconnect notice reaches the connection's state whichever
+thread serves it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from m2gate.protocol.errors import ProtocolError
+from m2gate.protocol.http import request_framing, simple_response
+from m2gate.protocol.messages import (
+    Credits,
+    Disconnect,
+    HTTPRequest,
+    Message,
+    UnknownControl,
+    UploadDone,
+    parse_message,
+)
+from m2gate.server.output import Connection, Flusher, Output
+from m2gate.transports.base import ReplySink, RequestSource
+
+log = logging.getLogger("m2gate.worker")
+
+RequestHandler = Callable[[Message, Output], None]
+POLL_MS = 100
+
+
+class ThreadedWorker:
+    """Receives from ``source``, runs ``handler`` on ``threads`` threads."""
+
+    def __init__(
+        self,
+        source: RequestSource,
+        sink: ReplySink,
+        handler: RequestHandler,
+        threads: int = 1,
+        reply_ident: bytes = b"",
+        max_message: int = 4 * 1024 * 1024,
+        flush_interval: float = 0.005,
+        server_header: bytes = b"m2gate",
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self.handler = handler
+        self.threads = threads
+        self.reply_ident = reply_ident
+        self.max_message = max_message
+        self.flush_interval = flush_interval
+        self.server_header = server_header
+        self.stopping = threading.Event()
+        self.requests = 0
+        self._conns: dict[tuple[str, int], Connection] = {}
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[tuple[Connection, Message] | None] = queue.SimpleQueue()
+        self._flusher = Flusher()
+        self._workers = [
+            threading.Thread(target=self._work, name="m2gate-app-%d" % i, daemon=True)
+            for i in range(threads)
+        ]
+
+    # -- receiving ---------------------------------------------------------
+    def run(self, graceful_timeout: float) -> bool:
+        """Serve until :meth:`stop`; returns True if every request finished."""
+        for t in self._workers:
+            t.start()
+        while not self.stopping.is_set():
+            data = self.source.recv(POLL_MS)
+            if data is not None:
+                self.feed(data)
+        # Stop accepting, but serve what Mongrel2 already pushed to us.
+        self.source.stop_receiving()
+        while (data := self.source.recv(0)) is not None:
+            self.feed(data)
+        return self.drain(graceful_timeout)
+
+    def stop(self) -> None:
+        """Safe from a signal handler: only sets a flag the loop checks."""
+        self.stopping.set()
+
+    def feed(self, data: bytes) -> None:
+        """Parse one raw message and act on it; bad input is logged and dropped."""
+        try:
+            msg = parse_message(data)
+        except ProtocolError as exc:
+            log.warning("dropped malformed message (%d bytes): %s", len(data), exc)
+            return
+        if isinstance(msg, Disconnect):
+            self._disconnected(msg)
+        elif isinstance(msg, Credits):
+            with self._lock:
+                conn = self._conns.get(msg.key)
+                if conn is not None:
+                    conn.credits += msg.amount
+        elif isinstance(msg, UnknownControl):
+            log.debug("ignored control message of type %s", msg.type)
+        elif isinstance(msg, UploadDone) and msg.key not in self._conns:
+            log.debug("upload-done for %s:%s which is not in flight", msg.sender, msg.conn_id)
+        else:
+            self._dispatch(msg)
+
+    def _disconnected(self, msg: Message) -> None:
+        with self._lock:
+            conn = self._conns.get(msg.key)
+            if conn is None:
+                return  # idle or unknown (e.g. stale from before we started)
+            conn.closed = True
+            conn.pending.clear()
+            if not conn.busy:
+                del self._conns[msg.key]
+        log.debug("client %s:%s disconnected", msg.sender, msg.conn_id)
+
+    def _dispatch(self, msg: Message) -> None:
+        with self._lock:
+            conn = self._conns.get(msg.key)
+            if conn is None or (conn.closed and not conn.busy):
+                ident = self.reply_ident or msg.sender.encode("latin-1")
+                conn = self._conns[msg.key] = Connection(msg.sender, msg.conn_id, ident)
+            if conn.busy:
+                conn.pending.append(msg)  # pipelined: answer after the one in flight
+                return
+            conn.busy = True
+        self._queue.put((conn, msg))
+
+    # -- app threads -------------------------------------------------------
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            conn, msg = item
+            next_msg: Message | None = msg
+            while next_msg is not None:
+                keep = self._serve(conn, next_msg)
+                next_msg = self._done(conn, keep)
+
+    def _serve(self, conn: Connection, msg: Message) -> bool:
+        out = Output(conn, self.sink, self._flusher, self.max_message, self.flush_interval)
+        try:
+            if isinstance(msg, HTTPRequest):
+                self.handler(msg, out)
+            else:
+                self._unsupported(msg, out)
+        except Exception:
+            # The adapter answers app errors itself; this is a bug of ours.
+            log.exception("internal error serving %s:%s", msg.sender, msg.conn_id)
+            out.finish(close=True)
+        finally:
+            if not out.done:
+                out.finish(close=True)
+            self.requests += 1
+        return not out.closing and not conn.closed
+
+    def _unsupported(self, msg: Message, out: Output) -> None:
+        """Answer the message kinds this worker cannot serve, instead of hanging."""
+        status = {
+            "UploadStart": "413 Content Too Large",
+            "UploadDone": "413 Content Too Large",
+            "UploadStream": "413 Content Too Large",
+        }.get(type(msg).__name__, "400 Bad Request")
+        log.warning(
+            "%s from %s:%s not supported here: %s",
+            type(msg).__name__,
+            msg.sender,
+            msg.conn_id,
+            status,
+        )
+        version, _ = request_framing(msg)
+        payload, _ = simple_response(
+            status, status[4:].encode() + b"\n", version, False, self.server_header
+        )
+        out.finish(payload, close=True)
+
+    def _done(self, conn: Connection, keep_alive: bool) -> Message | None:
+        with self._lock:
+            if not keep_alive:
+                conn.closed = True
+                conn.pending.clear()
+            if conn.pending:
+                return conn.pending.popleft()
+            conn.busy = False
+            if self._conns.get(conn.key) is conn:
+                del self._conns[conn.key]
+        return None
+
+    def drain(self, timeout: float) -> bool:
+        """Let queued and in-flight requests finish, at most ``timeout`` seconds."""
+        for _ in self._workers:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for t in self._workers:
+            t.join(max(0.0, deadline - time.monotonic()))
+        busy = sum(t.is_alive() for t in self._workers)
+        if busy:
+            log.warning("graceful timeout (%.1fs): %d thread(s) still busy", timeout, busy)
+        return busy == 0

@@ -1,0 +1,67 @@
+"""Blocking pyzmq transport: one PULL from Mongrel2, one PUB back, shared by threads."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+import zmq
+
+log = logging.getLogger("m2gate.transport")
+
+
+class ZmqTransport:
+    """Connects to a Mongrel2 handler's ``send_spec`` (PULL) and ``recv_spec`` (PUB).
+
+    The PULL is only used by the receiving thread. The PUB is shared: a lock
+    makes each ``send`` atomic, so replies never interleave between threads.
+    Create it after any ``fork``: ZeroMQ contexts do not survive one.
+    """
+
+    def __init__(self, send_spec: str, recv_spec: str, identity: str) -> None:
+        self.send_spec = send_spec
+        self.recv_spec = recv_spec
+        self.ctx = zmq.Context()
+        self._lock = threading.Lock()
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.LINGER, 0)
+        self.pub = self.ctx.socket(zmq.PUB)
+        # PUB drops silently at the high-water mark; replies are already
+        # coalesced into few large messages, so never drop them.
+        self.pub.setsockopt(zmq.SNDHWM, 0)
+        if identity:
+            self.pull.setsockopt(zmq.IDENTITY, identity.encode("ascii"))
+            self.pub.setsockopt(zmq.IDENTITY, identity.encode("ascii"))
+        self.pub.connect(recv_spec)
+        self.pull.connect(send_spec)
+        self._receiving = True
+        self._poller = zmq.Poller()
+        self._poller.register(self.pull, zmq.POLLIN)
+
+    def recv(self, timeout_ms: int) -> bytes | None:
+        if not self._poller.poll(timeout_ms):
+            return None
+        data: bytes = self.pull.recv(copy=True)
+        return data
+
+    def send(self, messages: Sequence[bytes]) -> None:
+        with self._lock:
+            for msg in messages:
+                self.pub.send(msg, 0, copy=len(msg) < 65536)
+
+    def stop_receiving(self) -> None:
+        """Disconnect the PULL so Mongrel2 pushes new requests elsewhere."""
+        if self._receiving:
+            self._receiving = False
+            try:
+                self.pull.disconnect(self.send_spec)
+            except zmq.ZMQError as exc:  # already gone: nothing more will come
+                log.debug("disconnect %s: %s", self.send_spec, exc)
+
+    def close(self, linger_s: float) -> None:
+        """Close both sockets, giving queued replies ``linger_s`` to leave."""
+        with self._lock:
+            self.pull.close(linger=0)
+            self.pub.close(linger=int(linger_s * 1000))
+        self.ctx.term()
