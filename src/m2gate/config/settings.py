@@ -178,6 +178,18 @@ class Config:
         validate=_non_negative,
         accepted="a number of seconds >= 0",
     )
+    upload_dir: str = setting(
+        "",
+        "Directory of Mongrel2's upload.temp_store; large bodies are only read from files in it.",
+        section="uploads",
+        metavar="DIR",
+    )
+    mongrel2_chroot: str = setting(
+        "",
+        "Mongrel2's chroot: upload paths it announces are relative to it.",
+        section="uploads",
+        metavar="DIR",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = setting(
         "info", "Logging level.", section="logging"
     )
