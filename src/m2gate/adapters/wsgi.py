@@ -17,7 +17,7 @@ from m2gate.adapters.common import (
     server_address,
     split_path,
 )
-from m2gate.protocol.errors import LocalProtocolError
+from m2gate.protocol.errors import LocalProtocolError, RemoteProtocolError
 from m2gate.protocol.http import Response, request_framing, simple_response
 from m2gate.protocol.messages import Message
 from m2gate.server.output import ClientDisconnected, Output
@@ -129,11 +129,23 @@ class WSGIHandler:
             env["CONTENT_LENGTH"] = str(len(msg.body))
         return env
 
-    def __call__(self, msg: Message, out: Output, body: IO[bytes] | None = None) -> None:
-        """Serve ``msg``; always finishes ``out`` (and closes the app's iterable)."""
+    def __call__(
+        self,
+        msg: Message,
+        out: Output,
+        body: IO[bytes] | None = None,
+        content_length: int | None = None,
+    ) -> None:
+        """Serve ``msg``; always finishes ``out`` (and closes the app's iterable).
+
+        ``body`` and ``content_length`` replace the inline body for uploads
+        that Mongrel2 spooled to a file.
+        """
         version, keep_alive = request_framing(msg)
         resp = Response(msg.method, version, keep_alive, SERVER)
         env = self.environ(msg, body if body is not None else io.BytesIO(msg.body))
+        if content_length is not None:
+            env["CONTENT_LENGTH"] = str(content_length)
         call = _Call(resp, out)
         result: Iterable[bytes] | None = None
         try:
@@ -225,8 +237,12 @@ class _Call:
 
     def fail(self, exc: BaseException | None, msg: Message) -> None:
         """500 if nothing was sent yet; otherwise the connection is cut."""
+        status = "500 Internal Server Error"
         if exc is not None:
-            if isinstance(exc, LocalProtocolError):
+            if isinstance(exc, RemoteProtocolError):
+                log.warning("bad request %s %s: %s", msg.method, msg.path, exc)
+                status = "400 Bad Request"
+            elif isinstance(exc, LocalProtocolError):
                 log.error("invalid response for %s %s: %s", msg.method, msg.path, exc)
             else:
                 log.error("error in app for %s %s", msg.method, msg.path, exc_info=sys.exc_info())
@@ -237,8 +253,8 @@ class _Call:
             self.out.finish(close=True)
             return
         payload, keep_alive = simple_response(
-            "500 Internal Server Error",
-            b"Internal Server Error\n",
+            status,
+            status[4:].encode("ascii") + b"\n",
             self.resp.version,
             self.resp.keep_alive,
             SERVER,

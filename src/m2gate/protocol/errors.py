@@ -20,3 +20,11 @@ class LocalProtocolError(ProtocolError):
     def __init__(self, msg: str, status_hint: int = 500) -> None:
         super().__init__(msg)
         self.status_hint = status_hint
+
+
+class RemoteProtocolError(ProtocolError):
+    """The client's side broke the protocol (a forged upload, say): answer 4xx."""
+
+    def __init__(self, msg: str, status_hint: int = 400) -> None:
+        super().__init__(msg)
+        self.status_hint = status_hint

@@ -21,6 +21,7 @@ from m2gate.protocol import replies
 
 if TYPE_CHECKING:
     from m2gate.protocol.messages import Message
+    from m2gate.server.uploads import Upload
     from m2gate.transports.base import ReplySink
 
 log = logging.getLogger("m2gate.output")
@@ -33,9 +34,28 @@ class ClientDisconnected(Exception):
 
 
 class Connection:
-    """What the runtime knows about one client connection (sender, conn id)."""
+    """What the runtime knows about one client connection (sender, conn id).
 
-    __slots__ = ("busy", "closed", "conn_id", "credits", "key", "pending", "sender", "uuid")
+    ``cond`` guards the fields the receiving thread changes while an app
+    thread writes: ``closed`` and, with Mongrel2's ``download.flow_control``,
+    ``credits`` (bytes we may still have in flight to this client).
+    """
+
+    __slots__ = (
+        "busy",
+        "closed",
+        "cond",
+        "conn_id",
+        "credits",
+        "flow_control",
+        "key",
+        "max_credit_message",
+        "output",
+        "pending",
+        "sender",
+        "upload",
+        "uuid",
+    )
 
     def __init__(self, sender: str, conn_id: int, uuid: bytes) -> None:
         self.sender = sender
@@ -44,8 +64,33 @@ class Connection:
         self.uuid = uuid
         self.busy = False
         self.closed = False
+        self.cond = threading.Condition(threading.Lock())
+        self.flow_control = False
         self.credits = 0
+        self.max_credit_message = 0
+        self.output: Output | None = None
+        self.upload: Upload | None = None
         self.pending: deque[Message] = deque()
+
+    def grant(self, initial: int) -> None:
+        """Flow control is on: the first request carries the initial credits."""
+        self.flow_control = True
+        self.credits = initial
+        # One message larger than the initial window kills the connection.
+        self.max_credit_message = initial
+
+    def add_credits(self, amount: int) -> None:
+        with self.cond:
+            self.credits += amount
+            self.cond.notify_all()
+            out = self.output
+        if out is not None:
+            out.credits_arrived()
+
+    def mark_closed(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
 
 
 class Flusher:
@@ -82,11 +127,16 @@ class Flusher:
 
 
 class Output:
-    """Writes one response to one connection, merging chunks into few messages."""
+    """Writes one response to one connection, merging chunks into few messages.
+
+    Without flow control nothing here blocks. With it, a writer waits until
+    Mongrel2 has granted credits for what it sends, so a slow client holds
+    back the app instead of filling memory; the flusher thread only ever
+    sends what credits allow, never waits.
+    """
 
     __slots__ = (
         "_buf",
-        "_lock",
         "_scheduled",
         "_size",
         "_target",
@@ -112,15 +162,17 @@ class Output:
         self.sink = sink
         self.flusher = flusher
         self.max_message = max_message
+        if conn.flow_control:
+            self.max_message = min(max_message, conn.max_credit_message)
         self.flush_interval = flush_interval
         self._buf: list[bytes] = []
         self._size = 0
-        self._target = min(MIN_MESSAGE, max_message)
-        self._lock = threading.Lock()
+        self._target = min(MIN_MESSAGE, self.max_message)
         self._scheduled = False
         self.bytes_sent = 0
         self.done = False
         self.closing = False
+        conn.output = self
 
     def write(self, data: bytes) -> None:
         """Queue ``data``; it leaves at once if large, else within flush_interval."""
@@ -128,56 +180,84 @@ class Output:
             raise ClientDisconnected()
         if not data:
             return
-        with self._lock:
+        with self.conn.cond:
             self._buf.append(data)
             self._size += len(data)
             if self._size >= self._target or self.flusher is None or self.flush_interval <= 0:
-                self._flush_locked()
+                self._send_locked(block=True)
             elif not self._scheduled:
                 self._scheduled = True
                 self.flusher.schedule(self, time.monotonic() + self.flush_interval)
 
-    def _drain_locked(self) -> list[bytes]:
-        """Turn the buffered bytes into reply messages of at most max_message."""
-        if not self._buf:
-            return []
+    def _take_locked(self, limit: int) -> bytes:
         payload = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
-        self._buf = []
-        self._size = 0
+        if len(payload) > limit:
+            self._buf = [payload[limit:]]
+            payload = payload[:limit]
+        else:
+            self._buf = []
+        self._size -= len(payload)
         self.bytes_sent += len(payload)
-        uuid, conn_id, step = self.conn.uuid, self.conn.conn_id, self.max_message
-        return [
-            replies.reply(uuid, conn_id, payload[i : i + step])
-            for i in range(0, len(payload), step)
-        ]
+        return payload
 
-    def _flush_locked(self) -> None:
-        msgs = self._drain_locked()
-        if msgs:
-            self.sink.send(msgs)
-            # Grow messages with the body so a long stream stays far below
-            # Mongrel2's 16 queued replies per connection.
-            self._target = max(self._target, min(self.bytes_sent, self.max_message))
+    def _send_locked(self, block: bool) -> None:
+        """Send the buffer (as credits allow); with ``block``, wait for credits."""
+        conn = self.conn
+        uuid, conn_id = conn.uuid, conn.conn_id
+        if not conn.flow_control:
+            msgs = []
+            while self._buf:
+                msgs.append(replies.reply(uuid, conn_id, self._take_locked(self.max_message)))
+            if msgs:
+                self.sink.send(msgs)
+                # Grow messages with the body so a long stream stays far
+                # below Mongrel2's 16 queued replies per connection.
+                self._target = max(self._target, min(self.bytes_sent, self.max_message))
+            return
+        while self._buf:
+            if conn.closed:
+                raise ClientDisconnected()
+            if conn.credits <= 0:
+                if not block:
+                    return
+                conn.cond.wait(1.0)
+                continue
+            payload = self._take_locked(min(conn.credits, self.max_message))
+            conn.credits -= len(payload)
+            self.sink.send([replies.reply(uuid, conn_id, payload)])
+
+    def credits_arrived(self) -> None:
+        """Credits came while data waited: let the flusher send it."""
+        if self._buf and not self.done and self.flusher is not None:
+            self.flusher.schedule(self, time.monotonic())
 
     def timer_flush(self) -> None:
-        with self._lock:
+        with self.conn.cond:
             self._scheduled = False
             if not self.done and not self.conn.closed:
-                self._flush_locked()
+                self._send_locked(block=False)
 
     def finish(self, data: bytes = b"", close: bool = False) -> None:
         """Send what is left (and the close reply if the connection must end)."""
-        with self._lock:
+        conn = self.conn
+        with conn.cond:
             if self.done:
+                if close and not self.closing and not conn.closed:
+                    self.closing = True  # e.g. an upload still arriving after the reply
+                    self.sink.send(replies.close(conn.uuid, [conn.conn_id]))
                 return
-            self.done = True
             self.closing = close
-            if self.conn.closed:
-                return
-            if data:
-                self._buf.append(data)
-            msgs = self._drain_locked()
-            if close:
-                msgs += replies.close(self.conn.uuid, [self.conn.conn_id])
-            if msgs:
-                self.sink.send(msgs)
+            try:
+                if data and not conn.closed:
+                    self._buf.append(data)
+                    self._size += len(data)
+                if not conn.closed:
+                    self._send_locked(block=True)
+            except ClientDisconnected:
+                pass
+            finally:
+                self.done = True
+                if conn.output is self:
+                    conn.output = None
+            if close and not conn.closed:
+                self.sink.send(replies.close(conn.uuid, [conn.conn_id]))

@@ -11,6 +11,7 @@ from m2gate.adapters.wsgi import SERVER, WSGIHandler
 from m2gate.config.settings import Config
 from m2gate.loading import load_app
 from m2gate.server.threaded import ThreadedWorker
+from m2gate.server.uploads import UploadStore
 from m2gate.transports.zmq_sync import ZmqTransport
 
 log = logging.getLogger("m2gate")
@@ -31,6 +32,7 @@ def serve(cfg: Config) -> int:
         max_message=cfg.max_message,
         flush_interval=cfg.flush_interval,
         server_header=SERVER,
+        uploads=UploadStore(cfg.upload_dir, cfg.mongrel2_chroot),
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

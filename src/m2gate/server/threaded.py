@@ -10,10 +10,12 @@ thread serves it.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import IO, Protocol
 
 from m2gate.protocol.errors import ProtocolError
 from m2gate.protocol.http import request_framing, simple_response
@@ -24,14 +26,26 @@ from m2gate.protocol.messages import (
     Message,
     UnknownControl,
     UploadDone,
+    UploadStart,
     parse_message,
 )
-from m2gate.server.output import Connection, Flusher, Output
+from m2gate.server.output import ClientDisconnected, Connection, Flusher, Output
+from m2gate.server.uploads import Upload, UploadRejected, UploadStore, open_upload
 from m2gate.transports.base import ReplySink, RequestSource
 
 log = logging.getLogger("m2gate.worker")
 
-RequestHandler = Callable[[Message, Output], None]
+class RequestHandler(Protocol):
+    """An app adapter: serve one request, always finishing ``out``."""
+
+    def __call__(
+        self,
+        msg: Message,
+        out: Output,
+        body: IO[bytes] | None = None,
+        content_length: int | None = None,
+    ) -> None: ...
+
 POLL_MS = 100
 
 
@@ -48,6 +62,8 @@ class ThreadedWorker:
         max_message: int = 4 * 1024 * 1024,
         flush_interval: float = 0.005,
         server_header: bytes = b"m2gate",
+        uploads: UploadStore | None = None,
+        on_done: Callable[[Connection], None] | None = None,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -57,8 +73,11 @@ class ThreadedWorker:
         self.max_message = max_message
         self.flush_interval = flush_interval
         self.server_header = server_header
+        self.uploads = uploads or UploadStore("")
+        self.on_done = on_done
         self.stopping = threading.Event()
         self.requests = 0
+        self.disconnects = 0
         self._conns: dict[tuple[str, int], Connection] = {}
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[tuple[Connection, Message] | None] = queue.SimpleQueue()
@@ -99,24 +118,38 @@ class ThreadedWorker:
         elif isinstance(msg, Credits):
             with self._lock:
                 conn = self._conns.get(msg.key)
-                if conn is not None:
-                    conn.credits += msg.amount
+            if conn is not None:
+                conn.add_credits(msg.amount)
         elif isinstance(msg, UnknownControl):
             log.debug("ignored control message of type %s", msg.type)
-        elif isinstance(msg, UploadDone) and msg.key not in self._conns:
-            log.debug("upload-done for %s:%s which is not in flight", msg.sender, msg.conn_id)
+        elif isinstance(msg, UploadDone) and self._upload_done(msg):
+            return
         else:
             self._dispatch(msg)
+
+    def _upload_done(self, msg: UploadDone) -> bool:
+        """Complete the upload in flight; False if there is none (forged: 400)."""
+        with self._lock:
+            conn = self._conns.get(msg.key)
+            upload = conn.upload if conn is not None else None
+        if upload is None:
+            return False
+        if msg.start_path != upload.announced:
+            upload.error = "upload-start header changed to %r" % msg.start_path
+        upload.finish(msg.upload_path)
+        return True
 
     def _disconnected(self, msg: Message) -> None:
         with self._lock:
             conn = self._conns.get(msg.key)
             if conn is None:
                 return  # idle or unknown (e.g. stale from before we started)
-            conn.closed = True
             conn.pending.clear()
-            if not conn.busy:
+            if conn.busy:
+                self.disconnects += 1
+            else:
                 del self._conns[msg.key]
+        conn.mark_closed()
         log.debug("client %s:%s disconnected", msg.sender, msg.conn_id)
 
     def _dispatch(self, msg: Message) -> None:
@@ -125,6 +158,9 @@ class ThreadedWorker:
             if conn is None or (conn.closed and not conn.busy):
                 ident = self.reply_ident or msg.sender.encode("latin-1")
                 conn = self._conns[msg.key] = Connection(msg.sender, msg.conn_id, ident)
+                credits = msg.header("DOWNLOAD_CREDITS")
+                if credits is not None and credits.isdigit():
+                    conn.grant(int(credits))
             if conn.busy:
                 conn.pending.append(msg)  # pipelined: answer after the one in flight
                 return
@@ -145,6 +181,8 @@ class ThreadedWorker:
         try:
             if isinstance(msg, HTTPRequest):
                 self.handler(msg, out)
+            elif isinstance(msg, (UploadStart, UploadDone)):
+                self._serve_upload(conn, msg, out)
             else:
                 self._unsupported(msg, out)
         except Exception:
@@ -155,13 +193,63 @@ class ThreadedWorker:
             if not out.done:
                 out.finish(close=True)
             self.requests += 1
+            if self.on_done is not None:
+                self.on_done(conn)
         return not out.closing and not conn.closed
+
+    def _serve_upload(self, conn: Connection, msg: Message, out: Output) -> None:
+        """Run the app on a body Mongrel2 is still writing to its temp store."""
+        if isinstance(msg, UploadDone) or msg.body:
+            # Real upload-done only follows an upload-start we serve; a real
+            # upload-start has an empty body. Anything else is forged.
+            self._reject(msg, out, "upload headers on an ordinary request")
+            return
+        assert isinstance(msg, UploadStart)
+        try:
+            real = self.uploads.resolve(msg.upload_path)
+        except UploadRejected as exc:
+            self._reject(msg, out, str(exc))
+            return
+        length_raw = msg.header("content-length")
+        length = int(length_raw) if length_raw and length_raw.isdigit() else None
+        upload = Upload(msg.upload_path, real, length)
+        with self._lock:
+            conn.upload = upload
+        try:
+            if length is None:
+                # Chunked upload: no length to promise the app until it is done.
+                upload.wait_done(conn)
+                length = os.path.getsize(real)
+                upload.length = length
+            body = open_upload(upload, conn)
+            try:
+                self.handler(msg, out, body, length)
+            finally:
+                body.close()
+            if not upload.done.is_set():
+                out.finish(close=True)  # the rest of the body is still coming: end here
+        except UploadRejected as exc:
+            self._reject(msg, out, str(exc))
+        except ClientDisconnected:
+            out.finish(close=True)
+        finally:
+            with self._lock:
+                conn.upload = None
+            upload.remove()
+
+    def _reject(self, msg: Message, out: Output, reason: str) -> None:
+        log.warning("400 for %s:%s: %s", msg.sender, msg.conn_id, reason)
+        if out.done:
+            return
+        version, _ = request_framing(msg)
+        payload, _ = simple_response(
+            "400 Bad Request", b"Bad Request\n", version, False, self.server_header
+        )
+        out.finish(payload, close=True)
 
     def _unsupported(self, msg: Message, out: Output) -> None:
         """Answer the message kinds this worker cannot serve, instead of hanging."""
         status = {
-            "UploadStart": "413 Content Too Large",
-            "UploadDone": "413 Content Too Large",
             "UploadStream": "413 Content Too Large",
         }.get(type(msg).__name__, "400 Bad Request")
         log.warning(
@@ -185,7 +273,9 @@ class ThreadedWorker:
             if conn.pending:
                 return conn.pending.popleft()
             conn.busy = False
-            if self._conns.get(conn.key) is conn:
+            # Flow-controlled connections keep their credit count between
+            # keep-alive requests; the disconnect notice removes them.
+            if self._conns.get(conn.key) is conn and (conn.closed or not conn.flow_control):
                 del self._conns[conn.key]
         return None
 
