@@ -154,10 +154,11 @@ class Mongrel2:
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.startup_timeout = startup_timeout
-        taken: set[int] = set()
-        self.port = port if port is not None else self._pick_port(taken)
-        taken.add(self.port)
-        self.handlers = [self._resolve(spec, taken) for spec in (handlers or [HandlerSpec()])]
+        self._fixed_port = port
+        self._requested = list(handlers or [HandlerSpec()])
+        self.port = 0
+        self.handlers: list[HandlerSpec] = []
+        self._assign_ports()
         routes = [spec.route for spec in self.handlers]
         if len(set(routes)) != len(routes):
             raise Mongrel2Error(f"duplicate handler routes: {routes}")
@@ -169,6 +170,20 @@ class Mongrel2:
         self.settings.update(settings or {})
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
+        self._ever_started = False
+
+    def _assign_ports(self) -> None:
+        """(Re)pick every port the caller left to us; explicit ones are kept."""
+        taken: set[int] = set()
+        self.port = self._fixed_port if self._fixed_port is not None else self._pick_port(taken)
+        taken.add(self.port)
+        self.handlers = [self._resolve(spec, taken) for spec in self._requested]
+
+    @property
+    def _has_auto_ports(self) -> bool:
+        return self._fixed_port is None or any(
+            not spec.send_spec or not spec.recv_spec for spec in self._requested
+        )
 
     # -- configuration -------------------------------------------------------
 
@@ -303,10 +318,44 @@ class Mongrel2:
     # -- process lifecycle ---------------------------------------------------
 
     def start(self) -> Mongrel2:
-        """Write and load the config, start Mongrel2 and wait for its HTTP port."""
+        """Write and load the config, start Mongrel2 and wait for its HTTP port.
+
+        On the very first start, a port picked by :func:`free_port` that someone
+        else grabbed in the meantime is replaced and the start retried; after
+        that, ports stay fixed so connected handlers keep working across restarts.
+        """
+        attempts = 3 if not self._ever_started and self._has_auto_ports else 1
+        for attempt in range(1, attempts + 1):
+            log_size = self.error_log.stat().st_size if self.error_log.exists() else 0
+            try:
+                self._start_once()
+            except Mongrel2Error:
+                if attempt == attempts or not self._port_clash(log_size):
+                    raise
+                log.warning("mongrel2 port clash (attempt %s), picking new ports", attempt)
+                self._assign_ports()
+                continue
+            self._ever_started = True
+            break
+        return self
+
+    def _port_clash(self, log_offset: int) -> bool:
+        """Whether the last failed start logged an address already in use."""
+        try:
+            with self.error_log.open("rb") as fh:
+                fh.seek(log_offset)
+                text = fh.read()
+        except OSError:
+            return False
+        if self._fixed_port is not None and b"port %d\n" % self._fixed_port in text:
+            return False  # the caller's own port: retrying cannot help
+        return b"Address already in use" in text
+
+    def _start_once(self) -> None:
+        """One attempt: load the config, spawn Mongrel2, wait for it to answer."""
         with self._lock:
             if self.running:
-                return self
+                return
             self.write_config()
             binary = shutil.which("mongrel2")
             if binary is None:
@@ -334,7 +383,6 @@ class Mongrel2:
         except BaseException:
             self.stop()
             raise
-        return self
 
     def _wait_listening(self, proc: subprocess.Popen[bytes]) -> None:
         """Poll the HTTP port until it accepts a connection, or fail with the logs."""
@@ -345,17 +393,37 @@ class Mongrel2:
                 raise Mongrel2Error(
                     f"mongrel2 exited with status {code} during startup\n" + self._diagnostics()
                 )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                pass
+            if self._answers_as_mongrel2() and proc.poll() is None:
+                return
             if time.monotonic() > deadline:
                 raise Mongrel2Error(
                     f"mongrel2 (pid {proc.pid}) not listening on port {self.port} after "
                     f"{self.startup_timeout}s\n" + self._diagnostics()
                 )
             time.sleep(0.05)
+
+    def _answers_as_mongrel2(self) -> bool:
+        """Send a malformed request and expect Mongrel2's own 400.
+
+        A bare connect is not enough: another process may hold the port we
+        picked, and then a dying Mongrel2 would look like a listening one. The
+        bad request never reaches a handler, so it leaves no trace there.
+        """
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+                sock.sendall(b"M2GATE-PROBE\r\n\r\n")
+                reply = b""
+                while b"\r\n\r\n" not in reply and len(reply) < 4096:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    reply += chunk
+        except OSError:
+            return False
+        if b"Server: Mongrel2" in reply:
+            return True
+        log.warning("port %s answered but not as Mongrel2: %r", self.port, reply[:200])
+        return False
 
     def _diagnostics(self) -> str:
         """Tail of the error log and process output, for failure messages."""
