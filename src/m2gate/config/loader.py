@@ -74,33 +74,76 @@ def read_file(path: str) -> dict[str, Any]:
         raise ConfigError("config file %s: %s" % (path, exc.strerror or exc)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config file %s: invalid TOML: %s" % (path, exc)) from None
-    return {_normalise_key(k): v for k, v in data.items()}
+    return data
+
+
+APP_DIR_FILE = "m2gate.toml"
+
+
+def _app_dir(cli: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    """The --app-dir (CLI or env), absolute; ConfigError if it is no directory."""
+    app_dir = str(cli.get("app_dir") or environ.get(env_var("app_dir"), ""))
+    if not app_dir:
+        return ""
+    app_dir = os.path.abspath(app_dir)
+    if not os.path.isdir(app_dir):
+        raise ConfigError(
+            "app_dir: %s is not a directory; create one with `m2gate init DIR`" % app_dir
+        )
+    return app_dir
+
+
+def apply_app_dir(cfg: Config) -> Config:
+    """Default chdir, pidfile and log file to the app folder's app/, run/ and logs/."""
+    if cfg.app_dir:
+        cfg.chdir = cfg.chdir or os.path.join(cfg.app_dir, "app")
+        cfg.pidfile = cfg.pidfile or os.path.join(cfg.app_dir, "run", "m2gate.pid")
+        cfg.log_file = cfg.log_file or os.path.join(cfg.app_dir, "logs", "m2gate.log")
+    return cfg
 
 
 def load(
     cli: Mapping[str, Any],
     environ: Mapping[str, str] | None = None,
 ) -> Config:
-    """Merge the sources in precedence order and validate every value."""
+    """Merge the sources in precedence order and validate every value.
+
+    Defaults < config file(s) < environment < command line. With an app
+    folder, its ``m2gate.toml`` is read first and ``--config`` on top of it.
+    """
     environ = os.environ if environ is None else environ
     table = {f.name: (meta, kind) for f, meta, kind in settings()}
     values: dict[str, Any] = {}
 
-    config_path = cli.get("config") or environ.get(env_var("config"), "")
+    app_dir = _app_dir(cli, environ)
+    files: list[str] = []
+    if app_dir and os.path.exists(os.path.join(app_dir, APP_DIR_FILE)):
+        files.append(os.path.join(app_dir, APP_DIR_FILE))
+    config_path = str(cli.get("config") or environ.get(env_var("config"), ""))
     if config_path:
-        for key, raw in read_file(config_path).items():
-            if key not in table or key == "config":
-                known = ", ".join(sorted(k for k in table if k != "config"))
+        files.append(config_path)
+    for path in files:
+        seen: dict[str, str] = {}
+        for written, raw in read_file(path).items():
+            key = _normalise_key(written)
+            if key not in table or not table[key][0].in_file:
+                known = ", ".join(sorted(k for k in table if table[k][0].in_file))
                 raise ConfigError(
-                    "config file %s: unknown key %r; accepted keys: %s" % (config_path, key, known)
+                    "config file %s: unknown key %r; accepted keys: %s" % (path, written, known)
                 )
+            if key in seen:
+                raise ConfigError(
+                    "config file %s: %r and %r are the same setting; keep one"
+                    % (path, seen[key], written)
+                )
+            seen[key] = written
             meta, kind = table[key]
-            values[key] = convert(key, kind, meta, raw, "config file %s" % config_path)
+            values[key] = convert(key, kind, meta, raw, "config file %s" % path)
     for name, (meta, kind) in table.items():
         raw_env = environ.get(env_var(name))
         if raw_env is not None and raw_env != "":
             if get_origin(kind) is list:
-                parts = raw_env.split(os.pathsep if "path" in name else ",")
+                parts = [p for p in raw_env.split(meta.env_separator) if p]
                 values[name] = convert(name, kind, meta, parts, env_var(name))
             else:
                 values[name] = convert(name, kind, meta, raw_env, env_var(name))
@@ -109,4 +152,5 @@ def load(
             meta, kind = table[name]
             values[name] = convert(name, kind, meta, raw, flag(name))
     values["config"] = config_path
-    return Config(**values)
+    values["app_dir"] = app_dir
+    return apply_app_dir(Config(**values))

@@ -32,6 +32,8 @@ class Meta:
     validate: Callable[[Any], Any] | None = None
     accepted: str = ""  # how to describe valid values in error messages
     positional: bool = False
+    in_file: bool = True  # False: not accepted as a config-file key (e.g. config itself)
+    env_separator: str = ","  # how list settings are split in M2GATE_<NAME>
 
 
 def setting(default: Any, help: str, **meta: Any) -> Any:
@@ -80,7 +82,58 @@ def _positive(value: int) -> int:
 
 
 def _non_negative(value: float) -> float:
-    if value < 0:
+    if not value >= 0:  # also rejects NaN
+        raise ValueError(value)
+    return value
+
+
+_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _check_env(value: str) -> str:
+    key, sep, _ = value.partition("=")
+    if not sep or not _ENV_KEY_RE.match(key):
+        raise ValueError(value)
+    return value
+
+
+def _check_user(value: str) -> str:
+    if value and not value.isdigit():
+        import pwd
+
+        try:
+            pwd.getpwnam(value)
+        except KeyError:
+            raise ValueError(value) from None
+    return value
+
+
+def _check_group(value: str) -> str:
+    if value and not value.isdigit():
+        import grp
+
+        try:
+            grp.getgrnam(value)
+        except KeyError:
+            raise ValueError(value) from None
+    return value
+
+
+def _check_log_endpoint(value: str) -> str:
+    if value and not re.match(r"(tcp://[^\s/]+:\d{1,5}|ipc://\S+)\Z", value):
+        raise ValueError(value)
+    return value
+
+
+def _check_access_format(value: str) -> str:
+    from m2gate.accesslog import check_format
+
+    check_format(value)
+    return value
+
+
+def _check_paste(value: str) -> str:
+    if value.startswith("egg:"):
         raise ValueError(value)
     return value
 
@@ -91,13 +144,48 @@ class Config:
 
     app: str = setting(
         "",
-        "The application: module:attr, module (then `application`, then `app`).",
+        "The application: module:attr, module:factory() (called), module (then `application`,"
+        " `app`, `create_app()`), or a Django project directory holding manage.py.",
         section="app",
         positional=True,
         metavar="APP",
     )
     config: str = setting(
-        "", "TOML config file whose keys are these settings.", short="-c", metavar="FILE"
+        "",
+        "TOML config file whose keys are these settings.",
+        short="-c",
+        metavar="FILE",
+        in_file=False,
+    )
+    paste: str = setting(
+        "",
+        "Paste Deploy config to load the app from (FILE.ini or config:URI, optional #name).",
+        section="app",
+        metavar="INI",
+        validate=_check_paste,
+        accepted="FILE.ini, config:FILE.ini or either with #APPNAME",
+    )
+    pythonpath: list[str] = setting(  # noqa: RUF009 (setting() makes a default_factory)
+        [],
+        "Directory put in front of sys.path before the app is imported (repeatable).",
+        section="app",
+        metavar="DIR",
+        env_separator=":",
+    )
+    virtualenv: str = setting(
+        "",
+        "Virtualenv whose site-packages the app is imported from.",
+        section="app",
+        metavar="DIR",
+    )
+    env: list[str] = setting(  # noqa: RUF009
+        [],
+        "Environment variable set before the app is imported (repeatable).",
+        section="app",
+        metavar="KEY=VALUE",
+        validate=_check_env,
+        accepted="KEY=VALUE with KEY a shell variable name",
+        env_separator="\n",
     )
     send_spec: str = setting(
         "",
@@ -192,6 +280,93 @@ class Config:
     )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = setting(
         "info", "Logging level.", section="logging"
+    )
+    log_file: str = setting(
+        "",
+        "Write the log to this file instead of stderr; reopened on SIGUSR1 (logrotate).",
+        section="logging",
+        metavar="FILE",
+    )
+    log_zeromq: str = setting(
+        "",
+        "Also PUSH every log line to a ZeroMQ PULL collector, as uWSGI's zeromq logger.",
+        section="logging",
+        metavar="ENDPOINT",
+        validate=_check_log_endpoint,
+        accepted="tcp://HOST:PORT or ipc://PATH",
+    )
+    access_log: str = setting(
+        "",
+        "Access log file, one line per request ('-' for stderr; default: none).",
+        section="logging",
+        metavar="FILE",
+    )
+    access_log_format: str = setting(
+        '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s',
+        "Access log line: %(NAME)s atoms h l u t r m U q H s b B f a T M D p"
+        " (default: the common log format).",
+        section="logging",
+        metavar="FORMAT",
+        validate=_check_access_format,
+        accepted="a %-format using only the atoms h l u t r m U q H s b B f a T M D p",
+    )
+    app_dir: str = setting(
+        "",
+        "App folder made by `m2gate init`: reads DIR/m2gate.toml, runs in DIR/app,"
+        " pidfile DIR/run/m2gate.pid, log DIR/logs/m2gate.log.",
+        section="service",
+        metavar="DIR",
+        in_file=False,
+    )
+    daemon: bool = setting(
+        False, "Detach from the terminal and run in the background.", section="service"
+    )
+    pidfile: str = setting(
+        "", "Write the master's PID to this file.", section="service", metavar="FILE"
+    )
+    user: str = setting(
+        "",
+        "Drop privileges to this user (name or uid) after start-up.",
+        section="service",
+        validate=_check_user,
+        accepted="an existing user name or a numeric uid",
+    )
+    group: str = setting(
+        "",
+        "Drop privileges to this group (name or gid; default: the user's group).",
+        section="service",
+        validate=_check_group,
+        accepted="an existing group name or a numeric gid",
+    )
+    chroot: str = setting(
+        "",
+        "chroot() into this directory before dropping privileges (needs root).",
+        section="service",
+        metavar="DIR",
+    )
+    mongrel2_db: str = setting(
+        "",
+        "Mongrel2's config.sqlite: take send/recv specs and idents from the selected handler.",
+        section="mongrel2",
+        metavar="FILE",
+    )
+    route: str = setting(
+        "",
+        "With --mongrel2-db: the handler serving this route path.",
+        section="mongrel2",
+        metavar="PATH",
+    )
+    handler_ident: str = setting(
+        "",
+        "With --mongrel2-db: the handler whose send_ident is UUID.",
+        section="mongrel2",
+        metavar="UUID",
+    )
+    host: str = setting(
+        "",
+        "With --mongrel2-db: handlers routed under this Mongrel2 host name.",
+        section="mongrel2",
+        metavar="NAME",
     )
 
 

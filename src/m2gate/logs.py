@@ -1,0 +1,218 @@
+"""Logging set-up: stderr or a log file (reopened for logrotate), ZeroMQ, access log.
+
+The master calls :func:`setup_logging` once at start-up (before daemonizing,
+so a bad log path is reported on the terminal) and :func:`reopen_logs` from its
+main loop when SIGUSR1 arrives; signal handlers themselves must never log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from typing import Any, TextIO
+
+from m2gate.accesslog import AccessLogger
+from m2gate.config.settings import Config, ConfigError
+
+LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+
+log = logging.getLogger("m2gate")
+
+_reopenable: list[ReopenableFileHandler] = []
+_chroot = ""  # set by enter_chroot(): reopen paths inside it
+
+
+def set_chroot(root: str) -> None:
+    """Tell reopen where the process now lives (called by service.enter_chroot)."""
+    global _chroot
+    _chroot = root.rstrip("/")
+
+
+def _current_path(path: str) -> str | None:
+    """``path`` as seen from inside the chroot, or None if it is outside it."""
+    if not _chroot:
+        return path
+    if path == _chroot or path.startswith(_chroot + "/"):
+        return path[len(_chroot) :] or "/"
+    return None
+
+
+class ReopenableFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Appends to a file; :meth:`reopen` starts a new file after logrotate moved it.
+
+    With ``capture_stdio`` the file also becomes fds 1 and 2, so tracebacks
+    printed by C code or a dying interpreter end up in the log as well.
+    """
+
+    def __init__(self, path: str, capture_stdio: bool = False) -> None:
+        self.path = os.path.abspath(path)
+        self.capture_stdio = capture_stdio
+        super().__init__(self._open(self.path))
+
+    def _open(self, path: str) -> TextIO:
+        stream = open(path, "a", encoding="utf-8", errors="backslashreplace", buffering=1)
+        if self.capture_stdio:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(stream.fileno(), 1)
+            os.dup2(stream.fileno(), 2)
+        return stream
+
+    def reopen(self) -> None:
+        """Close the current file and open ``path`` again (a new file after rotation)."""
+        path = _current_path(self.path)
+        if path is None:
+            log.warning("cannot reopen %s: it is outside the chroot %s", self.path, _chroot)
+            return
+        self.acquire()
+        try:
+            try:
+                stream = self._open(path)
+            except OSError as exc:
+                log.error("cannot reopen log file %s: %s", path, exc.strerror)
+                return
+            old = self.setStream(stream)
+            if old is not None:
+                old.close()
+        finally:
+            self.release()
+
+    def close(self) -> None:
+        self.acquire()
+        try:
+            stream = self.stream
+            if stream is not None and not stream.closed:
+                stream.flush()
+                stream.close()
+        finally:
+            self.release()
+        if self in _reopenable:
+            _reopenable.remove(self)
+        super().close()
+
+
+def open_log_file(
+    path: str, capture_stdio: bool = False, setting: str = "log_file"
+) -> ReopenableFileHandler:
+    """A reopenable handler for ``path``; ConfigError (one line) if it cannot be opened."""
+    try:
+        handler = ReopenableFileHandler(path, capture_stdio)
+    except OSError as exc:
+        raise ConfigError("%s: cannot open %s: %s" % (setting, path, exc.strerror or exc)) from None
+    _reopenable.append(handler)
+    return handler
+
+
+def reopen_logs() -> None:
+    """Reopen every log file (the master's SIGUSR1 action, also run in workers)."""
+    for handler in list(_reopenable):
+        handler.reopen()
+    log.info("log files reopened")
+
+
+class ZeroMQHandler(logging.Handler):
+    """PUSHes each formatted record to a ZeroMQ PULL collector (uWSGI's zeromq logger).
+
+    The socket is made lazily in the process that logs, so a handler set up in
+    the master before fork gets a fresh context in every worker: ZeroMQ
+    contexts must never cross a fork. A collector that is away or slow costs
+    nothing: records beyond the send queue are dropped, never blocking the app.
+    """
+
+    def __init__(self, endpoint: str, level: int = logging.NOTSET, hwm: int = 10000) -> None:
+        super().__init__(level)
+        self.endpoint = endpoint
+        self.hwm = hwm
+        self._pid = 0
+        self._ctx: Any = None
+        self._sock: Any = None
+        self._guard = threading.Lock()
+
+    def _socket(self) -> Any:
+        pid = os.getpid()
+        if self._pid != pid:
+            import zmq
+
+            with self._guard:
+                if self._pid != pid:
+                    # After fork the parent's socket is not ours to use or close.
+                    ctx = zmq.Context()
+                    sock = ctx.socket(zmq.PUSH)
+                    sock.setsockopt(zmq.LINGER, 1000)
+                    sock.setsockopt(zmq.SNDHWM, self.hwm)
+                    sock.connect(self.endpoint)
+                    self._ctx, self._sock, self._pid = ctx, sock, pid
+        return self._sock
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import zmq
+
+        try:
+            line = self.format(record)
+            self._socket().send(line.encode("utf-8", "backslashreplace"), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # collector gone or slow: drop rather than block a request
+        except Exception:
+            self.handleError(record)
+
+    def close(self) -> None:
+        self.acquire()
+        try:
+            if self._sock is not None and self._pid == os.getpid():
+                self._sock.close()
+                self._ctx.term()
+            self._sock = self._ctx = None
+            self._pid = 0
+        finally:
+            self.release()
+        super().close()
+
+
+def _stderr_handler() -> logging.Handler:
+    return logging.StreamHandler(sys.stderr)
+
+
+def setup_logging(cfg: Config) -> AccessLogger | None:
+    """Configure the root and ``m2gate.access`` loggers from ``cfg``.
+
+    Returns the :class:`AccessLogger` to hand to the request path, or None
+    when no access log is wanted. Raises ConfigError when a file cannot be
+    opened, so call it before daemonizing.
+    """
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
+    formatter = logging.Formatter(LOG_FORMAT)
+    main: logging.Handler
+    if cfg.log_file:
+        main = open_log_file(cfg.log_file, capture_stdio=cfg.daemon)
+    else:
+        main = _stderr_handler()
+    main.setFormatter(formatter)
+    root.addHandler(main)
+    if cfg.log_zeromq:
+        zmq_handler = ZeroMQHandler(cfg.log_zeromq)
+        zmq_handler.setFormatter(formatter)
+        root.addHandler(zmq_handler)
+    root.setLevel(cfg.log_level.upper())
+
+    access = logging.getLogger("m2gate.access")
+    for old in list(access.handlers):
+        access.removeHandler(old)
+        old.close()
+    if not cfg.access_log:
+        access.propagate = True
+        return None
+    access.propagate = False
+    access.setLevel(logging.INFO)
+    target: logging.Handler
+    if cfg.access_log == "-":
+        target = _stderr_handler()
+    else:
+        target = open_log_file(cfg.access_log, setting="access_log")
+    target.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(target)
+    return AccessLogger(cfg.access_log_format, access, cfg.trust_x_forwarded_for)
