@@ -371,6 +371,9 @@ class Mongrel2:
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
+                    # Own session: a terminal Ctrl-C goes to our process, which then
+                    # stops its app servers before Mongrel2, not all at once.
+                    start_new_session=True,
                     # Parent death is tracked per thread: only safe from the main one.
                     preexec_fn=_die_with_parent if in_main else None,
                 )
