@@ -40,9 +40,15 @@ class ZmqTransport:
         self._poller.register(self.pull, zmq.POLLIN)
 
     def recv(self, timeout_ms: int) -> bytes | None:
+        # Under load a message is usually waiting: try that before polling.
+        try:
+            data: bytes = self.pull.recv(zmq.NOBLOCK)
+            return data
+        except zmq.Again:
+            pass
         if not self._poller.poll(timeout_ms):
             return None
-        data: bytes = self.pull.recv(copy=True)
+        data = self.pull.recv()
         return data
 
     def send(self, messages: Sequence[bytes]) -> None:
