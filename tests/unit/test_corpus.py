@@ -58,7 +58,7 @@ def is_forged_upload(entry: dict[str, Any]) -> bool:
     return entry["kind"] == "request" and "x-mongrel2-upload-start" in entry["headers"]
 
 
-def by_id(entries: list[dict[str, Any]]) -> Any:
+def by_id(entries: list[dict[str, Any]]) -> pytest.MarkDecorator:
     return pytest.mark.parametrize("entry", entries, ids=[e["name"] for e in entries])
 
 
