@@ -7,6 +7,7 @@ stripped), PATH_INFO the percent-decoded rest, SERVER_NAME/PORT from Host.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
@@ -27,6 +28,7 @@ class EnvironDefaults:
     trust_x_forwarded_for: bool = False
 
 
+@functools.lru_cache(maxsize=256)
 def route_prefix(pattern: str | None) -> str:
     """The literal part of a route pattern, without a trailing slash."""
     if not pattern:
@@ -38,7 +40,8 @@ def route_prefix(pattern: str | None) -> str:
 
 def split_path(msg: Message) -> tuple[str, str]:
     """``(SCRIPT_NAME, PATH_INFO)``, both percent-decoded latin-1 strings."""
-    decoded = unquote_to_bytes(msg.path).decode("latin-1")
+    path = msg.path
+    decoded = unquote_to_bytes(path).decode("latin-1") if "%" in path else path
     prefix = route_prefix(msg.header("PATTERN"))
     if (
         prefix

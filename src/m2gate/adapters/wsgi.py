@@ -30,6 +30,7 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 SERVER = b"m2gate/" + __version__.encode("ascii")
 _SPECIAL = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
+_ENVIRON_KEYS: dict[str, str] = {}
 
 
 class FileWrapper:
@@ -120,11 +121,12 @@ class WSGIHandler:
             }
         )
         for name, value in client_headers(msg):
-            special = _SPECIAL.get(name)
-            if special is not None:
-                env[special] = value
-            else:
-                env["HTTP_" + name.upper().replace("-", "_")] = value
+            key = _ENVIRON_KEYS.get(name)
+            if key is None:
+                key = _SPECIAL.get(name) or "HTTP_" + name.upper().replace("-", "_")
+                if len(_ENVIRON_KEYS) < 4096:  # bounded: names are client-chosen
+                    _ENVIRON_KEYS[name] = key
+            env[key] = value
         if "CONTENT_LENGTH" not in env and msg.body:
             env["CONTENT_LENGTH"] = str(len(msg.body))
         return env
