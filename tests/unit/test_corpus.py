@@ -51,7 +51,7 @@ def load(entry: dict[str, Any]) -> tuple[bytes, Message]:
 
 
 def temp_store_dir(entry: dict[str, Any]) -> str:
-    return os.path.dirname(entry["settings"]["upload.temp_store"])
+    return os.path.dirname(str(entry["settings"]["upload.temp_store"]))
 
 
 def is_forged_upload(entry: dict[str, Any]) -> bool:
