@@ -90,8 +90,7 @@ class ThreadedWorker:
     # -- receiving ---------------------------------------------------------
     def run(self, graceful_timeout: float) -> bool:
         """Serve until :meth:`stop`; returns True if every request finished."""
-        for t in self._workers:
-            t.start()
+        self._start()
         while not self.stopping.is_set():
             data = self.source.recv(POLL_MS)
             if data is not None:
@@ -165,16 +164,28 @@ class ThreadedWorker:
                 conn.pending.append(msg)  # pipelined: answer after the one in flight
                 return
             conn.busy = True
+        self._submit(conn, msg)
+
+    # -- how a unit of work runs (gevent_worker.py overrides these and drain) --
+    def _start(self) -> None:
+        for t in self._workers:
+            t.start()
+
+    def _submit(self, conn: Connection, msg: Message) -> None:
+        """Hand a connection's next request to an app thread."""
         self._queue.put((conn, msg))
+
+    def _serve_connection(self, conn: Connection, msg: Message) -> None:
+        """Serve ``msg``, then the requests pipelined behind it, in order."""
+        next_msg: Message | None = msg
+        while next_msg is not None:
+            keep = self._serve(conn, next_msg)
+            next_msg = self._done(conn, keep)
 
     # -- app threads -------------------------------------------------------
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
-            conn, msg = item
-            next_msg: Message | None = msg
-            while next_msg is not None:
-                keep = self._serve(conn, next_msg)
-                next_msg = self._done(conn, keep)
+            self._serve_connection(*item)
 
     def _serve(self, conn: Connection, msg: Message) -> bool:
         out = Output(conn, self.sink, self._flusher, self.max_message, self.flush_interval)
