@@ -1,0 +1,70 @@
+# m2gate developer tasks. `make test` is what CI runs (.ci/run).
+#
+# The venv is (re)built only when pyproject.toml changes (stamp file), so
+# repeated runs are fast; Mongrel2 and wrk come from Debian's packages.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+LINT_PATHS := src tests benchmarks tools scripts examples
+
+# apt-get needs root; use sudo when we are not root and it exists.
+SUDO := $(shell [ "$$(id -u)" -ne 0 ] && command -v sudo)
+APT  := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
+
+.PHONY: venv install sysdeps bench-deps test test-long lint format bench demo clean corpus
+
+venv install: sysdeps $(STAMP)
+
+sysdeps:
+	@if ! command -v mongrel2 >/dev/null 2>&1 || ! command -v m2sh >/dev/null 2>&1; then \
+		echo "mongrel2 missing: installing mongrel2-core"; \
+		$(APT) update && $(APT) install -y mongrel2-core; \
+	fi
+
+bench-deps: sysdeps
+	@if ! command -v wrk >/dev/null 2>&1; then \
+		echo "wrk missing: installing it"; \
+		$(APT) update && $(APT) install -y wrk; \
+	fi
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "m2gate needs Python >= 3.11; $(PYTHON) is $$($(PYTHON) --version 2>&1)"; exit 1; }
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+lint: install
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+
+test: install
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -q -m "not long"
+
+test-long: install
+	$(PY) -m pytest -q -m long
+
+bench: install bench-deps
+	@set -e; found=0; for f in benchmarks/*.py; do \
+		[ -e "$$f" ] || continue; found=1; \
+		echo "== $$f"; $(PY) "$$f"; \
+	done; [ $$found = 1 ] || echo "no benchmarks/*.py yet"
+
+demo: install
+	$(PY) scripts/demo.py
+
+# Re-capture tests/corpus from a real Mongrel2 (review the diff before committing).
+corpus: install
+	$(PY) tools/capture_corpus.py
+
+clean:
+	rm -rf demo-run .pytest_cache .mypy_cache .ruff_cache .hypothesis build
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
