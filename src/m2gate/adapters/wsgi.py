@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import IO, Any
 
 from m2gate import __version__
+from m2gate.accesslog import AccessLogger
 from m2gate.adapters.common import (
     EnvironDefaults,
     client_headers,
@@ -84,9 +86,11 @@ class WSGIHandler:
         defaults: EnvironDefaults,
         multithread: bool,
         multiprocess: bool,
+        access_log: AccessLogger | None = None,
     ) -> None:
         self.app = app
         self.defaults = defaults
+        self.access_log = access_log
         self.base = {
             "wsgi.version": (1, 0),
             "wsgi.multithread": multithread,
@@ -143,6 +147,7 @@ class WSGIHandler:
         ``body`` and ``content_length`` replace the inline body for uploads
         that Mongrel2 spooled to a file.
         """
+        started = time.perf_counter()
         version, keep_alive = request_framing(msg)
         resp = Response(msg.method, version, keep_alive, SERVER)
         env = self.environ(msg, body if body is not None else io.BytesIO(msg.body))
@@ -166,18 +171,23 @@ class WSGIHandler:
                     log.exception("close() of the app's iterable failed")
                     if not out.done:
                         call.fail(None, msg)
+            if self.access_log is not None:
+                self.access_log.log(
+                    msg, resp.status_code, call.nbytes, time.perf_counter() - started
+                )
 
 
 class _Call:
     """State of one app call: start_response, write() and the body loop."""
 
-    __slots__ = ("headers", "out", "resp", "status")
+    __slots__ = ("headers", "nbytes", "out", "resp", "status")
 
     def __init__(self, resp: Response, out: Output) -> None:
         self.resp = resp
         self.out = out
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
+        self.nbytes = 0  # body bytes sent, for the access log
 
     def start_response(
         self,
@@ -212,7 +222,10 @@ class _Call:
             raise TypeError("write() takes bytes, got %s" % type(data).__name__)
         if not self.resp.head_sent:
             self.out.write(self._head())
-        self.out.write(self.resp.body(data))
+        framed = self.resp.body(data)
+        if framed:
+            self.nbytes += len(data)
+        self.out.write(framed)
 
     def run(self, result: Iterable[bytes]) -> None:
         resp = self.resp
@@ -223,6 +236,7 @@ class _Call:
                     raise TypeError("the app yielded %s, not bytes" % type(chunk).__name__)
             body = b"".join(result)
             payload = self._head(len(body)) + resp.body(body) + resp.end()
+            self.nbytes = 0 if resp.method == "HEAD" else len(body)
             self.out.finish(payload, close=not resp.keep_alive)
             return
         for chunk in result:
@@ -232,7 +246,10 @@ class _Call:
                 continue
             if not resp.head_sent:
                 self.out.write(self._head())
-            self.out.write(resp.body(chunk))
+            framed = resp.body(chunk)
+            if framed:
+                self.nbytes += len(chunk)
+            self.out.write(framed)
         tail = b"" if resp.head_sent else self._head(0)
         tail += resp.end()
         self.out.finish(tail, close=not resp.keep_alive)
@@ -254,6 +271,8 @@ class _Call:
             self.resp.abort()
             self.out.finish(close=True)
             return
+        self.resp.status_code = int(status[:3])  # for the access log
+        self.nbytes = 0 if self.resp.method == "HEAD" else len(status) - 3
         payload, keep_alive = simple_response(
             status,
             status[4:].encode("ascii") + b"\n",
