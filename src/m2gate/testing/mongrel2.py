@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -99,14 +99,23 @@ def _terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
     proc.wait(timeout=10)
 
 
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's prctl, looked up once in the parent (dlopen is not fork-safe)."""
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: atexit remains the safety net
+        return None
+    return prctl
+
+
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG: Final = 1
+
+
 def _die_with_parent() -> None:
     """Child-side hook: ask Linux to SIGKILL Mongrel2 if our process dies hard."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: atexit remains the safety net
-        pass
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 def _conf_string(value: str) -> str:
@@ -375,7 +384,7 @@ class Mongrel2:
                     # stops its app servers before Mongrel2, not all at once.
                     start_new_session=True,
                     # Parent death is tracked per thread: only safe from the main one.
-                    preexec_fn=_die_with_parent if in_main else None,
+                    preexec_fn=_die_with_parent if in_main and _PRCTL else None,
                 )
             self._proc = proc
             with _LIVE_LOCK:
