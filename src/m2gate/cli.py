@@ -7,11 +7,12 @@ import logging
 import sys
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from m2gate import __version__
+from m2gate.config import mongrel2db
 from m2gate.config.loader import add_arguments, load
-from m2gate.config.settings import SPEC_ACCEPTED, Config, ConfigError, split_spec
+from m2gate.config.settings import SPEC_ACCEPTED, Config, ConfigError, settings, split_spec
 from m2gate.loading import AppLoadError
 
 log = logging.getLogger("m2gate")
@@ -20,15 +21,51 @@ EXIT_CONFIG = 2
 EXIT_APP_LOAD = 3
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line and exit 2, like every other bad setting."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, "%s: error: %s (see %s --help)\n" % (self.prog, message, self.prog))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="m2gate", description="Run Python web apps behind Mongrel2 over ZeroMQ."
-    )
+    parser = _Parser(prog="m2gate", description="Run Python web apps behind Mongrel2 over ZeroMQ.")
     parser.add_argument("--version", action="version", version="m2gate " + __version__)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     serve = sub.add_parser("serve", help="serve an application to Mongrel2")
     add_arguments(serve)
+    init = sub.add_parser(
+        "init",
+        help="create an app folder: app/, logs/, run/ and m2gate.toml with the given options",
+    )
+    init.add_argument("directory", metavar="DIR", help="the app folder to create")
+    add_arguments(init, exclude=("config", "app_dir"))
     return parser
+
+
+def configure(cli: dict[str, Any]) -> Config:
+    """Settings from every source, then --mongrel2-db and the spec defaults."""
+    return resolve_specs(mongrel2db.apply(load(cli)))
+
+
+def run_init(cli: dict[str, Any], directory: str) -> int:
+    """``m2gate init DIR [APP] [options]``: the options given become m2gate.toml."""
+    from m2gate.service import init_app_dir
+
+    cfg = load(cli, environ={})  # validates; only the command line goes into the file
+    defaults = Config()
+    names = [f.name for f, _, _ in settings()]
+    values = {
+        name: getattr(cfg, name)
+        for name in names
+        if name in cli and getattr(cfg, name) != getattr(defaults, name)
+    }
+    path = init_app_dir(directory, values)
+    print(
+        "created %s; put the app in %s/app and run: m2gate serve --app-dir %s"
+        % (path, directory.rstrip("/"), directory)
+    )
+    return 0
 
 
 def resolve_specs(cfg: Config) -> Config:
@@ -83,12 +120,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_CONFIG
     cli: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "command"}
+    if args.command == "init":
+        try:
+            return run_init({k: v for k, v in cli.items() if k != "directory"}, args.directory)
+        except ConfigError as exc:
+            print("m2gate: error: %s" % exc, file=sys.stderr)
+            return EXIT_CONFIG
     try:
-        cfg = resolve_specs(load(cli))
+        cfg = configure(cli)
+        from m2gate import logs, service
+
+        logs.setup_logging(cfg)
+        service.start_service(cfg)
     except ConfigError as exc:
         print("m2gate: error: %s" % exc, file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(cfg.log_level)
     from m2gate.server.run import serve
 
     try:

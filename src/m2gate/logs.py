@@ -21,6 +21,7 @@ LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 log = logging.getLogger("m2gate")
 
 _reopenable: list[ReopenableFileHandler] = []
+_access: AccessLogger | None = None
 _chroot = ""  # set by enter_chroot(): reopen paths inside it
 
 
@@ -112,6 +113,21 @@ def reopen_logs() -> None:
     log.info("log files reopened")
 
 
+def reopen_on_sigusr1() -> None:
+    """Single-process serve: SIGUSR1 reopens the log files from a helper thread.
+
+    The handler must not reopen itself: it could run while the same thread is
+    inside a handler's emit() holding its (reentrant) lock. A master replaces
+    this with its own queued signal handling and calls :func:`reopen_logs`.
+    """
+    import signal
+
+    def on_usr1(signum: int, frame: object) -> None:
+        threading.Thread(target=reopen_logs, name="m2gate-reopen-logs", daemon=True).start()
+
+    signal.signal(signal.SIGUSR1, on_usr1)
+
+
 class ZeroMQHandler(logging.Handler):
     """PUSHes each formatted record to a ZeroMQ PULL collector (uWSGI's zeromq logger).
 
@@ -170,6 +186,11 @@ class ZeroMQHandler(logging.Handler):
         super().close()
 
 
+def access_logger() -> AccessLogger | None:
+    """The AccessLogger made by the last :func:`setup_logging` (None: no access log)."""
+    return _access
+
+
 def _stderr_handler() -> logging.Handler:
     return logging.StreamHandler(sys.stderr)
 
@@ -199,6 +220,8 @@ def setup_logging(cfg: Config) -> AccessLogger | None:
         root.addHandler(zmq_handler)
     root.setLevel(cfg.log_level.upper())
 
+    global _access
+    _access = None
     access = logging.getLogger("m2gate.access")
     for old in list(access.handlers):
         access.removeHandler(old)
@@ -215,4 +238,5 @@ def setup_logging(cfg: Config) -> AccessLogger | None:
         target = open_log_file(cfg.access_log, setting="access_log")
     target.setFormatter(logging.Formatter("%(message)s"))
     access.addHandler(target)
-    return AccessLogger(cfg.access_log_format, access, cfg.trust_x_forwarded_for)
+    _access = AccessLogger(cfg.access_log_format, access, cfg.trust_x_forwarded_for)
+    return _access

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, get_origin
 
 from m2gate.config.settings import (
@@ -18,10 +18,12 @@ from m2gate.config.settings import (
 )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, exclude: Collection[str] = ()) -> None:
     """Add one argument per setting; unset ones stay absent (``SUPPRESS``)."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f, meta, kind in settings():
+        if f.name in exclude:
+            continue
         group = groups.get(meta.section)
         if group is None:
             group = groups[meta.section] = parser.add_argument_group(meta.section)

@@ -6,6 +6,7 @@ import logging
 import signal
 from types import FrameType
 
+from m2gate import logs
 from m2gate.adapters.common import EnvironDefaults
 from m2gate.adapters.wsgi import SERVER, WSGIHandler
 from m2gate.config.settings import Config
@@ -19,9 +20,15 @@ log = logging.getLogger("m2gate")
 
 def serve(cfg: Config) -> int:
     """Serve ``cfg.app`` until SIGTERM/SIGINT; exit 0 after a graceful stop."""
-    app = load_app(cfg.app, cfg.chdir)
+    app = load_app(cfg.app, cfg.chdir, cfg.paste)
     defaults = EnvironDefaults(cfg.server_name, cfg.server_port, cfg.trust_x_forwarded_for)
-    handler = WSGIHandler(app, defaults, multithread=cfg.threads > 1, multiprocess=False)
+    handler = WSGIHandler(
+        app,
+        defaults,
+        multithread=cfg.threads > 1,
+        multiprocess=False,
+        access_log=logs.access_logger(),
+    )
     transport = ZmqTransport(cfg.send_spec, cfg.recv_spec, cfg.send_ident)
     worker = ThreadedWorker(
         transport,

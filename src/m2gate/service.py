@@ -1,0 +1,294 @@
+"""Running as a service: app folders, daemonizing, chroot, privilege drop, app environment.
+
+These are building blocks the master calls in this order (see each docstring)::
+
+    cfg = cli.configure(argv)              # settings, --app-dir, --mongrel2-db
+    access = logs.setup_logging(cfg)       # opens log files: errors still on the terminal
+    if cfg.daemon: daemonize()             # before any thread or ZeroMQ context
+    <pidfile lock>                         # after daemonize: the PID is final
+    if cfg.chroot: enter_chroot(cfg)       # needs root, before dropping it
+    drop_privileges(cfg.user, cfg.group, chown=[log files])
+    prepare_app_environment(cfg)           # --env, --virtualenv, --pythonpath
+    <load the app (preload) or fork workers that load it>
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import site
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from m2gate import logs
+from m2gate.config.loader import APP_DIR_FILE
+from m2gate.config.settings import Config, ConfigError
+
+log = logging.getLogger("m2gate")
+
+APP_DIR_LAYOUT = ("app", "logs", "run")
+
+
+# -- m2gate init -----------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        # JSON string escapes are valid TOML basic-string escapes; TOML also
+        # forbids a raw DEL.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError("cannot write %r to TOML" % (value,))
+
+
+def render_toml(values: Mapping[str, Any]) -> str:
+    """A config file holding ``values`` (setting name -> typed value)."""
+    lines = ["# m2gate settings for this app folder (see docs/settings.md)."]
+    lines += ["%s = %s" % (key, _toml_value(value)) for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def init_app_dir(directory: str, values: Mapping[str, Any]) -> str:
+    """Create ``app/ logs/ run/`` and ``m2gate.toml`` with ``values``; return the file.
+
+    Refuses to overwrite an existing m2gate.toml: the folder may be in use.
+    """
+    directory = os.path.abspath(directory)
+    path = os.path.join(directory, APP_DIR_FILE)
+    if os.path.exists(path):
+        raise ConfigError("init: %s already exists; edit it or remove it first" % path)
+    try:
+        for sub in APP_DIR_LAYOUT:
+            os.makedirs(os.path.join(directory, sub), exist_ok=True)
+        with open(path, "x", encoding="utf-8") as fh:
+            fh.write(render_toml(values))
+    except OSError as exc:
+        raise ConfigError("init: cannot create %s: %s" % (directory, exc.strerror or exc)) from None
+    return path
+
+
+# -- daemon, chroot, privileges -----------------------------------------------------
+
+
+def daemonize() -> None:
+    """Detach: fork, setsid, fork again; the original process exits 0.
+
+    Call before any thread or ZeroMQ context exists (fork keeps only the
+    calling thread) and after :func:`logs.setup_logging`, so start-up errors
+    are still shown on the terminal. stdin/stdout/stderr become /dev/null
+    unless a log file captured them; the working directory is kept, since
+    relative paths in the settings are relative to it.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.fork() > 0:
+        os._exit(0)  # the shell gets its prompt back
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)  # the session leader exits: we can never regain a terminal
+    os.umask(0o022)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    for fd in (1, 2):
+        if os.isatty(fd) or not _captured(fd):
+            os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _captured(fd: int) -> bool:
+    """Whether ``fd`` was pointed at a log file by setup_logging(capture_stdio)."""
+    try:
+        target = os.fstat(fd)
+    except OSError:
+        return False
+    for handler in logs._reopenable:
+        stream = handler.stream
+        if handler.capture_stdio and stream is not None and not stream.closed:
+            own = os.fstat(stream.fileno())
+            if (own.st_dev, own.st_ino) == (target.st_dev, target.st_ino):
+                return True
+    return False
+
+
+_PATH_SETTINGS = ("chdir", "upload_dir", "virtualenv", "log_file", "access_log", "pidfile")
+
+
+def enter_chroot(cfg: Config) -> None:
+    """chroot() into ``cfg.chroot`` and rewrite path settings to their inside names.
+
+    Needs root; run after daemonize and the pidfile, before drop_privileges.
+    Paths outside the new root can no longer be reached: they are reported.
+    """
+    root = os.path.abspath(cfg.chroot)
+    try:
+        os.chroot(root)
+        os.chdir("/")
+    except OSError as exc:
+        raise ConfigError("chroot: cannot enter %s: %s" % (root, exc.strerror or exc)) from None
+    logs.set_chroot(root)
+
+    def inside(path: str) -> str:
+        full = os.path.abspath(path) if path and not os.path.isabs(path) else path
+        if full == root or full.startswith(root + "/"):
+            return full[len(root) :] or "/"
+        if path and path != "-":
+            log.warning("chroot %s: %s is outside it and cannot be reached", root, path)
+        return path
+
+    for name in _PATH_SETTINGS:
+        value = getattr(cfg, name)
+        if value and value != "-":
+            setattr(cfg, name, inside(value))
+    cfg.pythonpath = [inside(p) for p in cfg.pythonpath]
+    if cfg.paste:
+        cfg.paste = inside(cfg.paste.removeprefix("config:"))
+    log.info("chrooted into %s", root)
+
+
+def resolve_ids(user: str, group: str) -> tuple[int | None, int | None, str | None]:
+    """(uid, gid, user name) for the settings; gid defaults to the user's group."""
+    import grp
+    import pwd
+
+    uid = gid = None
+    name = None
+    if user:
+        try:
+            entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+            uid, gid, name = entry.pw_uid, entry.pw_gid, entry.pw_name
+        except KeyError:
+            if not user.isdigit():
+                raise ConfigError("user: no such user %r" % user) from None
+            uid = int(user)
+    if group:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError("group: no such group %r" % group) from None
+    return uid, gid, name
+
+
+def drop_privileges(user: str, group: str, chown: Iterable[str] = ()) -> None:
+    """Become ``user``/``group`` for good (groups, then gid, then uid).
+
+    The files in ``chown`` (log files the master reopens on SIGUSR1, the
+    pidfile it removes at exit) are given to the new owner first. Run it after
+    everything that needs root (binding, pidfile, chroot) and before the app
+    is imported, so no app code ever runs as root.
+    """
+    if not user and not group:
+        return
+    uid, gid, name = resolve_ids(user, group)
+    if os.geteuid() != 0:
+        if (uid is None or uid == os.geteuid()) and (gid is None or gid == os.getegid()):
+            return
+        raise ConfigError(
+            "user/group: switching to %s/%s needs root (running as uid %d)"
+            % (user or "-", group or "-", os.geteuid())
+        )
+    for path in chown:
+        if path and path != "-" and os.path.exists(path):
+            os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
+    if gid is not None:
+        if name is not None:
+            os.initgroups(name, gid)
+        else:
+            os.setgroups([gid])
+        os.setgid(gid)
+    if uid is not None:
+        os.setuid(uid)
+        if name is not None:
+            os.environ["HOME"] = _home(uid)
+    log.info("running as uid %d, gid %d", os.getuid(), os.getgid())
+
+
+def _home(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_dir
+    except KeyError:
+        return "/"
+
+
+# -- the app's environment -----------------------------------------------------------
+
+
+def activate_virtualenv(venv: str) -> None:
+    """Import from ``venv``'s site-packages (before ours), as ``bin/activate`` would.
+
+    Its Python must be the same major.minor as the one running m2gate: compiled
+    packages are built for one version.
+    """
+    venv = os.path.abspath(venv)
+    if not os.path.isdir(venv):
+        raise ConfigError("virtualenv: %s is not a directory" % venv)
+    version = "python%d.%d" % sys.version_info[:2]
+    site_packages = os.path.join(venv, "lib", version, "site-packages")
+    if not os.path.isdir(site_packages):
+        found = (
+            sorted(d for d in os.listdir(os.path.join(venv, "lib")) if d.startswith("python"))
+            if os.path.isdir(os.path.join(venv, "lib"))
+            else []
+        )
+        raise ConfigError(
+            "virtualenv: %s has no lib/%s/site-packages (found: %s); it must be made"
+            " with the Python running m2gate (%s)"
+            % (venv, version, ", ".join(found) or "none", sys.executable)
+        )
+    before = list(sys.path)
+    site.addsitedir(site_packages)  # also runs its .pth files
+    added = [p for p in sys.path if p not in before]
+    sys.path[:] = added + before
+    os.environ["VIRTUAL_ENV"] = venv
+    os.environ["PATH"] = os.path.join(venv, "bin") + os.pathsep + os.environ.get("PATH", "")
+    log.info("using virtualenv %s", venv)
+
+
+def add_pythonpath(dirs: Iterable[str]) -> None:
+    """Put ``dirs`` first on sys.path, in the order given."""
+    dirs = [os.path.abspath(d) for d in dirs]
+    for d in dirs:
+        if not os.path.isdir(d):
+            raise ConfigError("pythonpath: %s is not a directory" % d)
+    sys.path[:] = dirs + [p for p in sys.path if p not in dirs]
+
+
+def apply_env(pairs: Iterable[str]) -> None:
+    """Set each ``KEY=VALUE`` in os.environ (validated by the setting already)."""
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        os.environ[key] = value
+
+
+def prepare_app_environment(cfg: Config) -> None:
+    """--env, --virtualenv, --pythonpath: call once in the process that imports the app."""
+    apply_env(cfg.env)
+    if cfg.virtualenv:
+        activate_virtualenv(cfg.virtualenv)
+    if cfg.pythonpath:
+        add_pythonpath(cfg.pythonpath)
+
+
+def start_service(cfg: Config) -> None:
+    """Everything between settings and app import, in the order that works.
+
+    Used by the single-process ``serve``; a master runs the same steps (with
+    its pidfile lock after daemonize). Logging must already be set up.
+    """
+    if cfg.daemon:
+        if not cfg.log_file:
+            log.warning("--daemon without --log-file: the log will be lost")
+        daemonize()
+    if cfg.chroot:
+        enter_chroot(cfg)
+    drop_privileges(cfg.user, cfg.group, chown=[cfg.log_file, cfg.access_log])
+    prepare_app_environment(cfg)
+    logs.reopen_on_sigusr1()
