@@ -87,6 +87,15 @@ def _non_negative(value: float) -> float:
     return value
 
 
+def _check_listen_addr(value: str) -> str:
+    """``HOST:PORT`` (tcp) or a path with a ``/`` (unix socket)."""
+    if value and "/" not in value:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(value)
+    return value
+
+
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -239,6 +248,91 @@ class Config:
         section="workers",
         validate=_non_negative,
         accepted="a number of seconds >= 0",
+    )
+    processes: int = setting(
+        1,
+        "Worker processes; the master owns the Mongrel2 sockets and hands requests to them.",
+        section="workers",
+        short="-p",
+        validate=_positive,
+        accepted="an integer >= 1",
+    )
+    preload: bool = setting(
+        False,
+        "Import the app once in the master before forking (fast forks, shared memory);"
+        " default: each worker imports it after fork, so reloads pick up new code.",
+        section="workers",
+    )
+    harakiri: float = setting(
+        0.0,
+        "Kill and replace a worker whose request runs longer than this many seconds"
+        " (its traceback is logged, the client gets 504); 0: off.",
+        section="workers",
+        validate=_non_negative,
+        accepted="a number of seconds >= 0",
+    )
+    max_requests: int = setting(
+        0,
+        "Replace a worker after it served this many requests; 0: never.",
+        section="workers",
+        validate=_non_negative,
+        accepted="an integer >= 0",
+    )
+    max_requests_jitter: int = setting(
+        0,
+        "Add a random 0..N to each worker's max_requests so they do not all recycle at once.",
+        section="workers",
+        validate=_non_negative,
+        accepted="an integer >= 0",
+    )
+    reload_on_rss: int = setting(
+        0,
+        "Replace a worker whose resident memory exceeds this many megabytes; 0: never.",
+        section="workers",
+        metavar="MB",
+        validate=_non_negative,
+        accepted="a number of megabytes >= 0",
+    )
+    touch_reload: str = setting(
+        "",
+        "Reload gracefully when this file's modification time changes.",
+        section="workers",
+        metavar="FILE",
+    )
+    reload_on_change: bool = setting(
+        False,
+        "Reload gracefully when a source file of the app changes (development).",
+        section="workers",
+    )
+    queue_size: int = setting(
+        10000,
+        "Requests the master holds while every worker is busy; beyond it clients get 503.",
+        section="workers",
+        validate=_positive,
+        accepted="an integer >= 1",
+    )
+    queue_timeout: float = setting(
+        30.0,
+        "Seconds a request may wait in the master for a free worker before it gets 503.",
+        section="workers",
+        validate=_non_negative,
+        accepted="a number of seconds >= 0",
+    )
+    stats: str = setting(
+        "",
+        "Serve a JSON stats document (uWSGI stats-server style) on HOST:PORT or a unix socket path.",
+        section="observability",
+        metavar="ADDR",
+        validate=_check_listen_addr,
+        accepted="HOST:PORT or a unix socket path (containing '/')",
+    )
+    metrics: str = setting(
+        "",
+        "Serve Prometheus metrics over HTTP on HOST:PORT or a unix socket path.",
+        section="observability",
+        metavar="ADDR",
+        validate=_check_listen_addr,
+        accepted="HOST:PORT or a unix socket path (containing '/')",
     )
     chdir: str = setting("", "Change to this directory before loading the app.", section="app")
     server_name: str = setting(
