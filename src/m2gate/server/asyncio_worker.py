@@ -1,0 +1,392 @@
+"""The asyncio runtime for ASGI apps: one receiving task, a task per connection.
+
+It keeps the threaded worker's rules (:mod:`m2gate.server.threaded`) on an
+event loop: a single task owns the PULL socket, pipelined requests for a
+connection wait behind the one in flight so replies go out in request order,
+websocket frames go to the connection's session, and a disconnect notice
+reaches whatever serves the connection (``http.disconnect`` /
+``websocket.disconnect``). Stopping is graceful: stop receiving, serve what
+Mongrel2 already pushed, close websockets with 1001, wait at most
+``graceful_timeout`` for the rest, then run the lifespan shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from m2gate.adapters.asgi import (
+    ASGIApp,
+    HTTPCycle,
+    Lifespan,
+    LifespanError,
+    WebSocketSession,
+    http_scope,
+    websocket_scope,
+)
+from m2gate.adapters.common import EnvironDefaults
+from m2gate.adapters.wsgi import SERVER
+from m2gate.protocol.errors import ProtocolError
+from m2gate.protocol.http import request_framing, simple_response
+from m2gate.protocol.messages import (
+    Credits,
+    Disconnect,
+    HTTPRequest,
+    Message,
+    UnknownControl,
+    UploadDone,
+    UploadStart,
+    WebSocketFrame,
+    WebSocketHandshake,
+    parse_message,
+)
+from m2gate.server.async_output import AsyncConnection, AsyncOutput
+from m2gate.server.output import ClientDisconnected
+from m2gate.server.uploads import Upload, UploadRejected, UploadStore, open_upload
+from m2gate.transports.zmq_async import AsyncZmqTransport
+
+log = logging.getLogger("m2gate.worker")
+
+UPLOAD_CHUNK = 256 * 1024
+
+
+class AsyncioWorker:
+    """Serves an ASGI app for the messages ``transport`` receives."""
+
+    def __init__(
+        self,
+        transport: AsyncZmqTransport,
+        app: ASGIApp,
+        defaults: EnvironDefaults,
+        reply_ident: bytes = b"",
+        max_message: int = 4 * 1024 * 1024,
+        flush_interval: float = 0.005,
+        uploads: UploadStore | None = None,
+        ws_close_timeout: float = 5.0,
+        on_done: Callable[[AsyncConnection], None] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.app = app
+        self.defaults = defaults
+        self.reply_ident = reply_ident
+        self.max_message = max_message
+        self.flush_interval = flush_interval
+        self.uploads = uploads or UploadStore("")
+        self.ws_close_timeout = ws_close_timeout
+        self.on_done = on_done
+        self.state: dict[str, Any] = {}
+        self.requests = 0
+        self.disconnects = 0
+        self._conns: dict[tuple[str, int], AsyncConnection] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stop: asyncio.Event | None = None
+        self._stopping = False
+
+    # -- lifecycle ---------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def stop(self) -> None:
+        """Begin a graceful stop (call from the loop, e.g. a signal handler)."""
+        self._stopping = True
+        if self._stop is not None:
+            self._stop.set()
+
+    async def run(self, graceful_timeout: float) -> bool:
+        """Serve until :meth:`stop`; True if every request finished in time."""
+        self._stop = asyncio.Event()
+        if self._stopping:
+            self._stop.set()
+        receiver = asyncio.create_task(self._receive_loop())
+        await self._stop.wait()
+        receiver.cancel()
+        try:
+            await receiver
+        except asyncio.CancelledError:
+            pass
+        # Stop accepting, but serve what Mongrel2 already pushed to us.
+        self.transport.stop_receiving()
+        while (data := self.transport.recv_nowait()) is not None:
+            self.feed(data)
+        return await self.drain(graceful_timeout)
+
+    async def _receive_loop(self) -> None:
+        recv = self.transport.recv
+        while True:
+            data = await recv()
+            if data is not None:
+                self.feed(data)
+
+    async def drain(self, timeout: float) -> bool:
+        """Close websockets (1001), let requests finish, cancel what outlives ``timeout``."""
+        for conn in list(self._conns.values()):
+            if isinstance(conn.session, WebSocketSession):
+                conn.session.shutdown()
+        if not self._tasks:
+            return True
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        if not pending:
+            return True
+        log.warning("graceful timeout (%.1fs): %d request(s) still busy", timeout, len(pending))
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=5.0)
+        return False
+
+    # -- receiving ---------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        """Parse one raw message and act on it; bad input is logged and dropped."""
+        try:
+            msg = parse_message(data)
+        except ProtocolError as exc:
+            log.warning("dropped malformed message (%d bytes): %s", len(data), exc)
+            return
+        if isinstance(msg, Disconnect):
+            self._disconnected(msg)
+        elif isinstance(msg, Credits):
+            conn = self._conns.get(msg.key)
+            if conn is not None:
+                conn.add_credits(msg.amount)
+        elif isinstance(msg, UnknownControl):
+            log.debug("ignored control message of type %s", msg.type)
+        elif isinstance(msg, WebSocketFrame):
+            conn = self._conns.get(msg.key)
+            if conn is not None and isinstance(conn.session, WebSocketSession):
+                conn.session.feed(msg)
+            else:
+                log.debug("websocket frame for %s:%s without a session", msg.sender, msg.conn_id)
+        elif isinstance(msg, UploadDone) and self._upload_done(msg):
+            return
+        else:
+            self._dispatch(msg)
+
+    def _upload_done(self, msg: UploadDone) -> bool:
+        """Complete the upload in flight; False if there is none (forged: 400)."""
+        conn = self._conns.get(msg.key)
+        upload = conn.upload if conn is not None else None
+        if upload is None:
+            return False
+        if msg.start_path != upload.announced:
+            upload.error = "upload-start header changed to %r" % msg.start_path
+        upload.finish(msg.upload_path)
+        return True
+
+    def _disconnected(self, msg: Message) -> None:
+        conn = self._conns.get(msg.key)
+        if conn is None:
+            return  # idle or unknown (e.g. stale from before we started)
+        conn.pending.clear()
+        if conn.busy:
+            self.disconnects += 1
+        else:
+            del self._conns[msg.key]
+        conn.mark_closed()
+        log.debug("client %s:%s disconnected", msg.sender, msg.conn_id)
+
+    def _dispatch(self, msg: Message) -> None:
+        conn = self._conns.get(msg.key)
+        if conn is None or (conn.closed and not conn.busy):
+            ident = self.reply_ident or msg.sender.encode("latin-1")
+            conn = self._conns[msg.key] = AsyncConnection(msg.sender, msg.conn_id, ident)
+            credits = msg.header("DOWNLOAD_CREDITS")
+            if credits is not None and credits.isdigit():
+                conn.grant(int(credits))
+        if conn.busy:
+            conn.pending.append(msg)  # pipelined: answer after the one in flight
+            return
+        conn.busy = True
+        task = asyncio.create_task(self._serve_connection(conn, msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- serving -------------------------------------------------------------
+    async def _serve_connection(self, conn: AsyncConnection, msg: Message) -> None:
+        next_msg: Message | None = msg
+        while next_msg is not None:
+            keep = await self._serve(conn, next_msg)
+            next_msg = self._done(conn, keep)
+
+    def _output(self, conn: AsyncConnection) -> AsyncOutput:
+        return AsyncOutput(conn, self.transport, self.max_message, self.flush_interval)
+
+    async def _serve(self, conn: AsyncConnection, msg: Message) -> bool:
+        out = self._output(conn)
+        try:
+            if isinstance(msg, HTTPRequest):
+                cycle = HTTPCycle(msg, conn, out, msg.body)
+                await self.app_call(cycle, http_scope(msg, self.defaults, self.state))
+            elif isinstance(msg, WebSocketHandshake):
+                session = WebSocketSession(msg, conn, out, self.ws_close_timeout)
+                try:
+                    await session.run(self.app, websocket_scope(msg, self.defaults, self.state))
+                    await session.wait_closed()  # the client's close frame, or a timeout
+                finally:
+                    conn.session = None
+                return False
+            elif isinstance(msg, (UploadStart, UploadDone)):
+                await self._serve_upload(conn, msg, out)
+            else:
+                await self._unsupported(msg, out)
+        except asyncio.CancelledError:
+            out.close_now()
+            raise
+        except Exception:
+            # The adapter answers app errors itself; this is a bug of ours.
+            log.exception("internal error serving %s:%s", msg.sender, msg.conn_id)
+            out.close_now()
+        finally:
+            self.requests += 1
+            if self.on_done is not None:
+                self.on_done(conn)
+        if not out.done:
+            await out.afinish(close=True)
+        return not out.closing and not conn.closed
+
+    async def app_call(self, cycle: HTTPCycle, scope: dict[str, Any]) -> None:
+        await cycle.run(self.app, scope)
+
+    async def _serve_upload(
+        self, conn: AsyncConnection, msg: UploadStart | UploadDone, out: AsyncOutput
+    ) -> None:
+        """Run the app on a body Mongrel2 is still writing to its temp store."""
+        if isinstance(msg, UploadDone) or msg.body:
+            # Real upload-done only follows an upload-start we serve; a real
+            # upload-start has an empty body. Anything else is forged.
+            await self._reject(msg, out, "upload headers on an ordinary request")
+            return
+        try:
+            real = self.uploads.resolve(msg.upload_path)
+        except UploadRejected as exc:
+            await self._reject(msg, out, str(exc))
+            return
+        length_raw = msg.header("content-length")
+        length = int(length_raw) if length_raw and length_raw.isdigit() else None
+        upload = Upload(msg.upload_path, real, length)
+        conn.upload = upload
+        try:
+            if length is None:
+                # Chunked upload: no length to promise the app until it is done.
+                await asyncio.to_thread(upload.wait_done, conn)
+                upload.length = length = os.path.getsize(real)
+            cycle = HTTPCycle(msg, conn, out, _upload_chunks(upload, conn), length)
+            await self.app_call(cycle, http_scope(msg, self.defaults, self.state))
+            if not upload.done.is_set():
+                await out.afinish(close=True)  # the rest of the body is still coming: end here
+        except UploadRejected as exc:
+            await self._reject(msg, out, str(exc))
+        except ClientDisconnected:
+            await out.afinish(close=True)
+        finally:
+            conn.upload = None
+            upload.remove()
+
+    async def _reject(self, msg: Message, out: AsyncOutput, reason: str) -> None:
+        log.warning("400 for %s:%s: %s", msg.sender, msg.conn_id, reason)
+        if out.done:
+            return
+        version, _ = request_framing(msg)
+        payload, _ = simple_response("400 Bad Request", b"Bad Request\n", version, False, SERVER)
+        await out.afinish(payload, close=True)
+
+    async def _unsupported(self, msg: Message, out: AsyncOutput) -> None:
+        """Answer the message kinds this worker cannot serve, instead of hanging."""
+        status = (
+            "413 Content Too Large" if type(msg).__name__ == "UploadStream" else ("400 Bad Request")
+        )
+        log.warning(
+            "%s from %s:%s not supported here: %s",
+            type(msg).__name__,
+            msg.sender,
+            msg.conn_id,
+            status,
+        )
+        version, _ = request_framing(msg)
+        payload, _ = simple_response(status, status[4:].encode() + b"\n", version, False, SERVER)
+        await out.afinish(payload, close=True)
+
+    def _done(self, conn: AsyncConnection, keep_alive: bool) -> Message | None:
+        if not keep_alive:
+            conn.closed = True
+            conn.pending.clear()
+        if conn.pending:
+            return conn.pending.popleft()
+        conn.busy = False
+        # Flow-controlled connections keep their credit count between
+        # keep-alive requests; the disconnect notice removes them.
+        if self._conns.get(conn.key) is conn and (conn.closed or not conn.flow_control):
+            del self._conns[conn.key]
+        return None
+
+
+async def _upload_chunks(upload: Upload, conn: AsyncConnection) -> AsyncIterator[bytes]:
+    """The upload file in chunks, read in a thread while Mongrel2 still writes it."""
+    body = await asyncio.to_thread(open_upload, upload, conn)
+    try:
+        while True:
+            chunk = await asyncio.to_thread(body.read1, UPLOAD_CHUNK)
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        body.close()
+
+
+def serve_asgi(cfg: Any, app: ASGIApp) -> int:
+    """``m2gate serve`` for an ASGI app: lifespan, connect, serve, stop cleanly.
+
+    A failed lifespan startup raises :class:`~m2gate.loading.AppLoadError`,
+    which the CLI turns into one line and a non-zero exit.
+    """
+    from m2gate.loading import AppLoadError
+
+    try:
+        return asyncio.run(_main(cfg, app))
+    except LifespanError as exc:
+        raise AppLoadError(str(exc)) from None
+
+
+async def _main(cfg: Any, app: ASGIApp) -> int:
+    loop = asyncio.get_running_loop()
+    lifespan = Lifespan(app)
+    await lifespan.startup()
+    defaults = EnvironDefaults(cfg.server_name, cfg.server_port, cfg.trust_x_forwarded_for)
+    transport = AsyncZmqTransport(cfg.send_spec, cfg.recv_spec, cfg.send_ident)
+    worker = AsyncioWorker(
+        transport,
+        app,
+        defaults,
+        reply_ident=cfg.recv_ident.encode("ascii"),
+        max_message=cfg.max_message,
+        flush_interval=cfg.flush_interval,
+        uploads=UploadStore(cfg.upload_dir, cfg.mongrel2_chroot),
+    )
+    worker.state = lifespan.state
+
+    def on_signal() -> None:
+        if worker.stopping:
+            raise SystemExit(1)  # a second signal forces the exit
+        worker.stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal)
+    log.info(
+        "serving %s (ASGI): PULL %s, PUB %s, identity %s",
+        cfg.app,
+        cfg.send_spec,
+        cfg.recv_spec,
+        cfg.send_ident,
+    )
+    try:
+        clean = await worker.run(cfg.graceful_timeout)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    await lifespan.shutdown(cfg.graceful_timeout)
+    transport.close(linger_s=min(cfg.graceful_timeout, 5.0))
+    log.info("stopped after %d request(s)%s", worker.requests, "" if clean else " (forced)")
+    return 0

@@ -1,0 +1,81 @@
+"""zmq.asyncio transport: PULL requests from Mongrel2, PUB replies back.
+
+Receiving is a coroutine so one event loop can wait for Mongrel2 and run
+many app coroutines. Sending stays a plain call: a PUB socket never blocks
+(its high-water mark is off, replies are already coalesced), so the same
+:class:`~m2gate.transports.base.ReplySink` contract and the same writer code
+serve the threaded and the asyncio runtimes. Use it from the loop's thread
+only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import cast
+
+import zmq
+import zmq.asyncio
+
+log = logging.getLogger("m2gate.transport")
+
+
+class AsyncZmqTransport:
+    """Connects a PULL to Mongrel2's ``send_spec`` and a PUB to its ``recv_spec``."""
+
+    def __init__(self, send_spec: str, recv_spec: str, identity: str) -> None:
+        self.send_spec = send_spec
+        self.recv_spec = recv_spec
+        self.ctx = zmq.asyncio.Context()
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.LINGER, 0)
+        pub = self.ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.SNDHWM, 0)  # never drop a reply at the high-water mark
+        if identity:
+            self.pull.setsockopt(zmq.IDENTITY, identity.encode("ascii"))
+            pub.setsockopt(zmq.IDENTITY, identity.encode("ascii"))
+        pub.connect(recv_spec)
+        self.pull.connect(send_spec)
+        self._async_pub = pub
+        # A blocking shadow of the same socket: PUB sends complete at once,
+        # and a plain call needs no future per reply.
+        self._pub: zmq.Socket[bytes] = zmq.Socket.shadow(pub.underlying)
+        self._receiving = True
+
+    async def recv(self, timeout_ms: int | None = None) -> bytes | None:
+        """Next raw message; ``None`` after ``timeout_ms`` (``None``: wait forever)."""
+        if timeout_ms is not None:
+            events = await self.pull.poll(timeout_ms)
+            if not events:
+                return None
+        data: bytes = await self.pull.recv(copy=True)
+        return data
+
+    def recv_nowait(self) -> bytes | None:
+        """A message already queued here, or ``None``; never waits."""
+        future = cast("asyncio.Future[bytes]", self.pull.recv(zmq.NOBLOCK, copy=True))
+        try:
+            data = future.result()
+        except zmq.Again:
+            return None
+        return data
+
+    def send(self, messages: Sequence[bytes]) -> None:
+        for msg in messages:
+            self._pub.send(msg, 0, copy=len(msg) < 65536)
+
+    def stop_receiving(self) -> None:
+        """Disconnect the PULL so Mongrel2 pushes new requests elsewhere."""
+        if self._receiving:
+            self._receiving = False
+            try:
+                self.pull.disconnect(self.send_spec)
+            except zmq.ZMQError as exc:  # already gone: nothing more will come
+                log.debug("disconnect %s: %s", self.send_spec, exc)
+
+    def close(self, linger_s: float) -> None:
+        """Close both sockets, giving queued replies ``linger_s`` to leave."""
+        self.pull.close(linger=0)
+        self._async_pub.close(linger=int(linger_s * 1000))
+        self.ctx.term()
