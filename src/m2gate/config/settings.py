@@ -159,6 +159,12 @@ class Config:
         positional=True,
         metavar="APP",
     )
+    interface: Literal["auto", "wsgi", "asgi"] = setting(
+        "auto",
+        "How APP is called: WSGI, ASGI 3 (asyncio), or auto (ASGI when APP is a coroutine"
+        " function or has an async __call__).",
+        section="app",
+    )
     config: str = setting(
         "",
         "TOML config file whose keys are these settings.",

@@ -7,6 +7,7 @@ import signal
 from types import FrameType
 
 from m2gate import logs
+from m2gate.adapters.asgi import resolve_interface
 from m2gate.adapters.common import EnvironDefaults
 from m2gate.adapters.wsgi import SERVER, WSGIHandler
 from m2gate.config.settings import Config
@@ -21,6 +22,10 @@ log = logging.getLogger("m2gate")
 def serve(cfg: Config) -> int:
     """Serve ``cfg.app`` until SIGTERM/SIGINT; exit 0 after a graceful stop."""
     app = load_app(cfg.app, cfg.chdir, cfg.paste)
+    if resolve_interface(cfg.interface, app) == "asgi":
+        from m2gate.server.asyncio_worker import serve_asgi
+
+        return serve_asgi(cfg, app)
     defaults = EnvironDefaults(cfg.server_name, cfg.server_port, cfg.trust_x_forwarded_for)
     handler = WSGIHandler(
         app,
