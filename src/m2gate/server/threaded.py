@@ -143,12 +143,14 @@ class ThreadedWorker:
             conn = self._conns.get(msg.key)
             if conn is None:
                 return  # idle or unknown (e.g. stale from before we started)
+            dropped = len(conn.pending)
             conn.pending.clear()
             if conn.busy:
                 self.disconnects += 1
             else:
                 del self._conns[msg.key]
         conn.mark_closed()
+        self._report_dropped(conn, dropped)
         log.debug("client %s:%s disconnected", msg.sender, msg.conn_id)
 
     def _dispatch(self, msg: Message) -> None:
@@ -277,9 +279,11 @@ class ThreadedWorker:
         out.finish(payload, close=True)
 
     def _done(self, conn: Connection, keep_alive: bool) -> Message | None:
+        dropped = 0
         with self._lock:
             if not keep_alive:
                 conn.closed = True
+                dropped = len(conn.pending)
                 conn.pending.clear()
             if conn.pending:
                 return conn.pending.popleft()
@@ -288,7 +292,18 @@ class ThreadedWorker:
             # keep-alive requests; the disconnect notice removes them.
             if self._conns.get(conn.key) is conn and (conn.closed or not conn.flow_control):
                 del self._conns[conn.key]
+        self._report_dropped(conn, dropped)
         return None
+
+    def _report_dropped(self, conn: Connection, count: int) -> None:
+        """``on_done`` once per pipelined request dropped unserved (closed connection).
+
+        So a supervisor counting requests in flight sees exactly one
+        ``on_done`` for every request message this worker accepted.
+        """
+        if self.on_done is not None:
+            for _ in range(count):
+                self.on_done(conn)
 
     def drain(self, timeout: float) -> bool:
         """Let queued and in-flight requests finish, at most ``timeout`` seconds."""
