@@ -248,6 +248,18 @@ class Config:
         validate=_positive,
         accepted="an integer >= 1",
     )
+    worker_class: Literal["threads", "gevent"] = setting(
+        "threads",
+        "How requests run: app threads, or one greenlet per request (gevent, monkey-patched).",
+        section="workers",
+    )
+    gevent_connections: int = setting(
+        1000,
+        "With --worker-class gevent: most requests served at once per process.",
+        section="workers",
+        validate=_positive,
+        accepted="an integer >= 1",
+    )
     graceful_timeout: float = setting(
         30.0,
         "Seconds in-flight requests get to finish on stop or reload.",

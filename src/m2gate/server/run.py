@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable
+from functools import partial
 from types import FrameType
 
 from m2gate import logs
@@ -21,6 +23,11 @@ log = logging.getLogger("m2gate")
 
 def serve(cfg: Config) -> int:
     """Serve ``cfg.app`` until SIGTERM/SIGINT; exit 0 after a graceful stop."""
+    green = cfg.worker_class == "gevent"
+    if green:
+        from m2gate.server import gevent_worker
+
+        gevent_worker.patch()  # before the app, or anything it imports, is loaded
     app = load_app(cfg.app, cfg.chdir, cfg.paste)
     if resolve_interface(cfg.interface, app) == "asgi":
         from m2gate.server.asyncio_worker import serve_asgi
@@ -30,12 +37,17 @@ def serve(cfg: Config) -> int:
     handler = WSGIHandler(
         app,
         defaults,
-        multithread=cfg.threads > 1,
+        multithread=cfg.threads > 1 or green,
         multiprocess=False,
         access_log=logs.access_logger(),
     )
-    transport = ZmqTransport(cfg.send_spec, cfg.recv_spec, cfg.send_ident)
-    worker = ThreadedWorker(
+    transport_class: type[ZmqTransport] = ZmqTransport
+    worker_class: Callable[..., ThreadedWorker] = ThreadedWorker
+    if green:
+        transport_class = gevent_worker.GreenZmqTransport
+        worker_class = partial(gevent_worker.GeventWorker, connections=cfg.gevent_connections)
+    transport = transport_class(cfg.send_spec, cfg.recv_spec, cfg.send_ident)
+    worker = worker_class(
         transport,
         transport,
         handler,
@@ -52,15 +64,20 @@ def serve(cfg: Config) -> int:
             raise SystemExit(1)  # a second signal forces the exit
         worker.stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    if green:
+        gevent_worker.install_signals(on_signal, (signal.SIGTERM, signal.SIGINT))
+    else:
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
     log.info(
-        "serving %s: PULL %s, PUB %s, identity %s, %d thread(s)",
+        "serving %s: PULL %s, PUB %s, identity %s, %s",
         cfg.app,
         cfg.send_spec,
         cfg.recv_spec,
         cfg.send_ident,
-        cfg.threads,
+        ("gevent, up to %d greenlets" % cfg.gevent_connections)
+        if green
+        else ("%d thread(s)" % cfg.threads),
     )
     clean = worker.run(cfg.graceful_timeout)
     transport.close(linger_s=min(cfg.graceful_timeout, 5.0))

@@ -19,10 +19,14 @@ class ZmqTransport:
     Create it after any ``fork``: ZeroMQ contexts do not survive one.
     """
 
+    # zmq.green's classes here make every wait cooperative (gevent worker).
+    context_class: type[zmq.Context[zmq.Socket[bytes]]] = zmq.Context
+    poller_class: type[zmq.Poller] = zmq.Poller
+
     def __init__(self, send_spec: str, recv_spec: str, identity: str) -> None:
         self.send_spec = send_spec
         self.recv_spec = recv_spec
-        self.ctx = zmq.Context()
+        self.ctx = self.context_class()
         self._lock = threading.Lock()
         self.pull = self.ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.LINGER, 0)
@@ -36,7 +40,7 @@ class ZmqTransport:
         self.pub.connect(recv_spec)
         self.pull.connect(send_spec)
         self._receiving = True
-        self._poller = zmq.Poller()
+        self._poller = self.poller_class()
         self._poller.register(self.pull, zmq.POLLIN)
 
     def recv(self, timeout_ms: int) -> bytes | None:

@@ -1,0 +1,136 @@
+"""``--worker-class gevent`` through a real Mongrel2: many slow requests on one process.
+
+The app (tests/apps/green.py) only calls ``time.sleep``; the worker's monkey
+patching is what makes those sleeps overlap. Wall times are printed (run with
+``-s``), never asserted: speed belongs to benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from m2gate.testing.mongrel2 import Mongrel2
+
+pytestmark = pytest.mark.integration
+
+GEVENT = ("--worker-class", "gevent")
+
+
+async def _many_slow(url: str, count: int, seconds: float) -> list[tuple[int, str]]:
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+    timeout = httpx.Timeout(60.0, pool=60.0)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+
+        async def one(n: int) -> tuple[int, str]:
+            resp = await client.get(url + "/sleep", params={"s": str(seconds), "n": str(n)})
+            return resp.status_code, resp.text
+
+        return await asyncio.gather(*(one(n) for n in range(count)))
+
+
+def concurrent_slow_requests(
+    mongrel2: Mongrel2, m2gate_server: Callable[..., Any], count: int, seconds: float
+) -> float:
+    m2gate_server("green:application", *GEVENT)
+    started = time.monotonic()
+    results = asyncio.run(_many_slow(mongrel2.url, count, seconds))
+    wall = time.monotonic() - started
+    assert results == [(200, "slept %d\n" % n) for n in range(count)]
+    print(
+        "\ngevent worker, one process: %d concurrent requests sleeping %.1fs each "
+        "answered in %.2fs wall (sum of sleeps %.0fs)" % (count, seconds, wall, count * seconds)
+    )
+    return wall
+
+
+def test_500_concurrent_slow_requests(
+    mongrel2: Mongrel2, m2gate_server: Callable[..., Any]
+) -> None:
+    concurrent_slow_requests(mongrel2, m2gate_server, 500, 1.0)
+
+
+def test_app_sees_a_patched_process(mongrel2: Mongrel2, m2gate_server: Callable[..., Any]) -> None:
+    m2gate_server("green:application", *GEVENT)
+    info = httpx.get(mongrel2.url + "/info", timeout=10).text
+    assert "patched=True" in info
+    assert "multithread=True" in info
+
+
+def test_streaming_response(mongrel2: Mongrel2, m2gate_server: Callable[..., Any]) -> None:
+    """Each chunk is produced only after the client acknowledged the previous one.
+
+    A buffered response would deadlock (and time out): this proves every
+    small chunk left through the flusher, which runs as a greenlet here.
+    """
+    m2gate_server("green:application", *GEVENT)
+    lines = []
+    with (
+        httpx.Client(base_url=mongrel2.url, timeout=10) as acks,
+        httpx.stream(
+            "GET", mongrel2.url + "/stream", params={"n": "4", "t": "s1"}, timeout=10
+        ) as resp,
+    ):
+        assert resp.headers["transfer-encoding"] == "chunked"
+        for line in resp.iter_lines():
+            lines.append(line)
+            acks.get("/ack", params={"t": "s1-%d" % (len(lines) - 1)})
+    assert lines == ["chunk %d" % i for i in range(4)]
+
+
+def test_keep_alive_and_pipelined_order(
+    mongrel2: Mongrel2, m2gate_server: Callable[..., Any]
+) -> None:
+    m2gate_server("green:application", *GEVENT)
+    conn = http.client.HTTPConnection("127.0.0.1", mongrel2.port, timeout=10)
+    try:
+        for n in range(3):
+            conn.request("GET", "/sleep?s=0.05&n=%d" % n)
+            assert conn.getresponse().read() == b"slept %d\n" % n
+    finally:
+        conn.close()
+    # Two pipelined requests on one connection: the slow first one answers first.
+    with socket.create_connection(("127.0.0.1", mongrel2.port), timeout=10) as sock:
+        sock.sendall(
+            b"GET /sleep?s=0.3&n=first HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /sleep?s=0&n=second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.index(b"slept first") < data.index(b"slept second")
+
+
+def test_graceful_sigterm_finishes_in_flight(
+    mongrel2: Mongrel2, m2gate_server: Callable[..., Any]
+) -> None:
+    server = m2gate_server("green:application", *GEVENT, "--graceful-timeout", "10")
+    results: list[tuple[int, str]] = []
+
+    def slow(n: int) -> None:
+        resp = httpx.get(mongrel2.url + "/sleep", params={"s": "1.5", "n": str(n)}, timeout=20)
+        results.append((resp.status_code, resp.text))
+
+    clients = [threading.Thread(target=slow, args=(n,)) for n in range(20)]
+    for t in clients:
+        t.start()
+    # Stop only once all 20 are inside the app (not still queued in Mongrel2).
+    deadline = time.monotonic() + 10
+    while httpx.get(mongrel2.url + "/sleeping", timeout=5).text != "20\n":
+        assert time.monotonic() < deadline, "the requests never reached the app"
+        time.sleep(0.02)
+    server.signal(signal.SIGTERM)
+    for t in clients:
+        t.join(20)
+    assert sorted(results) == sorted((200, "slept %d\n" % n) for n in range(20))
+    assert server.proc.wait(timeout=15) == 0
+    assert "stopped after" in server.output
