@@ -66,7 +66,9 @@ async def scope_info(request: Request) -> Response:
 
 async def echo(request: Request) -> Response:
     body = await request.body()
-    return Response(body, media_type="application/octet-stream", headers={"X-Length": str(len(body))})
+    return Response(
+        body, media_type="application/octet-stream", headers={"X-Length": str(len(body))}
+    )
 
 
 async def stream(request: Request) -> Response:

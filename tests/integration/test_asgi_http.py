@@ -1,0 +1,228 @@
+"""ASGI http and lifespan through a real Mongrel2, with a real Starlette app."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from wsgi_http import RawClient, read_events
+
+from m2gate.testing.mongrel2 import HandlerSpec, Mongrel2
+
+pytestmark = pytest.mark.integration
+
+APP = "starlette_app:app"
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    """Directory the app writes its side effects to."""
+    path = tmp_path / "state"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def asgi(m2gate_server: Any, state: Path) -> Callable[..., Any]:
+    """``asgi(*args)`` serves the Starlette test app (interface autodetected)."""
+
+    def start(*args: str, **kwargs: Any) -> Any:
+        env = {"M2GATE_TEST_STATE": str(state), **kwargs.pop("env", {})}
+        return m2gate_server(kwargs.pop("app", APP), *args, env=env, **kwargs)
+
+    return start
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()
+
+
+def test_routes_and_scope(mongrel2: Mongrel2, asgi: Any) -> None:
+    asgi()
+    with httpx.Client(base_url=mongrel2.url, timeout=10) as client:
+        assert client.get("/").text == "hello, world\n"
+        assert client.get("/missing").status_code == 404
+        resp = client.get("/scope?a=1&b=%20x", headers={"X-Twice": "1"})
+    scope = resp.json()
+    assert scope["method"] == "GET"
+    assert scope["path"] == "/scope"
+    assert scope["raw_path"] == "/scope"
+    assert scope["root_path"] == ""
+    assert scope["query_string"] == "a=1&b=%20x"
+    assert ["x-twice", "1"] in scope["headers"]
+    assert all(name == name.lower() for name, _ in scope["headers"])
+    assert scope["client"][0] == "127.0.0.1"
+    assert scope["server"] == ["127.0.0.1", mongrel2.port]
+    assert scope["scheme"] == "http"
+    assert scope["http_version"] == "1.1"
+    assert scope["asgi"]["version"] == "3.0"
+    assert scope["state"] == "yes"  # from the lifespan's state
+    assert resp.headers["server"].startswith("m2gate/")
+
+
+def test_percent_encoded_path_is_decoded_raw_path_kept(mongrel2: Mongrel2, asgi: Any) -> None:
+    asgi()
+    scope = httpx.get(mongrel2.url + "/sc%6Fpe", timeout=10).json()
+    assert scope["path"] == "/scope"
+    assert scope["raw_path"] == "/sc%6Fpe"
+    assert httpx.get(mongrel2.url + "/sub/hel%6Co", timeout=10).json() == {
+        "root_path": "/sub",  # Starlette's Mount extends it
+        "path": "/sub/hello",
+    }
+
+
+def test_root_path_from_the_mongrel2_route(mongrel2_factory: Any, asgi: Any) -> None:
+    m2 = mongrel2_factory(handlers=[HandlerSpec(route="/api/")])
+    asgi(m2=m2, ready_path="/api/")
+    resp = httpx.get(m2.url + "/api/scope", timeout=10).json()
+    assert resp["root_path"] == "/api"
+    assert resp["path"] == "/api/scope"
+    assert resp["url"].endswith("/api/scope")
+
+
+def test_request_body_and_head(mongrel2: Mongrel2, asgi: Any) -> None:
+    asgi()
+    body = bytes(range(256)) * 40  # 10 KB, inline in the Mongrel2 message
+    with httpx.Client(base_url=mongrel2.url, timeout=10) as client:
+        resp = client.post("/echo", content=body)
+        assert resp.status_code == 200
+        assert resp.content == body
+        head = client.head("/")
+        assert head.status_code == 200
+        assert head.headers["content-length"] == "13"
+        assert head.content == b""
+        assert client.get("/").text == "hello, world\n"  # same connection still in sync
+
+
+def test_app_error_is_a_500_and_logged(mongrel2: Mongrel2, asgi: Any) -> None:
+    server = asgi()
+    with httpx.Client(base_url=mongrel2.url, timeout=10) as client:
+        assert client.get("/boom").status_code == 500
+        assert client.get("/").status_code == 200
+    assert "RuntimeError: boom" in server.output
+
+
+def test_streaming_response_is_chunked(mongrel2: Mongrel2, asgi: Any) -> None:
+    asgi()
+    with RawClient(mongrel2.port) as client:
+        client.request("GET", "/stream?n=5")
+        resp = client.read_response()
+        assert resp.framing == "chunked" and resp.complete
+        assert resp.body == b"".join(b"%d:xxxxxxxxxx\n" % i for i in range(5))
+        # keep-alive: the next request on the same connection is answered too
+        client.request("GET", "/")
+        assert client.read_response().body == b"hello, world\n"
+
+
+def test_big_stream_is_coalesced(mongrel2: Mongrel2, asgi: Any) -> None:
+    """20,000 small chunks: more than 16 queued replies would make Mongrel2 drop us."""
+    asgi()
+    expected = sum(len(b"%d:" % i) + 1001 for i in range(20000))
+    total = 0
+    with httpx.stream("GET", mongrel2.url + "/stream?n=20000&size=1000", timeout=30) as resp:
+        for chunk in resp.iter_bytes():
+            total += len(chunk)
+    assert total == expected
+
+
+def test_http10_stream_is_close_delimited(mongrel2: Mongrel2, asgi: Any) -> None:
+    asgi()
+    with RawClient(mongrel2.port) as client:
+        client.request("GET", "/stream?n=3", version="HTTP/1.0")
+        resp = client.read_response()
+        assert resp.framing == "close"
+        assert resp.body.startswith(b"0:") and client.eof
+
+
+def test_pipelined_requests_answered_in_order(mongrel2: Mongrel2, asgi: Any) -> None:
+    asgi()
+    with RawClient(mongrel2.port) as client:
+        client.send(
+            b"GET /slow?s=0.3&i=first HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /slow?s=0&i=second HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert client.read_response().body == b"slow first\n"
+        assert client.read_response().body == b"slow second\n"
+
+
+def test_connection_close_is_honoured(mongrel2: Mongrel2, asgi: Any) -> None:
+    asgi()
+    with RawClient(mongrel2.port) as client:
+        client.request("GET", "/", headers=[("Connection", "close")])
+        resp = client.read_response()
+        assert resp.header("Connection") == "close"
+        assert client.closed_by_server()
+
+
+def test_sse_stops_when_client_goes_away(mongrel2: Mongrel2, asgi: Any, state: Path) -> None:
+    asgi()
+    log = state / "sse1"
+    with httpx.stream("GET", mongrel2.url + "/events?name=sse1", timeout=10) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        seen = []
+        for line in resp.iter_lines():
+            if line.startswith("data:"):
+                seen.append(line)
+            if len(seen) == 3:
+                break
+    # The client is gone: the generator must end, not run forever.
+    assert wait_until(lambda: "stopped" in read_events(log)), read_events(log)
+    sent = [e for e in read_events(log) if e.startswith("sent")]
+    time.sleep(0.3)
+    assert [e for e in read_events(log) if e.startswith("sent")] == sent
+    assert seen == ["data: event 1", "data: event 2", "data: event 3"]
+
+
+def test_200_concurrent_requests_one_process(mongrel2: Mongrel2, asgi: Any) -> None:
+    asgi()
+
+    async def run() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=250, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=mongrel2.url, timeout=60, limits=limits) as client:
+            return await asyncio.gather(
+                *(client.get("/slow", params={"s": "0.5", "i": str(i)}) for i in range(200))
+            )
+
+    responses = asyncio.run(run())
+    assert [r.status_code for r in responses] == [200] * 200
+    assert [r.text for r in responses] == ["slow %d\n" % i for i in range(200)]
+    # The app saw many of them at once: they overlapped in one process.
+    peak = httpx.get(mongrel2.url + "/inflight", timeout=10).json()["max"]
+    assert peak >= 50
+
+
+def test_lifespan_startup_and_shutdown(mongrel2: Mongrel2, asgi: Any, state: Path) -> None:
+    server = asgi("--interface", "asgi")
+    assert read_events(state / "lifespan") == ["startup"]
+    assert server.stop() == 0
+    assert read_events(state / "lifespan") == ["startup", "shutdown"]
+
+
+def test_lifespan_startup_failure_exits_with_one_line(mongrel2: Mongrel2, asgi: Any) -> None:
+    server = asgi(env={"M2GATE_TEST_FAIL_STARTUP": "1"}, wait=False)
+    code = server.proc.wait(timeout=20)
+    assert code != 0
+    errors = [line for line in server.output.splitlines() if "error" in line.lower()]
+    assert errors == ["m2gate: error: lifespan startup failed: RuntimeError: database unreachable"]
+
+
+def test_app_without_lifespan_support(mongrel2: Mongrel2, asgi: Any) -> None:
+    server = asgi(app="asgi_bare:app")
+    assert httpx.get(mongrel2.url + "/x?y=1", timeout=10).text == "bare /x y=1"
+    assert server.stop() == 0
+
+
+def test_interface_wsgi_is_honoured(mongrel2: Mongrel2, asgi: Any) -> None:
+    """--interface wsgi really selects WSGI: called as one, the ASGI app fails (500)."""
+    asgi("--interface", "wsgi")
+    assert httpx.get(mongrel2.url + "/", timeout=10).status_code == 500
