@@ -1,0 +1,63 @@
+"""The floor: a minimal pyzmq Mongrel2 handler answering one fixed response.
+
+No parsing beyond the sender and connection id, no environ, no framing: the
+cheapest a Python handler can be while still speaking Mongrel2's protocol
+correctly for keep-alive clients. ``bench_wsgi.py`` compares m2gate to it.
+
+Usage: ``python naive_handler.py SEND_SPEC RECV_SPEC IDENTITY``
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+
+import zmq
+
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\r\nHello, world!\n"
+)
+
+
+def serve(send_spec: str, recv_spec: str, identity: str) -> int:
+    """Answer every request with RESPONSE until SIGTERM/SIGINT."""
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pub = ctx.socket(zmq.PUB)
+    pull.setsockopt(zmq.IDENTITY, identity.encode("ascii"))
+    pub.setsockopt(zmq.IDENTITY, identity.encode("ascii"))
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.connect(recv_spec)
+    pull.connect(send_spec)
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    poller = zmq.Poller()
+    poller.register(pull, zmq.POLLIN)
+    recv, send = pull.recv, pub.send
+    while not stopping:
+        try:
+            data = recv(zmq.NOBLOCK)
+        except zmq.Again:
+            poller.poll(100)
+            continue
+        sender, conn_id, path, _ = data.split(b" ", 3)
+        if path == b"@*":
+            continue  # disconnect notice: answering it would make Mongrel2 send another
+        send(b"%s %d:%s, %s" % (sender, len(conn_id), conn_id, RESPONSE))
+    pull.close(linger=0)
+    pub.close(linger=1000)
+    ctx.term()
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)
+    sys.exit(serve(sys.argv[1], sys.argv[2], sys.argv[3]))
