@@ -40,6 +40,7 @@ ATOMS: Final = {
     "p": "process id",
 }
 
+_NUMERIC: Final = frozenset("sBTMDp")  # may be formatted with %(s)d and such
 _ATOM_RE = re.compile(r"%\((\w+)\)")
 
 
@@ -50,7 +51,7 @@ def check_format(fmt: str) -> set[str]:
     if unknown:
         raise ValueError("unknown atom %s" % ", ".join(sorted(unknown)))
     try:
-        fmt % {name: "x" for name in ATOMS}
+        fmt % {name: 1 if name in _NUMERIC else "x" for name in ATOMS}
     except (ValueError, TypeError, KeyError) as exc:
         raise ValueError(str(exc)) from None
     return used

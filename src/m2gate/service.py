@@ -14,9 +14,11 @@ These are building blocks the master calls in this order (see each docstring)::
 
 from __future__ import annotations
 
+import grp
 import json
 import logging
 import os
+import pwd
 import site
 import sys
 from collections.abc import Iterable, Mapping
@@ -154,9 +156,6 @@ def enter_chroot(cfg: Config) -> None:
 
 def resolve_ids(user: str, group: str) -> tuple[int | None, int | None, str | None]:
     """(uid, gid, user name) for the settings; gid defaults to the user's group."""
-    import grp
-    import pwd
-
     uid = gid = None
     name = None
     if user:
@@ -210,8 +209,6 @@ def drop_privileges(user: str, group: str, chown: Iterable[str] = ()) -> None:
 
 
 def _home(uid: int) -> str:
-    import pwd
-
     try:
         return pwd.getpwuid(uid).pw_dir
     except KeyError:
