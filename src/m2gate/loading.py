@@ -249,6 +249,9 @@ def load_paste(spec: str) -> Any:
     """``loadapp()`` from Paste Deploy; Pyramid's development.ini works as is."""
     uri, name = paste_uri(spec)
     path = uri.removeprefix("config:")
+    for directory in (os.getcwd(), os.path.dirname(path)):  # `call:module:main` lives here
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
     if not os.path.isfile(path):
         raise AppLoadError("paste %s: no such file %s" % (spec, path))
     try:
