@@ -321,6 +321,7 @@ class WebSocketSession:
         self._disconnected = False
         self._close_timer: asyncio.TimerHandle | None = None
         self._denial: Response | None = None
+        self._denial_head: tuple[str, list[tuple[str, str]]] | None = None
         self._tcp_closed = asyncio.Event()
 
     # -- runtime side -------------------------------------------------------
@@ -500,17 +501,29 @@ class WebSocketSession:
                 raise RuntimeError("denial response after the handshake")
             version, _ = request_framing(self.msg)
             self._denial = Response("GET", version, False, SERVER)
-            headers = [
-                (bytes(n).decode("latin-1"), bytes(v).decode("latin-1"))
-                for n, v in message.get("headers", ())
-            ]
-            self.out.push(self._denial.head(_status_line(int(message["status"])), headers))
+            self._denial_head = (
+                _status_line(int(message["status"])),
+                [
+                    (bytes(n).decode("latin-1"), bytes(v).decode("latin-1"))
+                    for n, v in message.get("headers", ())
+                ],
+            )
         elif kind == "websocket.http.response.body":
-            if self._denial is None:
+            denial = self._denial
+            if denial is None or self._denial_head is None:
                 raise RuntimeError("websocket.http.response.body without a start")
-            self.out.push(self._denial.body(bytes(message.get("body", b""))))
-            if not message.get("more_body", False):
-                self.out.push(self._denial.end())
+            body = bytes(message.get("body", b""))
+            more = bool(message.get("more_body", False))
+            payload = b""
+            if not denial.head_sent:
+                payload = denial.head(
+                    *self._denial_head, content_length=None if more else len(body)
+                )
+            payload += denial.body(body)
+            if not more:
+                payload += denial.end()
+            self.out.push(payload)
+            if not more:
                 self._finish_tcp()
                 self._disconnect(ws.NORMAL)
         else:

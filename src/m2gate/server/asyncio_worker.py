@@ -16,8 +16,8 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Protocol
 
 from m2gate.adapters.asgi import (
     ASGIApp,
@@ -54,12 +54,24 @@ log = logging.getLogger("m2gate.worker")
 UPLOAD_CHUNK = 256 * 1024
 
 
+class AsyncTransport(Protocol):
+    """What the runtime needs from its transport (:class:`AsyncZmqTransport`)."""
+
+    async def recv(self, timeout_ms: int | None = None) -> bytes | None: ...
+
+    def recv_nowait(self) -> bytes | None: ...
+
+    def send(self, messages: Sequence[bytes]) -> None: ...
+
+    def stop_receiving(self) -> None: ...
+
+
 class AsyncioWorker:
     """Serves an ASGI app for the messages ``transport`` receives."""
 
     def __init__(
         self,
-        transport: AsyncZmqTransport,
+        transport: AsyncTransport,
         app: ASGIApp,
         defaults: EnvironDefaults,
         reply_ident: bytes = b"",

@@ -1,0 +1,133 @@
+"""The asyncio runtime fed raw Mongrel2 messages through a fake transport."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from m2gate.adapters.common import EnvironDefaults
+from m2gate.server.asyncio_worker import AsyncioWorker
+
+from .helpers import control, message, request_headers
+
+
+class FakeTransport:
+    def __init__(self, incoming: Sequence[bytes] = ()) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        for data in incoming:
+            self.queue.put_nowait(data)
+        self.sent: list[bytes] = []
+        self.stopped = False
+
+    async def recv(self, timeout_ms: int | None = None) -> bytes | None:
+        return await self.queue.get()
+
+    def recv_nowait(self) -> bytes | None:
+        try:
+            return self.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    def send(self, messages: Sequence[bytes]) -> None:
+        self.sent.extend(messages)
+
+    def stop_receiving(self) -> None:
+        self.stopped = True
+
+    def data(self, conn_id: int = 7) -> bytes:
+        prefix = b" %d:%d, " % (len(str(conn_id)), conn_id)
+        return b"".join(m.split(prefix, 1)[1] for m in self.sent if prefix in m)
+
+
+def get(path: str, conn_id: int = 7, **headers: Any) -> bytes:
+    return message(request_headers("GET", path, **headers), path=path.encode(), conn_id=conn_id)
+
+
+async def app(scope: Any, receive: Any, send: Any) -> None:
+    """Answers ``/slow`` after a while, ``/wait`` when the client leaves, others at once."""
+    if scope["path"] == "/slow":
+        await asyncio.sleep(0.05)
+    if scope["path"] == "/wait":
+        await receive()
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"w", "more_body": True})
+        event = await receive()
+        app.seen.append(event["type"])  # type: ignore[attr-defined]
+        return
+    body = scope["path"].encode()
+    await send({"type": "http.response.start", "status": 200})
+    await send({"type": "http.response.body", "body": body})
+
+
+app.seen = []  # type: ignore[attr-defined]
+
+
+def serve(incoming: Sequence[bytes], settle: float = 0.3) -> FakeTransport:
+    async def go() -> FakeTransport:
+        transport = FakeTransport(incoming)
+        worker = AsyncioWorker(transport, app, EnvironDefaults(), flush_interval=0)
+        task = asyncio.create_task(worker.run(5.0))
+        await asyncio.sleep(settle)
+        worker.stop()
+        assert await task
+        assert transport.stopped
+        return transport
+
+    return asyncio.run(go())
+
+
+def test_pipelined_requests_answered_in_order() -> None:
+    transport = serve([get("/slow"), get("/fast")])
+    data = transport.data()
+    assert data.index(b"/slow") < data.index(b"/fast")
+
+
+def test_connections_are_served_concurrently() -> None:
+    transport = serve([get("/slow", conn_id=1), get("/fast", conn_id=2)])
+    first = [m for m in transport.sent if m.split(b" ", 2)[1] in (b"1:1,", b"1:2,")]
+    assert first[0].split(b" ", 2)[1] == b"1:2,"  # the fast one did not wait
+
+
+def test_disconnect_reaches_the_app() -> None:
+    app.seen.clear()  # type: ignore[attr-defined]
+
+    async def go() -> FakeTransport:
+        transport = FakeTransport([get("/wait")])
+        worker = AsyncioWorker(transport, app, EnvironDefaults(), flush_interval=0)
+        task = asyncio.create_task(worker.run(5.0))
+        await asyncio.sleep(0.05)
+        transport.queue.put_nowait(control("disconnect"))
+        await asyncio.sleep(0.05)
+        worker.stop()
+        await task
+        assert worker.disconnects == 1
+        return transport
+
+    transport = asyncio.run(go())
+    assert app.seen == ["http.disconnect"]  # type: ignore[attr-defined]
+    assert not transport.sent[-1].endswith(b", ")  # no close reply to a gone client
+
+
+def test_malformed_and_stray_messages_are_dropped() -> None:
+    stray_frame = message(
+        request_headers("WEBSOCKET", "/ws", FLAGS="0x81"), b"hi", path=b"/ws", conn_id=9
+    )
+    transport = serve([b"garbage", stray_frame, control("disconnect", conn_id=3), get("/ok")])
+    assert transport.data().endswith(b"/ok")
+    assert transport.data(9) == b""
+
+
+def test_unsupported_upload_is_answered_not_hung() -> None:
+    upload = message(
+        request_headers("POST", "/up", **{"x-mongrel2-upload-start": "/tmp/x"}),
+        path=b"/up",
+    )
+    transport = serve([upload])
+    assert transport.data().startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert transport.sent[-1].endswith(b", ")
+
+
+def test_graceful_stop_waits_for_requests_in_flight() -> None:
+    transport = serve([get("/slow")], settle=0.0)
+    assert transport.data().endswith(b"/slow")
