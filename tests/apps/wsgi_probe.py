@@ -53,19 +53,6 @@ def block(index: int, size: int) -> bytes:
     return (seed * (size // len(seed) + 1))[:size]
 
 
-def expected_digest(total: int, chunk: int) -> str:
-    """sha256 of what ``/big?size=total&chunk=chunk`` streams."""
-    digest = hashlib.sha256()
-    index = 0
-    sent = 0
-    while sent < total:
-        part = block(index, min(chunk, total - sent))
-        digest.update(part)
-        sent += len(part)
-        index += 1
-    return digest.hexdigest()
-
-
 class Recorded:
     """An app iterable whose close() is recorded, as a test can't see it otherwise."""
 

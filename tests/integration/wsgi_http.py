@@ -7,6 +7,7 @@ that a real client library would refuse to send.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import time
@@ -254,3 +255,20 @@ def probe_servers(m2gate_server: Any, events: Path) -> Iterator[Callable[..., An
         server.stop()
         complaints = validator_complaints(server.output)
         assert not complaints, "wsgiref.validate objected:\n" + server.output
+
+
+def expected_digest(total: int, chunk: int) -> str:
+    """sha256 of what the probe app's ``/big?size=total&chunk=chunk`` streams.
+
+    Recomputed here from the same recipe (block i = sha256(i) repeated), not
+    imported from the app, so the test does not trust the server side.
+    """
+    digest = hashlib.sha256()
+    sent = index = 0
+    while sent < total:
+        size = min(chunk, total - sent)
+        seed = hashlib.sha256(index.to_bytes(8, "big")).digest()
+        digest.update((seed * (size // len(seed) + 1))[:size])
+        sent += size
+        index += 1
+    return digest.hexdigest()
