@@ -17,6 +17,8 @@ from urllib.parse import parse_qs
 StartResponse = Callable[..., Any]
 
 _sleeping = 0  # requests inside /sleep now (greenlets share it, no lock needed)
+_peak = 0  # most requests ever inside /sleep at once
+_aborted = 0  # streams closed before their end (client gone)
 
 
 _acks: dict[str, threading.Event] = {}
@@ -24,6 +26,17 @@ _acks: dict[str, threading.Event] = {}
 
 def _stream(chunks: int, delay: float, token: str) -> Iterator[bytes]:
     """With a token, chunk i+1 waits until the client fetched ``/ack?t=TOKEN-i``."""
+    global _aborted
+    finished = False
+    try:
+        yield from _chunks(chunks, delay, token)
+        finished = True
+    finally:
+        if not finished:
+            _aborted += 1
+
+
+def _chunks(chunks: int, delay: float, token: str) -> Iterator[bytes]:
     for i in range(chunks):
         if i:
             if token:
@@ -36,12 +49,13 @@ def _stream(chunks: int, delay: float, token: str) -> Iterator[bytes]:
 
 
 def application(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-    """``/sleep?s=S&n=N`` sleeps, ``/sleeping`` counts those, ``/stream``, ``/info``."""
+    """``/sleep?s=S&n=N`` sleeps, ``/sleeping`` and ``/stats`` count, ``/stream``, ``/info``."""
     path = environ.get("PATH_INFO", "/")
     query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
-    global _sleeping
+    global _sleeping, _peak
     if path == "/sleep":
         _sleeping += 1
+        _peak = max(_peak, _sleeping)
         try:
             time.sleep(float(query.get("s", "1")))
         finally:
@@ -57,6 +71,8 @@ def application(environ: dict[str, Any], start_response: StartResponse) -> Itera
         body = b"ok\n"
     elif path == "/sleeping":
         body = b"%d\n" % _sleeping
+    elif path == "/stats":
+        body = b"peak=%d aborted=%d\n" % (_peak, _aborted)
     elif path == "/info":
         from gevent import monkey
 

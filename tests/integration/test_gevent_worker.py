@@ -8,6 +8,7 @@ patching is what makes those sleeps overlap. Wall times are printed (run with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import signal
 import socket
@@ -134,3 +135,45 @@ def test_graceful_sigterm_finishes_in_flight(
     assert sorted(results) == sorted((200, "slept %d\n" % n) for n in range(20))
     assert server.proc.wait(timeout=15) == 0
     assert "stopped after" in server.output
+
+
+def test_connection_bound_queues_the_rest(
+    mongrel2: Mongrel2, m2gate_server: Callable[..., Any]
+) -> None:
+    m2gate_server("green:application", *GEVENT, "--gevent-connections", "3")
+    results = asyncio.run(_many_slow(mongrel2.url, 12, 0.2))
+    assert results == [(200, "slept %d\n" % n) for n in range(12)]
+    assert httpx.get(mongrel2.url + "/stats", timeout=5).text.startswith("peak=3 ")
+
+
+def test_client_gone_mid_stream_frees_the_greenlet(
+    mongrel2: Mongrel2, m2gate_server: Callable[..., Any]
+) -> None:
+    m2gate_server("green:application", *GEVENT)
+    with socket.create_connection(("127.0.0.1", mongrel2.port), timeout=10) as sock:
+        sock.sendall(b"GET /stream?n=100000&delay=0.01 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"chunk 0" in sock.recv(65536)
+    # Mongrel2's disconnect notice reaches the greenlet: the app's iterator is closed.
+    deadline = time.monotonic() + 15
+    while "aborted=1" not in httpx.get(mongrel2.url + "/stats", timeout=5).text:
+        assert time.monotonic() < deadline, "the stream kept running after the client left"
+        time.sleep(0.05)
+
+
+def test_graceful_timeout_stops_anyway(
+    mongrel2: Mongrel2, m2gate_server: Callable[..., Any]
+) -> None:
+    server = m2gate_server("green:application", *GEVENT, "--graceful-timeout", "0.5")
+    def abandoned() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # cut off when the servers stop
+            httpx.get(mongrel2.url + "/sleep?s=60", timeout=30)
+
+    client = threading.Thread(target=abandoned, daemon=True)
+    client.start()
+    deadline = time.monotonic() + 10
+    while httpx.get(mongrel2.url + "/sleeping", timeout=5).text != "1\n":
+        assert time.monotonic() < deadline, "the request never reached the app"
+        time.sleep(0.02)
+    server.signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=15) == 0
+    assert "graceful timeout" in server.output and "(forced)" in server.output
