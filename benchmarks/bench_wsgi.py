@@ -38,6 +38,7 @@ import os
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -210,6 +211,8 @@ class SideResult:
     """One measured side: the load's outcome and what it cost."""
 
     name: str
+    config: str
+    round: int
     command: str
     wrk: WrkResult
     handler_cpu_us_per_req: float
@@ -330,6 +333,7 @@ def start_profiler(pid: int, seconds: int, out: Path, rate: int) -> subprocess.P
         "raw",
         "--subprocesses",
         "--nonblocking",
+        "--gil",
         "-o",
         str(out),
     ]
@@ -385,6 +389,8 @@ def _short(frame: str) -> str:
 
 def measure(
     name: str,
+    config: str,
+    round_no: int,
     command: list[str],
     env: dict[str, str],
     route_url: str,
@@ -428,6 +434,8 @@ def measure(
     per_req = 1e6 / result.requests if result.requests else 0.0
     side = SideResult(
         name=name,
+        config=config,
+        round=round_no,
         command=shlex.join(command),
         wrk=result,
         handler_cpu_us_per_req=(cpu1 - cpu0) * per_req,
@@ -444,9 +452,17 @@ def measure(
     return side
 
 
-def m2gate_command(opts: argparse.Namespace, spec: HandlerSpec, threads: int) -> list[str]:
-    exe = Path(sys.executable).with_name("m2gate")
-    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "m2gate"]
+def m2gate_command(
+    opts: argparse.Namespace, spec: HandlerSpec, threads: int, exe: str = ""
+) -> list[str]:
+    """``m2gate serve`` (or ``exe``, a command standing in for ``m2gate``) for ``spec``."""
+    installed = Path(sys.executable).with_name("m2gate")
+    if exe:
+        base = shlex.split(exe)
+    elif installed.exists():
+        base = [str(installed)]
+    else:
+        base = [sys.executable, "-m", "m2gate"]
     extra = [arg for value in opts.m2gate_arg for arg in shlex.split(value)]
     return [
         *base,
@@ -475,12 +491,16 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     for item in opts.m2gate_env:
         key, _, value = item.partition("=")
         env[key] = value
+    variants = [("", "")]
+    for item in opts.variant:
+        label, _, exe = item.partition("=")
+        variants.append((label, exe))
     sides: list[SideResult] = []
     try:
         with Mongrel2(workdir / "mongrel2", handlers=[naive_spec, app_spec]) as m2:
             naive_spec, app_spec = m2.handlers
-            for round_no in range(opts.rounds):
-                suffix = "" if opts.rounds == 1 else " #%d" % (round_no + 1)
+            for round_no in range(1, opts.rounds + 1):
+                suffix = "" if opts.rounds == 1 else " #%d" % round_no
                 naive_cmd = [
                     sys.executable,
                     str(NAIVE),
@@ -488,23 +508,54 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
                     naive_spec.recv_spec,
                     naive_spec.send_ident,
                 ]
+                naive_url = m2.url + "/naive/"
                 sides.append(
                     measure(
-                        "naive" + suffix, naive_cmd, env, m2.url + "/naive/", m2, opts, workdir, lua
+                        "naive" + suffix, "naive", round_no, naive_cmd, env, naive_url, m2, opts,
+                        workdir, lua,
                     )
-                )
-                for threads in opts.threads:
-                    cmd = m2gate_command(opts, app_spec, threads)
-                    name = "m2gate threads=%d%s" % (threads, suffix)
-                    sides.append(measure(name, cmd, env, m2.url + "/app/", m2, opts, workdir, lua))
+                )  # fmt: skip
+                for label, exe in variants:
+                    for threads in opts.threads:
+                        cmd = m2gate_command(opts, app_spec, threads, exe)
+                        config = "m2gate%s threads=%d" % ("[%s]" % label if label else "", threads)
+                        sides.append(
+                            measure(
+                                config + suffix, config, round_no, cmd, env, m2.url + "/app/", m2,
+                                opts, workdir, lua,
+                            )
+                        )  # fmt: skip
     finally:
         if not opts.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    naive = [s for s in sides if s.name.startswith("naive")]
-    floor = max(s.wrk.rps for s in naive) if naive else 0.0
+    # Each side is compared with the naive run of its own round: the machine's
+    # load drifts, and a neighbour's burst should hit both or neither.
+    floors = {s.round: s.wrk.rps for s in sides if s.config == "naive"}
     for side in sides:
-        if not side.name.startswith("naive") and floor:
+        floor = floors.get(side.round, 0.0)
+        if side.config != "naive" and floor:
             side.ratio = side.wrk.rps / floor
+    summary = []
+    for config in dict.fromkeys(s.config for s in sides):
+        runs = [s for s in sides if s.config == config]
+        ratios = [s.ratio for s in runs if s.ratio is not None]
+        summary.append(
+            {
+                "config": config,
+                "runs": len(runs),
+                "rps": statistics.median(s.wrk.rps for s in runs),
+                "p50_ms": statistics.median(s.wrk.p50_ms for s in runs),
+                "p99_ms": statistics.median(s.wrk.p99_ms for s in runs),
+                "handler_cpu_us_per_req": statistics.median(s.handler_cpu_us_per_req for s in runs),
+                "mongrel2_cpu_us_per_req": statistics.median(
+                    s.mongrel2_cpu_us_per_req for s in runs
+                ),
+                "ratio": statistics.median(ratios) if ratios else None,
+                "ok": all(s.ok for s in runs),
+            }
+        )
+    naive_rps = [s.wrk.rps for s in sides if s.config == "naive"]
+    floor = statistics.median(naive_rps) if naive_rps else 0.0
     return {
         "params": {
             "connections": opts.connections,
@@ -515,15 +566,36 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
             "app": opts.app,
             "m2gate_args": opts.m2gate_arg,
             "m2gate_env": opts.m2gate_env,
+            "variants": opts.variant,
             "cpus": os.cpu_count(),
             "python": sys.version.split()[0],
             "workdir": str(workdir) if opts.keep else None,
         },
         "goal_ratio": GOAL,
         "naive_rps": floor,
+        "summary": summary,
         "sides": [dict(asdict(s), ok=s.ok) for s in sides],
         "ok": all(s.ok for s in sides),
     }
+
+
+_ROW = "%-30s %9s %8s %8s %13s %13s %6s  %s"
+
+
+def _format_row(
+    name: str,
+    rps: float,
+    p50: float,
+    p99: float,
+    cpu: float,
+    m2cpu: float,
+    ratio: float | None,
+    notes: str,
+) -> str:
+    return _ROW % (
+        name, "%.0f" % rps, "%.2f" % p50, "%.2f" % p99, "%.1f" % cpu, "%.1f" % m2cpu,
+        "" if ratio is None else "%.2f" % ratio, notes,
+    )  # fmt: skip
 
 
 def print_table(report: dict[str, Any], out: Any) -> None:
@@ -542,42 +614,46 @@ def print_table(report: dict[str, Any], out: Any) -> None:
     )
     if p["m2gate_args"] or p["m2gate_env"]:
         print("m2gate extra args %s env %s" % (p["m2gate_args"], p["m2gate_env"]), file=out)
-    header = "%-22s %10s %9s %9s %12s %12s %7s  %s" % (
-        "side",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "handler µs/r",
-        "mongrel2 µs/r",
-        "ratio",
-        "notes",
+    print(
+        _ROW
+        % ("side", "req/s", "p50 ms", "p99 ms", "handler µs/r", "mongrel2 µs/r", "ratio", "notes"),
+        file=out,
     )
-    print(header, file=out)
-    print("-" * len(header), file=out)
+    print("-" * 110, file=out)
     for s in report["sides"]:
         w = s["wrk"]
-        ratio = "" if s["ratio"] is None else "%.2f" % s["ratio"]
+        row = (w["rps"], w["p50_ms"], w["p99_ms"], s["handler_cpu_us_per_req"])
         print(
-            "%-22s %10.0f %9.2f %9.2f %12.1f %12.1f %7s  %s"
-            % (
-                s["name"],
-                w["rps"],
-                w["p50_ms"],
-                w["p99_ms"],
-                s["handler_cpu_us_per_req"],
-                s["mongrel2_cpu_us_per_req"],
-                ratio,
-                "; ".join(s["notes"]),
+            _format_row(
+                s["name"], *row, s["mongrel2_cpu_us_per_req"], s["ratio"], "; ".join(s["notes"])
             ),
             file=out,
         )
-    ratios = [s["ratio"] for s in report["sides"] if s["ratio"] is not None]
-    if ratios:
-        verdict = "MET" if max(ratios) >= report["goal_ratio"] else "NOT met"
+    if p["rounds"] > 1:
         print(
-            "goal ratio >= %.2f: %s (best %.2f)" % (report["goal_ratio"], verdict, max(ratios)),
+            "\nmedians over %d rounds (ratio: against the naive run of the same round)"
+            % p["rounds"],
             file=out,
         )
+        for m in report["summary"]:
+            row = (m["rps"], m["p50_ms"], m["p99_ms"], m["handler_cpu_us_per_req"])
+            note = "" if m["ok"] else "ERRORS in some runs"
+            print(
+                _format_row(m["config"], *row, m["mongrel2_cpu_us_per_req"], m["ratio"], note),
+                file=out,
+            )
+    ratios = {m["config"]: m["ratio"] for m in report["summary"] if m["ratio"] is not None}
+    if ratios:
+        goal = report["goal_ratio"]
+        main_ratio = ratios.get("m2gate threads=1")
+        if main_ratio is not None:
+            verdict = "MET" if main_ratio >= goal else "NOT met"
+            print(
+                "goal ratio >= %.2f for m2gate threads=1: %s (%.2f)" % (goal, verdict, main_ratio),
+                file=out,
+            )
+        best = max(ratios, key=lambda k: ratios[k])
+        print("best ratio: %.2f (%s)" % (ratios[best], best), file=out)
     if not report["ok"]:
         print(
             "\n!!! SOME RUNS HAD SOCKET ERRORS OR NON-2xx ANSWERS: THEIR FIGURES ARE NOT VALID !!!",
@@ -625,6 +701,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         metavar="ARGS",
         help="extra m2gate serve arguments, shell-split (repeatable), e.g. '-p 2'",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL=COMMAND",
+        help="also run COMMAND in place of the m2gate executable (A/B in the same rounds)",
     )
     parser.add_argument(
         "--m2gate-env",
@@ -702,6 +785,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(opts, key) is None:
             setattr(opts, key, value)
+    if opts.profile and Path(opts.profile).exists() and not Path(opts.profile).is_dir():
+        parser.error("--profile: %s exists and is not a directory" % opts.profile)
     if shutil.which(opts.wrk) is None:
         parser.error("wrk not found (apt-get install wrk)")
     return opts
