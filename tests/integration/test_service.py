@@ -1,0 +1,402 @@
+"""Service features through real Mongrel2: access log, ZeroMQ logging, app environment,
+app folders, log reopening, daemon mode and handler specs read from Mongrel2's database."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import zmq
+
+from m2gate.testing.mongrel2 import HandlerSpec, Mongrel2, free_port
+
+pytestmark = pytest.mark.integration
+
+Start = Callable[..., Any]
+APPS = Path(__file__).resolve().parents[1] / "apps"
+CLF = re.compile(
+    r'(?P<host>\S+) - - \[[^\]]+\] "(?P<request>[^"]*)" (?P<status>\d{3}) (?P<bytes>\d+|-)'
+)
+
+
+def m2gate(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "m2gate", *argv]
+
+
+def answered(url: str) -> bool:
+    """One short GET: True once m2gate (not Mongrel2) answered."""
+    try:
+        resp = requests.get(url, timeout=1, headers={"Connection": "close"})
+    except requests.RequestException:
+        return False
+    return not resp.headers.get("Server", "").startswith("Mongrel2")
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+class Proc:
+    """An ``m2gate`` process started without the conftest fixture's fixed arguments."""
+
+    def __init__(self, argv: list[str], cwd: Path, log: Path, env: dict[str, str]) -> None:
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, url: str) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError("m2gate exited: " + self.log.read_text())
+            return answered(url)
+
+        wait_until(ready, "m2gate at " + url)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    procs: list[Proc] = []
+
+    def start(*argv: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> Proc:
+        full_env = dict(os.environ, PYTHONUNBUFFERED="1")
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(APPS), full_env.get("PYTHONPATH", "")) if p
+        )
+        full_env.update(env or {})
+        proc = Proc(
+            m2gate(*argv), cwd or tmp_path, tmp_path / ("m2gate-%d.out" % len(procs)), full_env
+        )
+        procs.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def write_app(directory: Path, name: str, source: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / (name + ".py")).write_text(textwrap.dedent(source))
+
+
+PROBE_APP = """
+import json, os, sys
+
+def app(environ, start_response):
+    try:
+        import only_in_the_venv
+        venv = only_in_the_venv.WHERE
+    except ImportError:
+        venv = None
+    body = json.dumps({
+        "greeting": os.environ.get("GREETING"),
+        "other": os.environ.get("OTHER"),
+        "sys_path": sys.path[:4],
+        "cwd": os.getcwd(),
+        "venv": venv,
+        "virtual_env": os.environ.get("VIRTUAL_ENV"),
+    }).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+"""
+
+
+# -- access log -------------------------------------------------------------------------
+
+
+def read_lines(path: Path, count: int) -> list[str]:
+    wait_until(lambda: path.exists() and len(path.read_text().splitlines()) >= count, str(path))
+    return path.read_text().splitlines()
+
+
+def test_access_log_common_format(m2gate_server: Start, tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    server = m2gate_server("basic:application", "--threads", "2", "--access-log", str(log))
+    already = len(read_lines(log, 1))  # the fixture's readiness probes
+    assert requests.get(server.url + "/?a=1", timeout=10).status_code == 200
+    assert requests.post(server.url + "/echo", data=b"12345", timeout=10).content == b"12345"
+    assert requests.head(server.url + "/", timeout=10).status_code == 200
+    lines = read_lines(log, already + 3)[already:]
+    parsed = [CLF.fullmatch(line) for line in lines]
+    assert all(parsed), lines
+    got = [(m["host"], m["request"], m["status"], m["bytes"]) for m in parsed if m]
+    assert got == [
+        ("127.0.0.1", "GET /?a=1 HTTP/1.1", "200", "14"),
+        ("127.0.0.1", "POST /echo HTTP/1.1", "200", "5"),
+        ("127.0.0.1", "HEAD / HTTP/1.1", "200", "-"),
+    ]
+    assert "GET /?a=1" not in server.output  # the access log is not the error log
+
+
+def test_access_log_custom_format_with_time(m2gate_server: Start, tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    server = m2gate_server(
+        "wsgi_probe:application",
+        "--access-log",
+        str(log),
+        "--access-log-format",
+        "%(m)s %(U)s q=%(q)s %(s)s %(B)s %(D)sus %(p)s",
+    )
+    already = len(read_lines(log, 1))
+    requests.get(server.url + "/no/such/probe?x=1", timeout=10)
+    (line,) = read_lines(log, already + 1)[already:]
+    match = re.fullmatch(r"GET /no/such/probe q=x=1 (\d{3}) (\d+) (\d+)us (\d+)", line)
+    assert match, line
+    assert int(match[4]) == server.pid
+
+
+# -- ZeroMQ logging ---------------------------------------------------------------------
+
+
+def test_log_zeromq_reaches_a_pull_collector(m2gate_server: Start) -> None:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVTIMEO, 15000)
+    pull.setsockopt(zmq.LINGER, 0)
+    endpoint = "tcp://127.0.0.1:%d" % free_port()
+    pull.bind(endpoint)
+    try:
+        server = m2gate_server("basic:application", "--log-zeromq", endpoint)
+        received = []
+        while not any("serving basic:application" in line for line in received):
+            received.append(pull.recv().decode())
+        line = next(line for line in received if "serving basic:application" in line)
+        assert re.match(r"\d{4}-\d\d-\d\d \S+ \[%d\] INFO m2gate: serving" % server.pid, line)
+        assert "serving basic:application" in server.output  # still on stderr too
+    finally:
+        pull.close()
+        ctx.term()
+
+
+# -- the app's environment ---------------------------------------------------------------
+
+
+def test_env_pythonpath_and_virtualenv_are_visible_to_the_app(
+    m2gate_server: Start, tmp_path: Path
+) -> None:
+    libdir = tmp_path / "lib"
+    write_app(libdir, "env_probe_app", PROBE_APP)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = venv / "lib" / ("python%d.%d" % sys.version_info[:2]) / "site-packages"
+    (site / "only_in_the_venv.py").write_text("WHERE = 'venv'\n")
+    server = m2gate_server(
+        "env_probe_app:app",
+        "--env",
+        "GREETING=hello there",
+        "--env",
+        "OTHER=a=b",
+        "--pythonpath",
+        str(libdir),
+        "--virtualenv",
+        str(venv),
+    )
+    data = requests.get(server.url + "/", timeout=10).json()
+    assert data["greeting"] == "hello there" and data["other"] == "a=b"
+    assert str(libdir) in data["sys_path"]
+    assert data["venv"] == "venv" and data["virtual_env"] == str(venv)
+
+
+# -- app folders --------------------------------------------------------------------------
+
+
+def test_init_then_serve_with_app_dir(
+    mongrel2: Mongrel2, launch: Callable[..., Proc], tmp_path: Path
+) -> None:
+    site = tmp_path / "site"
+    spec = mongrel2.handler
+    result = subprocess.run(
+        m2gate(
+            "init",
+            str(site),
+            "env_probe_app:app",
+            "--send-spec",
+            spec.send_spec,
+            "--recv-spec",
+            spec.recv_spec,
+            "--send-ident",
+            spec.send_ident,
+            "--env",
+            "GREETING=from m2gate.toml",
+            "--access-log",
+            str(site / "logs" / "access.log"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    written = tomllib.loads((site / "m2gate.toml").read_text())
+    assert written["app"] == "env_probe_app:app" and written["send_spec"] == spec.send_spec
+    assert "threads" not in written  # only the options given
+    write_app(site / "app", "env_probe_app", PROBE_APP)  # importable only from DIR/app
+
+    proc = launch("serve", "--app-dir", str(site))
+    proc.wait_ready(mongrel2.url + "/")
+    data = requests.get(mongrel2.url + "/", timeout=10).json()
+    assert data["greeting"] == "from m2gate.toml"
+    assert data["cwd"] == str(site / "app")
+    log = site / "logs" / "m2gate.log"
+    assert "serving env_probe_app:app" in log.read_text()
+    assert "GET / HTTP/1.1" in (site / "logs" / "access.log").read_text()
+
+
+# -- logrotate: SIGUSR1 -------------------------------------------------------------------
+
+
+def test_sigusr1_reopens_log_files(m2gate_server: Start, tmp_path: Path) -> None:
+    log, access = tmp_path / "m2gate.log", tmp_path / "access.log"
+    server = m2gate_server("basic:application", "--log-file", str(log), "--access-log", str(access))
+    requests.get(server.url + "/before", timeout=10)
+    # the line is written just after the reply leaves: wait for it before "rotating"
+    wait_until(lambda: "/before" in access.read_text(), "access line before rotation")
+    log.rename(tmp_path / "m2gate.log.1")
+    access.rename(tmp_path / "access.log.1")
+    server.signal(signal.SIGUSR1)
+    wait_until(lambda: log.exists() and access.exists(), "reopened log files")
+    wait_until(lambda: "log files reopened" in log.read_text(), "reopen message")
+    requests.get(server.url + "/after", timeout=10)
+    wait_until(lambda: "/after" in access.read_text(), "access line in the new file")
+    assert "/before" in (tmp_path / "access.log.1").read_text()
+    assert "/before" not in access.read_text()
+    assert "serving basic:application" in (tmp_path / "m2gate.log.1").read_text()
+    assert server.output == ""  # with --log-file nothing goes to stderr
+
+
+# -- daemon ------------------------------------------------------------------------------------
+
+
+def test_daemon_detaches_and_serves(mongrel2: Mongrel2, tmp_path: Path) -> None:
+    log = tmp_path / "daemon.log"
+    spec = mongrel2.handler
+    env = dict(os.environ, PYTHONPATH=str(APPS))
+    daemon_pid = 0
+    try:
+        started = time.monotonic()
+        result = subprocess.run(
+            m2gate(
+                "serve",
+                "basic:application",
+                "--send-spec",
+                spec.send_spec,
+                "--recv-spec",
+                spec.recv_spec,
+                "--daemon",
+                "--log-file",
+                str(log),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "" and result.stderr == ""
+        assert time.monotonic() - started < 30  # returned while the daemon runs on
+        wait_until(lambda: log.exists() and "serving" in log.read_text(), "daemon log")
+        match = re.search(r"\[(\d+)\] INFO m2gate: serving", log.read_text())
+        assert match
+        daemon_pid = int(match[1])
+        wait_until(lambda: answered(mongrel2.url + "/"), "daemon answering")
+        assert requests.get(mongrel2.url + "/", timeout=10).text == "Hello, world!\n"
+        assert os.getsid(daemon_pid) != os.getsid(0)
+    finally:
+        if daemon_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(daemon_pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(daemon_pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+            else:
+                os.kill(daemon_pid, signal.SIGKILL)
+    assert "stopped after" in log.read_text()
+
+
+# -- Mongrel2's config database ------------------------------------------------------------
+
+
+def test_specs_from_mongrel2_db_by_route(
+    mongrel2_factory: Callable[..., Mongrel2], launch: Callable[..., Proc]
+) -> None:
+    m2 = mongrel2_factory(handlers=[HandlerSpec("/"), HandlerSpec("/api/", protocol="json")])
+    api = m2.handlers[1]
+    proc = launch(
+        "serve", "basic:application", "--mongrel2-db", str(m2.db_path), "--route", "/api/"
+    )
+    proc.wait_ready(m2.url + "/api/")
+    resp = requests.get(m2.url + "/api/environ", timeout=10)
+    environ = resp.json()
+    assert environ["SCRIPT_NAME"] + environ["PATH_INFO"] == "/api/environ"
+    output = proc.log.read_text()
+    assert "PULL %s" % api.send_spec in output and "identity %s" % api.send_ident in output
+    # the "/" handler has nobody behind it: m2gate only took the /api/ handler
+    conn = http.client.HTTPConnection("127.0.0.1", m2.port, timeout=1)
+    with pytest.raises(TimeoutError):
+        conn.request("GET", "/")
+        conn.getresponse()
+    conn.close()
+
+
+def test_mongrel2_db_ambiguous_selection_lists_handlers(
+    mongrel2_factory: Callable[..., Mongrel2],
+) -> None:
+    m2 = mongrel2_factory(handlers=[HandlerSpec("/"), HandlerSpec("/api/")])
+    result = subprocess.run(
+        m2gate("serve", "basic:application", "--mongrel2-db", str(m2.db_path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "2 handlers match" in line
+    for spec in m2.handlers:
+        assert spec.send_spec in line and spec.send_ident in line
+    assert json.dumps(line)  # one printable line
