@@ -4,7 +4,8 @@
 
 Starts a real Mongrel2 (testing runner) and ``m2gate serve --worker-class
 gevent`` on tests/apps/green.py, opens COUNT client connections at once
-(plain asyncio sockets, so the client costs little CPU), each asking for a
+(plain asyncio sockets, so the client costs little CPU; ``--httpx`` for
+httpx.AsyncClient, which spends far more time itself), each asking for a
 request that sleeps SLEEP seconds, and prints the wall time. Ideal: SLEEP.
 """
 
@@ -20,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import httpx
 
 from m2gate.testing.mongrel2 import Mongrel2
 
@@ -37,9 +40,21 @@ async def one(port: int, n: int, seconds: float) -> bytes:
     return data
 
 
-async def run(port: int, count: int, seconds: float) -> tuple[float, int]:
+async def one_httpx(client: httpx.AsyncClient, port: int, n: int, seconds: float) -> bytes:
+    resp = await client.get("http://127.0.0.1:%d/sleep?s=%s&n=%d" % (port, seconds, n))
+    return resp.content
+
+
+async def run(port: int, count: int, seconds: float, use_httpx: bool) -> tuple[float, int]:
     started = time.monotonic()
-    answers = await asyncio.gather(*(one(port, n, seconds) for n in range(count)))
+    if use_httpx:
+        limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+            answers = await asyncio.gather(
+                *(one_httpx(client, port, n, seconds) for n in range(count))
+            )
+    else:
+        answers = await asyncio.gather(*(one(port, n, seconds) for n in range(count)))
     wall = time.monotonic() - started
     ok = sum(a.endswith(b"slept %d\n" % n) for n, a in enumerate(answers))
     return wall, ok
@@ -63,6 +78,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--sleep", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--httpx", action="store_true", help="client: httpx.AsyncClient")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, Mongrel2(Path(tmp) / "m2") as m2:
         env = dict(os.environ, PYTHONPATH=str(ROOT / "tests" / "apps"))
@@ -88,7 +104,7 @@ def main() -> None:
         try:
             wait_ready(m2.port)
             for _ in range(args.rounds):
-                wall, ok = asyncio.run(run(m2.port, args.count, args.sleep))
+                wall, ok = asyncio.run(run(m2.port, args.count, args.sleep, args.httpx))
                 print(
                     "%d concurrent requests sleeping %.2fs: %d ok, %.2fs wall"
                     % (args.count, args.sleep, ok, wall)
