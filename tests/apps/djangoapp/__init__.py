@@ -1,0 +1,1 @@
+"""A single-module Django project for the WSGI integration tests (see ``site``)."""
