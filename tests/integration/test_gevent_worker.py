@@ -164,6 +164,7 @@ def test_graceful_timeout_stops_anyway(
     mongrel2: Mongrel2, m2gate_server: Callable[..., Any]
 ) -> None:
     server = m2gate_server("green:application", *GEVENT, "--graceful-timeout", "0.5")
+
     def abandoned() -> None:
         with contextlib.suppress(httpx.HTTPError):  # cut off when the servers stop
             httpx.get(mongrel2.url + "/sleep?s=60", timeout=30)
@@ -177,3 +178,11 @@ def test_graceful_timeout_stops_anyway(
     server.signal(signal.SIGTERM)
     assert server.proc.wait(timeout=15) == 0
     assert "graceful timeout" in server.output and "(forced)" in server.output
+
+
+def test_asgi_app_is_refused_at_start(
+    mongrel2: Mongrel2, m2gate_server: Callable[..., Any]
+) -> None:
+    server = m2gate_server("asgi_bare:app", *GEVENT, wait=False)
+    assert server.proc.wait(timeout=20) == 2
+    assert "worker_class: gevent serves WSGI apps" in server.output

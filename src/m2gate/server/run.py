@@ -12,7 +12,7 @@ from m2gate import logs
 from m2gate.adapters.asgi import resolve_interface
 from m2gate.adapters.common import EnvironDefaults
 from m2gate.adapters.wsgi import SERVER, WSGIHandler
-from m2gate.config.settings import Config
+from m2gate.config.settings import Config, ConfigError
 from m2gate.loading import load_app
 from m2gate.server.threaded import ThreadedWorker
 from m2gate.server.uploads import UploadStore
@@ -20,16 +20,24 @@ from m2gate.transports.zmq_sync import ZmqTransport
 
 log = logging.getLogger("m2gate")
 
+_GEVENT_WSGI_ONLY = (
+    "worker_class: gevent serves WSGI apps; ASGI apps run on asyncio (accepted: threads)"
+)
+
 
 def serve(cfg: Config) -> int:
     """Serve ``cfg.app`` until SIGTERM/SIGINT; exit 0 after a graceful stop."""
     green = cfg.worker_class == "gevent"
+    if green and cfg.interface == "asgi":
+        raise ConfigError(_GEVENT_WSGI_ONLY)
     if green:
         from m2gate.server import gevent_worker
 
         gevent_worker.patch()  # before the app, or anything it imports, is loaded
     app = load_app(cfg.app, cfg.chdir, cfg.paste)
     if resolve_interface(cfg.interface, app) == "asgi":
+        if green:
+            raise ConfigError(_GEVENT_WSGI_ONLY)
         from m2gate.server.asyncio_worker import serve_asgi
 
         return serve_asgi(cfg, app)
