@@ -29,10 +29,12 @@ def state(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def asgi(m2gate_server: Any, state: Path) -> Callable[..., Any]:
-    """``asgi(*args)`` serves the Starlette test app (interface autodetected)."""
+    """``asgi(*args)`` serves the Starlette test app; ``auto=True``: no --interface."""
 
-    def start(*args: str, **kwargs: Any) -> Any:
+    def start(*args: str, auto: bool = False, **kwargs: Any) -> Any:
         env = {"M2GATE_TEST_STATE": str(state), **kwargs.pop("env", {})}
+        if not auto and "--interface" not in args:
+            args = ("--interface", "asgi", *args)
         return m2gate_server(kwargs.pop("app", APP), *args, env=env, **kwargs)
 
     return start
@@ -201,8 +203,15 @@ def test_200_concurrent_requests_one_process(mongrel2: Mongrel2, asgi: Any) -> N
     assert peak >= 50
 
 
+def test_interface_autodetected(mongrel2: Mongrel2, asgi: Any) -> None:
+    """No --interface: a Starlette app (async __call__) is served as ASGI."""
+    server = asgi(auto=True)
+    assert httpx.get(mongrel2.url + "/", timeout=10).text == "hello, world\n"
+    assert "(ASGI)" in server.output
+
+
 def test_lifespan_startup_and_shutdown(mongrel2: Mongrel2, asgi: Any, state: Path) -> None:
-    server = asgi("--interface", "asgi")
+    server = asgi()
     assert read_events(state / "lifespan") == ["startup"]
     assert server.stop() == 0
     assert read_events(state / "lifespan") == ["startup", "shutdown"]

@@ -30,7 +30,7 @@ def state(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server(mongrel2: Mongrel2, m2gate_server: Any, state: Path) -> Any:
-    return m2gate_server(APP, env={"M2GATE_TEST_STATE": str(state)})
+    return m2gate_server(APP, "--interface", "asgi", env={"M2GATE_TEST_STATE": str(state)})
 
 
 def ws_url(m2: Mongrel2, path: str = "/ws") -> str:
