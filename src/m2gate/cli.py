@@ -135,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print("m2gate: error: %s" % exc, file=sys.stderr)
         return EXIT_CONFIG
+    if cfg.worker_class == "gevent":
+        from m2gate.server.gevent_patch import patch
+
+        patch()  # before the server modules (or the app) import socket, ssl, zmq...
     from m2gate.server.run import serve
 
     try:

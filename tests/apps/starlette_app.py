@@ -9,6 +9,7 @@ the lifespan startup fail.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -69,6 +70,17 @@ async def echo(request: Request) -> Response:
     return Response(
         body, media_type="application/octet-stream", headers={"X-Length": str(len(body))}
     )
+
+
+async def sha256(request: Request) -> Response:
+    """Hash the body while it arrives (an upload streams from Mongrel2's temp file)."""
+    digest = hashlib.sha256()
+    size = chunks = 0
+    async for chunk in request.stream():
+        digest.update(chunk)
+        size += len(chunk)
+        chunks += 1
+    return JSONResponse({"sha256": digest.hexdigest(), "size": size, "chunks": chunks})
 
 
 async def stream(request: Request) -> Response:
@@ -155,6 +167,7 @@ routes = [
     Route("/", hello),
     Route("/scope", scope_info),
     Route("/echo", echo, methods=["POST", "PUT"]),
+    Route("/sha256", sha256, methods=["POST", "PUT"]),
     Route("/stream", stream),
     Route("/events", events),
     Route("/slow", slow),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -235,3 +236,58 @@ def test_interface_wsgi_is_honoured(mongrel2: Mongrel2, asgi: Any) -> None:
     """--interface wsgi really selects WSGI: called as one, the ASGI app fails (500)."""
     asgi("--interface", "wsgi")
     assert httpx.get(mongrel2.url + "/", timeout=10).status_code == 500
+
+
+def test_upload_streams_from_the_temp_store(mongrel2: Mongrel2, asgi: Any) -> None:
+    """A body over Mongrel2's content_length limit arrives as a temp file: hashed as it streams."""
+    asgi("--upload-dir", str(mongrel2.upload_dir))
+    body = hashlib.sha256(b"seed").digest() * (5 * 1024 * 1024 // 32)
+    resp = httpx.post(mongrel2.url + "/sha256", content=body, timeout=60)
+    assert resp.status_code == 200
+    assert resp.json()["sha256"] == hashlib.sha256(body).hexdigest()
+    assert resp.json()["size"] == len(body)
+    assert wait_until(lambda: not list(mongrel2.upload_dir.iterdir()))  # temp file removed
+
+
+def test_chunked_upload(mongrel2: Mongrel2, asgi: Any) -> None:
+    asgi("--upload-dir", str(mongrel2.upload_dir))
+    parts = [b"%d" % i * 1000 for i in range(100)]
+    resp = httpx.post(mongrel2.url + "/sha256", content=iter(parts), timeout=60)
+    assert resp.json()["sha256"] == hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+def test_forged_upload_header_is_refused(mongrel2: Mongrel2, asgi: Any) -> None:
+    asgi("--upload-dir", str(mongrel2.upload_dir))
+    resp = httpx.post(
+        mongrel2.url + "/sha256",
+        content=b"small",
+        headers={"X-Mongrel2-Upload-Start": "/etc/passwd"},
+        timeout=10,
+    )
+    assert resp.status_code == 400
+
+
+@pytest.mark.mongrel2(settings={"download.flow_control": 1})
+def test_stream_under_flow_control(mongrel2: Mongrel2, asgi: Any) -> None:
+    """With credits, 5 MB goes out in windows Mongrel2 grants; none of it is lost."""
+    asgi()
+    expected = sum(len(b"%d:" % i) + 1001 for i in range(5000))
+    total = 0
+    with httpx.stream("GET", mongrel2.url + "/stream?n=5000&size=1000", timeout=60) as resp:
+        for chunk in resp.iter_bytes():
+            total += len(chunk)
+    assert total == expected
+
+
+def test_graceful_stop_finishes_requests_in_flight(mongrel2: Mongrel2, asgi: Any) -> None:
+    server = asgi()
+
+    async def go() -> httpx.Response:
+        async with httpx.AsyncClient(timeout=20) as client:
+            pending = asyncio.ensure_future(client.get(mongrel2.url + "/slow?s=1&i=last"))
+            await asyncio.sleep(0.3)
+            server.signal(15)
+            return await pending
+
+    assert asyncio.run(go()).text == "slow last\n"
+    assert server.proc.wait(timeout=20) == 0

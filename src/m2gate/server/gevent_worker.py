@@ -6,7 +6,8 @@ request (pipelined requests answered in order, disconnect notices, uploads,
 coalesced :class:`~m2gate.server.output.Output`, graceful drain) is the
 threaded worker's code, unchanged. That code uses ``threading`` and ``time``,
 which become cooperative once the process is monkey-patched: call
-:func:`patch` before the app, or anything it imports, is loaded. The flusher
+:func:`~m2gate.server.gevent_patch.patch` before the app, or anything it
+imports, is loaded (the CLI does it first thing). The flusher
 thread then is a greenlet and its Condition a gevent one.
 """
 
@@ -23,6 +24,7 @@ import gevent.pool
 import zmq.green
 
 from m2gate.protocol.messages import Message
+from m2gate.server.gevent_patch import patch
 from m2gate.server.output import Connection
 from m2gate.server.threaded import RequestHandler, ThreadedWorker
 from m2gate.transports.base import ReplySink, RequestSource
@@ -32,18 +34,6 @@ log = logging.getLogger("m2gate.worker")
 
 # Let the app's greenlets run at least this often while messages keep arriving.
 YIELD_EVERY = 16
-
-
-def patch() -> None:
-    """Monkey-patch the process for gevent (idempotent).
-
-    Must run before the app is imported; m2gate's own modules only look
-    ``threading``/``time``/``queue`` names up when called, so they cooperate too.
-    """
-    from gevent import monkey
-
-    if not monkey.is_module_patched("socket"):
-        monkey.patch_all()
 
 
 class GreenZmqTransport(ZmqTransport):

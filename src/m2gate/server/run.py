@@ -31,9 +31,10 @@ def serve(cfg: Config) -> int:
     if green and cfg.interface == "asgi":
         raise ConfigError(_GEVENT_WSGI_ONLY)
     if green:
-        from m2gate.server import gevent_worker
+        from m2gate.server.gevent_patch import patch
 
-        gevent_worker.patch()  # before the app, or anything it imports, is loaded
+        patch()  # before the app, or anything it imports, is loaded (no-op after the CLI's)
+        from m2gate.server import gevent_worker
     app = load_app(cfg.app, cfg.chdir, cfg.paste)
     if resolve_interface(cfg.interface, app) == "asgi":
         if green:
