@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("directory", metavar="DIR", help="the app folder to create")
     add_arguments(init, exclude=("config", "app_dir"))
+    from m2gate.control import add_commands
+
+    add_commands(sub)  # status, stop, reload: talk to a running master
     return parser
 
 
@@ -119,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_CONFIG
+    if args.command in ("status", "stop", "reload"):
+        from m2gate.control import run_command
+
+        return run_command(args.command, args)
     cli: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "command"}
     if args.command == "init":
         try:
@@ -139,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from m2gate.server.gevent_patch import patch
 
         patch()  # before the server modules (or the app) import socket, ssl, zmq...
-    from m2gate.server.run import serve
+    from m2gate.server.master import serve
 
     try:
         return serve(cfg)

@@ -1,0 +1,410 @@
+"""Talking to a running master: the pidfile lock, the control socket, the commands.
+
+``m2gate status|stop|reload`` find the master through its pidfile (or
+``--app-dir``, whose pidfile is ``DIR/run/m2gate.pid``): the control socket
+lives next to it (``m2gate.pid`` -> ``m2gate.sock``). One JSON request and
+one JSON response per connection.
+
+The pidfile is locked with ``flock`` for the master's lifetime: ZeroMQ
+connects never fail the way a second ``bind`` would, so without this lock a
+second ``m2gate serve`` would silently share Mongrel2's requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+log = logging.getLogger("m2gate.control")
+
+MAX_REQUEST = 64 * 1024
+EXIT_NOT_RUNNING = 1
+
+
+class AlreadyRunning(Exception):
+    """Another master holds the pidfile; the message is the one line shown."""
+
+
+class NotRunning(Exception):
+    """No master answers; the message is the one line shown."""
+
+
+def control_path_for(pidfile: str) -> str:
+    """Where the control socket of the master owning ``pidfile`` listens."""
+    root, ext = os.path.splitext(pidfile)
+    return (root if ext == ".pid" else pidfile) + ".sock"
+
+
+def pidfile_for_app_dir(app_dir: str) -> str:
+    return os.path.join(os.path.abspath(app_dir), "run", "m2gate.pid")
+
+
+class PidFile:
+    """An ``flock``-ed pidfile: held while this process runs, removed at exit."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self.fd: int | None = None
+
+    def acquire(self) -> PidFile:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise AlreadyRunning(
+                "pidfile: cannot open %s: %s" % (self.path, exc.strerror or exc)
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            pid = read_pid(self.path)
+            raise AlreadyRunning(
+                "pidfile: %s is locked by a running m2gate%s; stop it first or use another"
+                " --pidfile" % (self.path, " (pid %d)" % pid if pid else "")
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, b"%d\n" % os.getpid())
+        os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        """Remove the file (still ours: we hold the lock) and drop the lock."""
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        os.close(self.fd)
+        self.fd = None
+
+
+def read_pid(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as fh:
+            text = fh.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def is_locked(path: str) -> bool:
+    """True while some process holds the pidfile's lock (a master is running)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+# -- server side ---------------------------------------------------------------
+
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class ControlServer:
+    """A unix socket served by a thread; ``handle`` runs each request.
+
+    The thread only parses and answers; ``handle`` is expected to pass the
+    request to the master's loop (so all state changes happen there).
+    """
+
+    def __init__(self, path: str, handle: Handler) -> None:
+        self.path = path
+        self.handle = handle
+        self._stop = threading.Event()
+        if os.path.exists(path):
+            _remove_stale_socket(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o077)  # only our user may command the master
+        try:
+            self.sock.bind(path)
+        finally:
+            os.umask(old)
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self._thread = threading.Thread(target=self._serve, name="m2gate-control", daemon=True)
+
+    def start(self) -> ControlServer:
+        self._thread.start()
+        return self
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    return
+                continue
+            with conn:
+                self._answer(conn)
+
+    def _answer(self, conn: socket.socket) -> None:
+        conn.settimeout(5.0)
+        try:
+            data = b""
+            while b"\n" not in data and len(data) < MAX_REQUEST:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            try:
+                request = json.loads(data)
+                if not isinstance(request, dict):
+                    raise ValueError("not an object")
+                response = self.handle(request)
+            except ValueError as exc:
+                response = {"ok": False, "error": "bad request: %s" % exc}
+            conn.sendall(json.dumps(response).encode() + b"\n")
+        except OSError as exc:
+            log.debug("control connection: %s", exc)
+        except Exception:
+            log.exception("control request failed")
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(1.0)
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+def _remove_stale_socket(path: str) -> None:
+    """A socket file nobody listens on is left over from a killed master."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    else:
+        raise AlreadyRunning("control socket %s is in use by another m2gate" % path)
+    finally:
+        probe.close()
+
+
+# -- client side ---------------------------------------------------------------
+
+
+def request(path: str, command: str, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
+    """Send one command to the master listening on ``path``; its JSON answer."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        sock.sendall(json.dumps({"command": command, **args}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError as exc:
+        raise NotRunning(
+            "no answer on control socket %s: %s" % (path, exc.strerror or exc)
+        ) from None
+    finally:
+        sock.close()
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        raise NotRunning("control socket %s gave no valid answer" % path) from None
+    if not isinstance(answer, dict):
+        raise NotRunning("control socket %s gave no valid answer" % path)
+    return answer
+
+
+def locate(pidfile: str, app_dir: str, sock: str) -> str:
+    """The control socket to use, or NotRunning saying clearly why there is none."""
+    if sock:
+        if not os.path.exists(sock):
+            raise NotRunning("m2gate is not running (no control socket %s)" % sock)
+        return sock
+    if not pidfile:
+        if not app_dir:
+            raise NotRunning("pass --pidfile FILE, --app-dir DIR or --socket PATH")
+        pidfile = pidfile_for_app_dir(app_dir)
+    if not os.path.exists(pidfile):
+        raise NotRunning("m2gate is not running (no pidfile %s)" % pidfile)
+    if not is_locked(pidfile):
+        pid = read_pid(pidfile)
+        raise NotRunning(
+            "m2gate is not running (stale pidfile %s%s)"
+            % (pidfile, ", pid %d" % pid if pid else "")
+        )
+    return control_path_for(pidfile)
+
+
+def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pidfile", default="", metavar="FILE", help="the master's pidfile")
+    parser.add_argument(
+        "--app-dir", default="", metavar="DIR", help="app folder (pidfile DIR/run/m2gate.pid)"
+    )
+    parser.add_argument("--socket", default="", metavar="PATH", help="the control socket itself")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
+
+
+def _age(seconds: float) -> str:
+    return "%.1fs" % seconds
+
+
+def format_status(doc: dict[str, Any]) -> str:
+    """Human-readable ``m2gate status``."""
+    lines = [
+        "m2gate master pid %s, generation %s%s, %d worker(s), %d request(s) queued, "
+        "%d served"
+        % (
+            doc["pid"],
+            doc["generation"],
+            " (reloading to %s)" % doc["reloading_to"] if doc.get("reloading_to") else "",
+            len(doc["workers"]),
+            doc["queued"],
+            doc["requests"],
+        )
+    ]
+    lines.append(
+        "  %-6s %-8s %-4s %-9s %-9s %-9s %s"
+        % ("worker", "pid", "gen", "state", "requests", "rss", "in flight")
+    )
+    for w in doc["workers"]:
+        inflight = ", ".join(
+            "conn %s %s%s"
+            % (e["conn_id"], _age(e["age"]), " (pipelined)" if e["pipelined"] else "")
+            for e in w["in_flight"]
+        )
+        lines.append(
+            "  %-6s %-8s %-4s %-9s %-9s %-9s %s"
+            % (
+                w["id"],
+                w["pid"],
+                w["generation"],
+                w["status"],
+                w["requests"],
+                "%.1fMB" % (w["rss"] / 1e6) if w["rss"] else "-",
+                inflight or "-",
+            )
+        )
+    return "\n".join(lines)
+
+
+def _wait_gone(path: str, pidfile: str, timeout: float) -> bool:
+    """Until the master let go of its control socket and pidfile lock.
+
+    (Not ``kill(pid, 0)``: an exited master stays a zombie until its parent reaps it.)
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not os.path.exists(path) and not (pidfile and is_locked(pidfile)):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def run_command(command: str, args: argparse.Namespace) -> int:
+    """``m2gate status|stop|reload``: print the master's acknowledgement."""
+    try:
+        path = locate(args.pidfile, args.app_dir, args.socket)
+        if command == "status":
+            doc = request(path, "status", args.timeout)
+            print(json.dumps(doc, indent=2) if args.json else format_status(doc))
+            return 0
+        if command == "reload":
+            ack = request(path, "reload", args.timeout)
+            if not ack.get("ok"):
+                print("m2gate: reload refused: %s" % ack.get("error"), file=sys.stderr)
+                return 1
+            print(
+                "m2gate (pid %s): reloading, generation %s starting"
+                % (ack["pid"], ack["generation"])
+            )
+            if args.wait:
+                return _wait_reloaded(path, int(ack["generation"]), args.timeout)
+            return 0
+        ack = request(path, "stop", args.timeout)
+        pid = int(ack["pid"])
+        print("m2gate (pid %d): stopping" % pid)
+        if args.wait:
+            pidfile = args.pidfile or (pidfile_for_app_dir(args.app_dir) if args.app_dir else "")
+            if not _wait_gone(path, pidfile, args.timeout):
+                print(
+                    "m2gate: pid %d still running after %ss" % (pid, args.timeout), file=sys.stderr
+                )
+                return 1
+            print("m2gate (pid %d): stopped" % pid)
+        return 0
+    except NotRunning as exc:
+        print("m2gate: %s" % exc, file=sys.stderr)
+        return EXIT_NOT_RUNNING
+
+
+def _wait_reloaded(path: str, generation: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        doc = request(path, "status", timeout)
+        if doc["generation"] >= generation and not doc.get("reloading_to"):
+            print("m2gate (pid %s): generation %s serving" % (doc["pid"], doc["generation"]))
+            return 0
+        if doc["generation"] < generation and not doc.get("reloading_to"):
+            print(
+                "m2gate: reload to generation %d failed (see the log)" % generation, file=sys.stderr
+            )
+            return 1
+        time.sleep(0.1)
+    print("m2gate: reload not finished after %ss" % timeout, file=sys.stderr)
+    return 1
+
+
+def add_commands(sub: Any) -> None:
+    """Add the status, stop and reload sub-commands to the ``m2gate`` parser."""
+    status = sub.add_parser("status", help="show the running master's workers")
+    add_client_arguments(status)
+    status.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    stop = sub.add_parser("stop", help="stop the running master gracefully")
+    add_client_arguments(stop)
+    stop.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait until it exited (default)",
+    )
+    reload = sub.add_parser("reload", help="reload the running master's workers gracefully")
+    add_client_arguments(reload)
+    reload.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="wait until the new generation serves",
+    )
+
+
+def main(argv: Sequence[str]) -> int:  # pragma: no cover - thin wrapper for tools
+    parser = argparse.ArgumentParser(prog="m2gate-control")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_commands(sub)
+    args = parser.parse_args(argv)
+    return run_command(args.command, args)

@@ -1,0 +1,311 @@
+"""Which worker gets which Mongrel2 message: the master's hand-off policy.
+
+No sockets and no clocks of its own, so it is unit-tested directly and can be
+replaced (idle-aware or sticky routing) without touching the master's I/O.
+The master owns the only PULL from Mongrel2; it parses each message, asks
+:meth:`Dispatcher.assign` where it goes, and reports what workers say back
+(:meth:`Dispatcher.on_done`, :meth:`Dispatcher.mark_ready`, ...).
+
+Rules (each from a measured Mongrel2 fact):
+
+- Everything for a connection that is in flight on a worker goes to that
+  worker: pipelined requests (it answers them in order), upload-done,
+  disconnect and credits notices. Notices would otherwise never reach it.
+- New work goes to the least loaded *ready* worker with a free thread.
+  Nothing goes to a worker before its reply path is proven (``ready``):
+  ZeroMQ silently drops what a fresh PUB sends before it has connected.
+- When every thread is busy the request waits here, in arrival order, so a
+  worker that leaves (reload, recycling, harakiri) never strands requests.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from m2gate.protocol.messages import (
+    Credits,
+    Disconnect,
+    Message,
+    UnknownControl,
+    UploadDone,
+)
+
+Key = tuple[str, int]
+WorkerState = Literal["starting", "ready", "retiring"]
+
+# Idle keep-alive connections remembered for their notices (credits, disconnect).
+LAST_SERVED_MAX = 65536
+
+
+@dataclass
+class InFlight:
+    """One request handed to a worker and not reported done yet."""
+
+    key: Key
+    started: float  # when the worker could start it (after the ones before it)
+    pipelined: bool
+
+
+@dataclass
+class WorkerInfo:
+    """What the master knows about one worker process."""
+
+    wid: bytes  # ROUTER identity
+    pid: int
+    generation: int
+    capacity: int  # its thread count
+    state: WorkerState = "starting"
+    inflight: dict[Key, deque[InFlight]] = field(default_factory=dict)
+    requests: int = 0
+    busy_time: float = 0.0  # total seconds of served requests
+    last_time: float = 0.0  # duration of the last request
+    last_done: float = 0.0  # clock of the last done report
+
+    @property
+    def load(self) -> int:
+        """Connections being served: each occupies one app thread."""
+        return len(self.inflight)
+
+    @property
+    def pending(self) -> int:
+        """Every request handed over and not done, pipelined ones included."""
+        return sum(len(q) for q in self.inflight.values())
+
+    def entries(self) -> Iterator[InFlight]:
+        for q in self.inflight.values():
+            yield from q
+
+
+@dataclass
+class Queued:
+    """A request waiting in the master for a free worker."""
+
+    msg: Message
+    raw: bytes
+    arrived: float
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Send the raw message to this worker."""
+
+    wid: bytes
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Keep the request in the master's queue until a worker is free."""
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Nothing to do with it (stale notice, unknown connection)."""
+
+
+@dataclass(frozen=True)
+class Reject:
+    """The queue is full: answer 503 now."""
+
+
+Decision = Forward | Hold | Drop | Reject
+
+
+class Dispatcher:
+    """Tracks workers and requests in flight; decides where messages go."""
+
+    def __init__(self, queue_size: int = 10000) -> None:
+        self.queue_size = queue_size
+        self.workers: dict[bytes, WorkerInfo] = {}
+        self.owner: dict[Key, bytes] = {}
+        self.last: OrderedDict[Key, bytes] = OrderedDict()
+        self.queue: deque[Queued] = deque()
+        self._queued_keys: dict[Key, int] = {}
+        self._turn = itertools.count()
+        self._order: dict[bytes, int] = {}
+
+    # -- workers -----------------------------------------------------------
+    def add_worker(self, info: WorkerInfo) -> None:
+        self.workers[info.wid] = info
+
+    def mark_ready(self, wid: bytes) -> None:
+        w = self.workers.get(wid)
+        if w is not None and w.state == "starting":
+            w.state = "ready"
+
+    def retire(self, wid: bytes) -> None:
+        """No new work for ``wid``; its connections in flight stay with it."""
+        w = self.workers.get(wid)
+        if w is not None:
+            w.state = "retiring"
+
+    def remove_worker(self, wid: bytes) -> list[InFlight]:
+        """Forget a worker that is gone; returns what it had in flight (to answer)."""
+        w = self.workers.pop(wid, None)
+        self._order.pop(wid, None)
+        if w is None:
+            return []
+        lost = list(w.entries())
+        for key in w.inflight:
+            if self.owner.get(key) == wid:
+                del self.owner[key]
+            self.last.pop(key, None)
+        return lost
+
+    def idle_retiring(self) -> list[WorkerInfo]:
+        """Retiring workers with nothing left in flight: they may exit now."""
+        return [w for w in self.workers.values() if w.state == "retiring" and not w.inflight]
+
+    # -- messages ----------------------------------------------------------
+    def assign(self, msg: Message, raw: bytes, now: float) -> Decision:
+        """Where ``msg`` goes; a :class:`Forward` of a request is recorded in flight."""
+        key = msg.key
+        if isinstance(msg, (Disconnect, Credits, UnknownControl)):
+            if isinstance(msg, UnknownControl):
+                return Drop()
+            wid = self.owner.get(key)
+            if wid is not None:
+                return Forward(wid)
+            if isinstance(msg, Disconnect):
+                self._unqueue(key)
+                wid = self.last.pop(key, None)
+            else:
+                wid = self.last.get(key)
+            if wid is not None and wid in self.workers:
+                return Forward(wid)
+            return Drop()
+        wid = self.owner.get(key)
+        if wid is not None:
+            if isinstance(msg, UploadDone):
+                return Forward(wid)  # completes the upload in flight: not a new request
+            self._add(self.workers[wid], key, now, pipelined=True)
+            return Forward(wid)
+        if key in self._queued_keys:
+            return self._hold(msg, raw, now)  # behind an earlier request of this connection
+        w = self.pick()
+        if w is None:
+            return self._hold(msg, raw, now)
+        self._add(w, key, now, pipelined=False)
+        return Forward(w.wid)
+
+    def pick(self) -> WorkerInfo | None:
+        """The least loaded ready worker with a free thread (round robin on ties)."""
+        best: WorkerInfo | None = None
+        best_rank: tuple[int, int] = (0, 0)
+        for w in self.workers.values():
+            if w.state != "ready" or w.load >= w.capacity:
+                continue
+            rank = (w.load, self._order.get(w.wid, 0))
+            if best is None or rank < best_rank:
+                best, best_rank = w, rank
+        if best is not None:
+            self._order[best.wid] = next(self._turn)
+        return best
+
+    def on_done(self, wid: bytes, key: Key, now: float) -> bool:
+        """A worker finished (or dropped) one request of ``key``; False if unknown."""
+        w = self.workers.get(wid)
+        if w is None:
+            return False
+        entries = w.inflight.get(key)
+        if not entries:
+            return False
+        entry = entries.popleft()
+        w.requests += 1
+        w.last_time = max(0.0, now - entry.started)
+        w.busy_time += w.last_time
+        w.last_done = now
+        if entries:
+            entries[0].started = now  # the next pipelined request starts now
+        else:
+            del w.inflight[key]
+            if self.owner.get(key) == wid:
+                del self.owner[key]
+            self.last[key] = wid
+            self.last.move_to_end(key)
+            if len(self.last) > LAST_SERVED_MAX:
+                self.last.popitem(last=False)
+        return True
+
+    def dispatch_queued(self, now: float) -> list[tuple[bytes, Queued]]:
+        """Hand queued requests to workers that have room, oldest first."""
+        out: list[tuple[bytes, Queued]] = []
+        while self.queue:
+            item = self.queue[0]
+            key = item.msg.key
+            wid = self.owner.get(key)
+            if wid is not None:
+                self._add(self.workers[wid], key, now, pipelined=True)
+            else:
+                w = self.pick()
+                if w is None:
+                    break
+                wid = w.wid
+                self._add(w, key, now, pipelined=False)
+            self._pop_queue()
+            out.append((wid, item))
+        return out
+
+    def expire_queued(self, now: float, timeout: float) -> list[Queued]:
+        """Requests that waited longer than ``timeout`` (to answer 503)."""
+        out: list[Queued] = []
+        while self.queue and now - self.queue[0].arrived > timeout:
+            out.append(self._pop_queue())
+        return out
+
+    def overdue(self, now: float, limit: float) -> list[tuple[WorkerInfo, InFlight]]:
+        """Requests running longer than ``limit`` seconds (harakiri)."""
+        out: list[tuple[WorkerInfo, InFlight]] = []
+        for w in self.workers.values():
+            for q in w.inflight.values():
+                if q and now - q[0].started > limit:
+                    out.append((w, q[0]))
+        return out
+
+    def unroute(self, wid: bytes, key: Key) -> None:
+        """Undo the last :meth:`assign` to ``wid`` (the send failed: worker gone)."""
+        w = self.workers.get(wid)
+        if w is None:
+            return
+        entries = w.inflight.get(key)
+        if entries:
+            entries.pop()
+            if not entries:
+                del w.inflight[key]
+                if self.owner.get(key) == wid:
+                    del self.owner[key]
+
+    # -- internals ---------------------------------------------------------
+    def _add(self, w: WorkerInfo, key: Key, now: float, pipelined: bool) -> None:
+        q = w.inflight.get(key)
+        if q is None:
+            q = w.inflight[key] = deque()
+            self.owner[key] = w.wid
+        q.append(InFlight(key, now, pipelined))
+
+    def _hold(self, msg: Message, raw: bytes, now: float) -> Decision:
+        if len(self.queue) >= self.queue_size:
+            return Reject()
+        self.queue.append(Queued(msg, raw, now))
+        self._queued_keys[msg.key] = self._queued_keys.get(msg.key, 0) + 1
+        return Hold()
+
+    def _pop_queue(self) -> Queued:
+        item = self.queue.popleft()
+        key = item.msg.key
+        n = self._queued_keys.get(key, 0) - 1
+        if n > 0:
+            self._queued_keys[key] = n
+        else:
+            self._queued_keys.pop(key, None)
+        return item
+
+    def _unqueue(self, key: Key) -> None:
+        """The client of queued requests went away: forget them."""
+        if key not in self._queued_keys:
+            return
+        self.queue = deque(q for q in self.queue if q.msg.key != key)
+        del self._queued_keys[key]

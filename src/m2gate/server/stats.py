@@ -1,0 +1,231 @@
+"""``--stats`` (JSON, uWSGI stats-server style) and ``--metrics`` (Prometheus text).
+
+The master already knows every number (it sees every request start and end,
+workers send RSS and exception counts in their heartbeats), so both are
+rendered from one snapshot taken in the master's loop; no per-process
+metric files as prometheus-client's multiprocess mode would need.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("m2gate.stats")
+
+Snapshot = Callable[[], dict[str, Any]]
+
+
+def listen(addr: str) -> socket.socket:
+    """A listening socket on ``HOST:PORT`` or a unix path (one with a ``/``)."""
+    if "/" in addr:
+        if os.path.exists(addr):
+            with contextlib.suppress(OSError):
+                os.unlink(addr)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(addr)
+    else:
+        host, _, port = addr.rpartition(":")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]") or "0.0.0.0", int(port)))
+    sock.listen(16)
+    sock.settimeout(0.2)
+    return sock
+
+
+class DocumentServer:
+    """Serves ``render()`` to each connection from a thread.
+
+    ``http=False`` writes the document and closes (uWSGI's stats server: ``nc
+    host port`` works); ``http=True`` reads the request head first and answers
+    HTTP/1.0 (what Prometheus scrapes).
+    """
+
+    def __init__(
+        self, addr: str, render: Callable[[], tuple[bytes, str]], http: bool, name: str
+    ) -> None:
+        self.addr = addr
+        self.render = render
+        self.http = http
+        self.sock = listen(addr)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="m2gate-" + name, daemon=True)
+
+    def start(self) -> DocumentServer:
+        self._thread.start()
+        return self
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    return
+                continue
+            with conn:
+                try:
+                    self._answer(conn)
+                except OSError as exc:
+                    log.debug("%s: %s", self.addr, exc)
+                except Exception:
+                    log.exception("%s: rendering failed", self.addr)
+
+    def _answer(self, conn: socket.socket) -> None:
+        conn.settimeout(5.0)
+        if self.http:
+            head = b""
+            while b"\r\n\r\n" not in head and b"\n\n" not in head and len(head) < 16384:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+            body, ctype = self.render()
+            method = head.split(b" ", 1)[0]
+            conn.sendall(
+                b"HTTP/1.0 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n"
+                % (ctype.encode(), len(body))
+                + (b"" if method == b"HEAD" else body)
+            )
+        else:
+            body, _ = self.render()
+            conn.sendall(body)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(1.0)
+        if "/" in self.addr:
+            with contextlib.suppress(OSError):
+                os.unlink(self.addr)
+
+
+# -- Prometheus text format (version 0.0.4) -------------------------------------
+
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _label(value: Any) -> str:
+    text = str(value)
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(pairs: dict[str, Any]) -> str:
+    if not pairs:
+        return ""
+    return "{" + ",".join('%s="%s"' % (k, _label(v)) for k, v in pairs.items()) + "}"
+
+
+def _num(value: float) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(int(value))
+
+
+def render_metrics(doc: dict[str, Any]) -> str:
+    """The stats snapshot as Prometheus metrics."""
+    out: list[str] = []
+
+    def family(
+        name: str, kind: str, help_text: str, samples: list[tuple[dict[str, Any], float]]
+    ) -> None:
+        out.append("# HELP %s %s" % (name, help_text))
+        out.append("# TYPE %s %s" % (name, kind))
+        for labels, value in samples:
+            out.append("%s%s %s" % (name, _labels(labels), _num(value)))
+
+    family(
+        "m2gate_requests_total",
+        "counter",
+        "Requests served by all workers since start.",
+        [({}, doc["requests"])],
+    )
+    family(
+        "m2gate_queued_requests",
+        "gauge",
+        "Requests waiting in the master for a free worker.",
+        [({}, doc["queued"])],
+    )
+    family(
+        "m2gate_rejected_requests_total",
+        "counter",
+        "Requests answered 503 because no worker could take them.",
+        [({}, doc["rejected"])],
+    )
+    family(
+        "m2gate_harakiri_total",
+        "counter",
+        "Workers killed for a request over --harakiri.",
+        [({}, doc["harakiri"])],
+    )
+    family(
+        "m2gate_worker_restarts_total",
+        "counter",
+        "Workers started to replace another.",
+        [({}, doc["restarts"])],
+    )
+    family("m2gate_reloads_total", "counter", "Completed graceful reloads.", [({}, doc["reloads"])])
+    family(
+        "m2gate_generation",
+        "gauge",
+        "Generation of the workers serving now.",
+        [({}, doc["generation"])],
+    )
+    states: dict[str, int] = {}
+    for w in doc["workers"]:
+        states[w["status"]] = states.get(w["status"], 0) + 1
+    family(
+        "m2gate_workers",
+        "gauge",
+        "Worker processes by status.",
+        [({"status": s}, n) for s, n in sorted(states.items())],
+    )
+    per_worker = [
+        ("m2gate_worker_requests_total", "counter", "Requests served by the worker.", "requests"),
+        (
+            "m2gate_worker_exceptions_total",
+            "counter",
+            "App exceptions in the worker.",
+            "exceptions",
+        ),
+        ("m2gate_worker_rss_bytes", "gauge", "Resident memory of the worker.", "rss"),
+        (
+            "m2gate_worker_busy_connections",
+            "gauge",
+            "Connections the worker is serving now.",
+            "busy",
+        ),
+        (
+            "m2gate_worker_avg_request_seconds",
+            "gauge",
+            "Mean request duration in the worker.",
+            "avg_request_time",
+        ),
+        (
+            "m2gate_worker_last_request_seconds",
+            "gauge",
+            "Duration of the worker's last request.",
+            "last_request_time",
+        ),
+    ]
+    for name, kind, help_text, field in per_worker:
+        family(
+            name,
+            kind,
+            help_text,
+            [
+                ({"worker": w["id"], "pid": w["pid"], "generation": w["generation"]}, w[field])
+                for w in doc["workers"]
+            ],
+        )
+    return "\n".join(out) + "\n"

@@ -1,0 +1,416 @@
+"""One worker process under the master: the ThreadedWorker fed by a DEALER.
+
+After ``fork`` the worker makes its own ZeroMQ context (contexts never
+survive a fork), connects a DEALER to the master's ROUTER for requests and a
+PUB to Mongrel2's ``recv_spec`` for replies. It is not ``ready`` until its
+reply path is proven: it publishes a close to a probe connection id that
+Mongrel2 never uses, every 50 ms; Mongrel2 answers each reply to an unknown
+id with a disconnect notice, which arrives at the master's PULL. Only then
+does the master route requests here (ZeroMQ silently drops what a fresh PUB
+sends before it has connected).
+
+Wire between master and worker (multipart frames, the ROUTER adds the id):
+
+- master -> worker: ``m RAW`` (a Mongrel2 message), ``ready``, ``stop``
+- worker -> master: ``hello JSON``, ``d SENDER CONN_ID`` (one per request
+  accepted, served or dropped), ``hb JSON`` (every second), ``loaded JSON``
+  (app source files, for reload-on-change), ``fatal TEXT`` (app load failed)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import faulthandler
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import zmq
+
+from m2gate import logs
+from m2gate.adapters.common import EnvironDefaults
+from m2gate.adapters.wsgi import SERVER, WSGIHandler
+from m2gate.config.settings import Config
+from m2gate.loading import AppLoadError, load_app
+from m2gate.protocol import replies
+from m2gate.server.output import Connection
+from m2gate.server.threaded import ThreadedWorker
+from m2gate.server.uploads import UploadStore
+
+log = logging.getLogger("m2gate.worker")
+
+EXIT_APP_LOAD = 3  # the master's crash-loop guard: this worker can never serve
+
+# Probe connection ids: far above any id Mongrel2 hands out (they count up
+# from 1 per start) and below 2**31, which Mongrel2 parses as a C int.
+PROBE_BASE = 1_500_000_000
+PROBE_SPAN = 100  # ids per process: base + attempt % PROBE_SPAN
+PROBE_SLOTS = 6_000_000  # PROBE_BASE + PROBE_SLOTS * PROBE_SPAN < 2**31
+PROBE_INTERVAL = 0.05
+HEARTBEAT_INTERVAL = 1.0
+
+# Frames
+MSG = b"m"
+READY = b"ready"
+STOP = b"stop"
+HELLO = b"hello"
+DONE = b"d"
+HEARTBEAT = b"hb"
+LOADED = b"loaded"
+FATAL = b"fatal"
+
+
+def probe_base(serial: int) -> int:
+    return PROBE_BASE + (serial % PROBE_SLOTS) * PROBE_SPAN
+
+
+def is_probe(conn_id: int) -> bool:
+    return PROBE_BASE <= conn_id < PROBE_BASE + PROBE_SLOTS * PROBE_SPAN
+
+
+def probe_slot(conn_id: int) -> int:
+    """The ``probe_base`` a probe connection id belongs to."""
+    return PROBE_BASE + (conn_id - PROBE_BASE) // PROBE_SPAN * PROBE_SPAN
+
+
+def reply_uuid(cfg: Config) -> bytes:
+    """What replies start with: Mongrel2's SUB only takes ``recv_ident`` if set."""
+    return (cfg.recv_ident or cfg.send_ident or "m2gate").encode("ascii")
+
+
+def rss_bytes() -> int:
+    """Current resident set size (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def die_with_parent(signum: int) -> None:
+    """Linux: have the kernel send ``signum`` when the master dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signum, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def app_source_files(exclude_prefixes: Sequence[str] = ()) -> list[str]:
+    """Source files of imported modules outside the stdlib and site-packages."""
+    skip = {sys.prefix, sys.base_prefix, sys.exec_prefix, *exclude_prefixes}
+    skip.add(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # m2gate itself
+    files: set[str] = set()
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str) or not path.endswith(".py"):
+            continue
+        path = os.path.abspath(path)
+        if "site-packages" in path or "dist-packages" in path:
+            continue
+        if any(path.startswith(p.rstrip("/") + "/") for p in skip if p):
+            continue
+        files.add(path)
+    return sorted(files)
+
+
+class ExceptionCounter(logging.Filter):
+    """Counts app exceptions the WSGI adapter logs (for stats), never filters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.exc_info:
+            self.count += 1
+        return True
+
+
+class PubSink:
+    """This worker's own PUB to Mongrel2's ``recv_spec``; ``send`` is thread-safe."""
+
+    def __init__(self, ctx: zmq.Context[Any], recv_spec: str, identity: bytes) -> None:
+        self._lock = threading.Lock()
+        self.pub = ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.SNDHWM, 0)  # never drop a reply at a high-water mark
+        self.pub.setsockopt(zmq.IDENTITY, identity)
+        self.pub.connect(recv_spec)
+
+    def send(self, messages: Sequence[bytes]) -> None:
+        with self._lock:
+            for msg in messages:
+                self.pub.send(msg, 0, copy=len(msg) < 65536)
+
+    def close(self, linger_s: float) -> None:
+        with self._lock:
+            self.pub.close(linger=int(linger_s * 1000))
+
+
+class MasterLink:
+    """The worker's side of the hand-off: a :class:`RequestSource` over a DEALER.
+
+    Only the receiving thread touches the DEALER. App threads report done
+    requests through a queue and a pipe the receiving loop polls, so the
+    master learns about a free thread within a poll, not a timeout.
+    """
+
+    def __init__(self, ctx: zmq.Context[Any], endpoint: str, wid: bytes, master_pid: int) -> None:
+        self.master_pid = master_pid
+        self.dealer = ctx.socket(zmq.DEALER)
+        self.dealer.setsockopt(zmq.IDENTITY, wid)
+        self.dealer.setsockopt(zmq.SNDHWM, 0)
+        self.dealer.setsockopt(zmq.RCVHWM, 0)
+        self.dealer.connect(endpoint)
+        self._done: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
+        self._rfd, self._wfd = os.pipe()
+        os.set_blocking(self._rfd, False)
+        os.set_blocking(self._wfd, False)
+        self._poller = zmq.Poller()
+        self._poller.register(self.dealer, zmq.POLLIN)
+        self._poller.register(self._rfd, zmq.POLLIN)
+        self.worker: ThreadedWorker | None = None
+        self.sink: PubSink | None = None
+        self.exceptions: ExceptionCounter | None = None
+        self.ready = False
+        self.reopen_requested = False
+        self._probe_uuid = b""
+        self._probe_base = 0
+        self._probe_attempt = 0
+        self._next_probe = 0.0
+        self._next_heartbeat = 0.0
+
+    def send(self, *frames: bytes) -> None:
+        self.dealer.send_multipart(frames)
+
+    def attach(
+        self,
+        worker: ThreadedWorker,
+        sink: PubSink,
+        probe_uuid: bytes,
+        base: int,
+        exceptions: ExceptionCounter,
+    ) -> None:
+        self.worker = worker
+        self.sink = sink
+        self._probe_uuid = probe_uuid
+        self._probe_base = base
+        self.exceptions = exceptions
+
+    # -- called from app threads -------------------------------------------
+    def done(self, conn: Connection) -> None:
+        self._done.put(conn.key)
+        with contextlib.suppress(BlockingIOError):  # full pipe: the loop wakes anyway
+            os.write(self._wfd, b"d")
+
+    # -- RequestSource -----------------------------------------------------
+    def recv(self, timeout_ms: int) -> bytes | None:
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            now = time.monotonic()
+            self._housekeeping(now)
+            try:
+                frames = self.dealer.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                frames = None
+            if frames is not None:
+                data = self._handle(frames)
+                if data is not None or self._stopping():
+                    return data
+                continue
+            if now >= deadline or self._stopping():
+                return None
+            wait = min(deadline, self._next_heartbeat)
+            if not self.ready:
+                wait = min(wait, self._next_probe)
+            events = dict(self._poller.poll(int(max(0.0, wait - now) * 1000)))
+            if self._rfd in events:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._rfd, 65536)
+                self._flush_done()
+
+    def stop_receiving(self) -> None:
+        """Nothing to do: the master stopped sending before it said ``stop``."""
+        self._flush_done()
+
+    def close(self, linger_s: float) -> None:
+        self._flush_done()
+        self.dealer.close(linger=int(linger_s * 1000))
+        os.close(self._rfd)
+        os.close(self._wfd)
+
+    # -- internals ---------------------------------------------------------
+    def _stopping(self) -> bool:
+        return self.worker is not None and self.worker.stopping.is_set()
+
+    def _handle(self, frames: list[bytes]) -> bytes | None:
+        kind = frames[0]
+        if kind == MSG and len(frames) == 2:
+            return frames[1]
+        if kind == READY:
+            self.ready = True
+        elif kind == STOP:
+            if self.worker is not None:
+                self.worker.stop()
+        else:
+            log.warning("unknown frame from the master: %r", kind[:20])
+        return None
+
+    def _flush_done(self) -> None:
+        while True:
+            try:
+                sender, conn_id = self._done.get_nowait()
+            except queue.Empty:
+                return
+            self.send(DONE, sender.encode("latin-1"), b"%d" % conn_id)
+
+    def _housekeeping(self, now: float) -> None:
+        self._flush_done()
+        if not self.ready and now >= self._next_probe and self.sink is not None:
+            probe = self._probe_base + self._probe_attempt % PROBE_SPAN
+            self._probe_attempt += 1
+            self.sink.send(replies.close(self._probe_uuid, [probe]))
+            self._next_probe = now + PROBE_INTERVAL
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + HEARTBEAT_INTERVAL
+            if os.getppid() != self.master_pid:
+                log.warning("master %d is gone: stopping", self.master_pid)
+                if self.worker is not None:
+                    self.worker.stop()
+                return
+            self.send(HEARTBEAT, json.dumps(self.heartbeat()).encode())
+        if self.reopen_requested:
+            self.reopen_requested = False
+            logs.reopen_logs()
+
+    def heartbeat(self) -> dict[str, Any]:
+        return {
+            "rss": rss_bytes(),
+            "requests": self.worker.requests if self.worker is not None else 0,
+            "exceptions": self.exceptions.count if self.exceptions is not None else 0,
+        }
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a forked worker needs from the master."""
+
+    cfg: Config
+    wid: bytes
+    serial: int
+    generation: int
+    endpoint: str  # the master's ROUTER
+    master_pid: int
+    app: Any = None  # preloaded by the master, else imported here
+    close_fds: Sequence[int] = ()
+
+
+def child_main(spec: WorkerSpec) -> int:
+    """Entry point in the forked child; returns the exit code for ``os._exit``."""
+    try:
+        return _run(spec)
+    except BaseException:
+        log.exception("worker %s crashed", spec.wid.decode())
+        return 1
+    finally:
+        logging.shutdown()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+
+
+def _child_signals(link_holder: list[MasterLink]) -> None:
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads are the master's business
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the master stops us
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        if link_holder and link_holder[0].worker is not None:
+            link_holder[0].worker.stop()
+        else:
+            os._exit(0)  # nothing loaded yet: nothing to finish
+
+    def on_usr1(signum: int, frame: FrameType | None) -> None:
+        if link_holder:
+            link_holder[0].reopen_requested = True  # reopened by the receiving loop
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGUSR1, on_usr1)
+    # harakiri: the master asks for every thread's traceback before it kills us.
+    faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True)
+
+
+def _run(spec: WorkerSpec) -> int:
+    cfg = spec.cfg
+    holder: list[MasterLink] = []
+    _child_signals(holder)
+    die_with_parent(signal.SIGTERM)
+    if os.getppid() != spec.master_pid:
+        return 0  # the master died before we could ask to follow it
+    for fd in spec.close_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    ctx: zmq.Context[Any] = zmq.Context()
+    link = MasterLink(ctx, spec.endpoint, spec.wid, spec.master_pid)
+    holder.append(link)
+    link.send(HELLO, json.dumps({"pid": os.getpid(), "generation": spec.generation}).encode())
+    try:
+        app = spec.app if spec.app is not None else load_app(cfg.app, cfg.chdir, cfg.paste)
+        _check_supported(cfg, app)
+    except AppLoadError as exc:
+        link.send(FATAL, str(exc).encode("utf-8", "replace"))
+        link.close(linger_s=2.0)
+        ctx.term()
+        return EXIT_APP_LOAD
+    counter = ExceptionCounter()
+    logging.getLogger("m2gate.wsgi").addFilter(counter)
+    handler = WSGIHandler(
+        app,
+        EnvironDefaults(cfg.server_name, cfg.server_port, cfg.trust_x_forwarded_for),
+        multithread=cfg.threads > 1,
+        multiprocess=cfg.processes > 1,
+        access_log=logs.access_logger(),
+    )
+    sink = PubSink(ctx, cfg.recv_spec, b"%s-%s" % (cfg.send_ident.encode("ascii"), spec.wid))
+    worker = ThreadedWorker(
+        link,
+        sink,
+        handler,
+        threads=cfg.threads,
+        reply_ident=cfg.recv_ident.encode("ascii"),
+        max_message=cfg.max_message,
+        flush_interval=cfg.flush_interval,
+        server_header=SERVER,
+        uploads=UploadStore(cfg.upload_dir, cfg.mongrel2_chroot),
+        on_done=link.done,
+    )
+    link.attach(worker, sink, reply_uuid(cfg), probe_base(spec.serial), counter)
+    if cfg.reload_on_change:
+        link.send(LOADED, json.dumps(app_source_files()).encode())
+    clean = worker.run(cfg.graceful_timeout)
+    sink.close(linger_s=min(cfg.graceful_timeout, 5.0))
+    link.close(linger_s=1.0)
+    ctx.term()
+    log.debug("worker %s exits after %d request(s)", spec.wid.decode(), worker.requests)
+    return 0 if clean else 1
+
+
+def _check_supported(cfg: Config, app: Any) -> None:
+    """Worker processes run threaded WSGI; the other kinds run single-process."""
+    from m2gate.adapters.asgi import resolve_interface
+
+    if resolve_interface(cfg.interface, app) == "asgi":
+        raise AppLoadError(
+            "app %s is an ASGI app: run it without --processes (one process) for now" % cfg.app
+        )
