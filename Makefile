@@ -49,8 +49,9 @@ test: install
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -m "not long"
 
+# pytest exits 5 when nothing is marked long yet: that is not a failure.
 test-long: install
-	$(PY) -m pytest -q -m long
+	$(PY) -m pytest -q -m long || [ $$? -eq 5 ]
 
 bench: install bench-deps
 	@set -e; found=0; for f in benchmarks/*.py; do \

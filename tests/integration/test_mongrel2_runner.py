@@ -172,3 +172,15 @@ def test_free_port_is_bindable() -> None:
     port = free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+@pytest.mark.mongrel2(
+    handlers=[HandlerSpec(route="/app/", protocol="json")],
+    settings={"download.flow_control": 1, "limits.content_length": 1024},
+)
+def test_marker_configures_fixture(mongrel2: Mongrel2) -> None:
+    conf = mongrel2.conf_path.read_text()
+    assert '"download.flow_control": 1' in conf
+    assert '"limits.content_length": 1024' in conf
+    assert [h.route for h in mongrel2.handlers] == ["/app/"]
+    assert mongrel2.handler.protocol == "json"
