@@ -35,6 +35,7 @@ import http.client
 import json
 import logging
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -200,6 +201,7 @@ class WrkResult:
     p99_ms: float
     max_ms: float
     errors: dict[str, int]
+    cpu_s: float
 
     @property
     def error_count(self) -> int:
@@ -217,6 +219,8 @@ class SideResult:
     wrk: WrkResult
     handler_cpu_us_per_req: float
     mongrel2_cpu_us_per_req: float
+    wrk_cpu_us_per_req: float
+    loadavg: float
     handler_pids: list[int]
     ratio: float | None = None
     profile: str | None = None
@@ -243,6 +247,8 @@ def run_wrk(url: str, opts: argparse.Namespace, seconds: int, lua: Path) -> WrkR
         str(lua),
         url,
     ]
+    # wrk is the only child reaped during the run: the children rusage delta is its CPU.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     _OWNED[proc.pid] = proc
     try:
@@ -252,6 +258,8 @@ def run_wrk(url: str, opts: argparse.Namespace, seconds: int, lua: Path) -> WrkR
             proc.kill()
             proc.wait()
         _OWNED.pop(proc.pid, None)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     text = out.decode(errors="replace")
     line = next((ln for ln in text.splitlines() if ln.startswith("WRKJSON ")), None)
     if proc.returncode != 0 or line is None:
@@ -267,6 +275,7 @@ def run_wrk(url: str, opts: argparse.Namespace, seconds: int, lua: Path) -> WrkR
         p99_ms=raw["p99_us"] / 1000,
         max_ms=raw["max_us"] / 1000,
         errors={k: raw[k] for k in ("connect", "read", "write", "timeout", "status")},
+        cpu_s=cpu,
     )
 
 
@@ -423,6 +432,7 @@ def measure(
         result = run_wrk(route_url, opts, opts.duration, lua)
         pids = sorted(set(pids) | set(process_tree(proc.pid)))
         cpu1, m2cpu1 = cpu_seconds(pids), cpu_seconds([m2_pid])
+        load = os.getloadavg()[0]
         if proc.poll() is not None:
             raise BenchError("%s died under load:\n%s" % (name, _tail(log_path)))
     finally:
@@ -440,11 +450,17 @@ def measure(
         wrk=result,
         handler_cpu_us_per_req=(cpu1 - cpu0) * per_req,
         mongrel2_cpu_us_per_req=(m2cpu1 - m2cpu0) * per_req,
+        wrk_cpu_us_per_req=result.cpu_s * per_req,
+        loadavg=load,
         handler_pids=pids,
     )
     if prof_path is not None:
         side.profile = str(prof_path)
         side.notes.append("profiled with py-spy: figures perturbed")
+    cpus = os.cpu_count() or 1
+    if load > cpus + 1:
+        # wrk, Mongrel2 and the handler alone keep about `cpus` busy.
+        side.notes.append("busy machine: load %.1f" % load)
     if not side.ok:
         side.notes.append("ERRORS: %s" % result.errors if result.requests else "NO REQUESTS")
     if "ERROR" in _tail(log_path, 200) or "Traceback" in _tail(log_path, 200):
@@ -550,6 +566,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
                 "mongrel2_cpu_us_per_req": statistics.median(
                     s.mongrel2_cpu_us_per_req for s in runs
                 ),
+                "wrk_cpu_us_per_req": statistics.median(s.wrk_cpu_us_per_req for s in runs),
                 "ratio": statistics.median(ratios) if ratios else None,
                 "ok": all(s.ok for s in runs),
             }
@@ -579,68 +596,53 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-_ROW = "%-30s %9s %8s %8s %13s %13s %6s  %s"
+_COLUMNS = (
+    # (title, width, key in a side or summary row, format)
+    ("side", -30, "name", "%s"),
+    ("req/s", 8, "rps", "%.0f"),
+    ("p50 ms", 7, "p50_ms", "%.2f"),
+    ("p99 ms", 7, "p99_ms", "%.2f"),
+    ("handler µs/r", 12, "handler_cpu_us_per_req", "%.1f"),
+    ("mongrel2 µs/r", 13, "mongrel2_cpu_us_per_req", "%.1f"),
+    ("wrk µs/r", 8, "wrk_cpu_us_per_req", "%.1f"),
+    ("ratio", 5, "ratio", "%.2f"),
+)
 
 
-def _format_row(
-    name: str,
-    rps: float,
-    p50: float,
-    p99: float,
-    cpu: float,
-    m2cpu: float,
-    ratio: float | None,
-    notes: str,
-) -> str:
-    return _ROW % (
-        name, "%.0f" % rps, "%.2f" % p50, "%.2f" % p99, "%.1f" % cpu, "%.1f" % m2cpu,
-        "" if ratio is None else "%.2f" % ratio, notes,
-    )  # fmt: skip
+def _row(values: dict[str, Any], notes: str) -> str:
+    cells = []
+    for _, width, key, fmt in _COLUMNS:
+        value = values.get(key)
+        cells.append("%*s" % (width, "" if value is None else fmt % value))
+    return " ".join(cells) + "  " + notes
 
 
 def print_table(report: dict[str, Any], out: Any) -> None:
     p = report["params"]
+    keys = ("connections", "wrk_threads", "duration_s", "warmup_s", "cpus", "python")
     print(
-        "wrk -c %d -t %d -d %ds (warm-up %ds), keep-alive, %s CPU(s), Python %s"
-        % (
-            p["connections"],
-            p["wrk_threads"],
-            p["duration_s"],
-            p["warmup_s"],
-            p["cpus"],
-            p["python"],
-        ),
+        "wrk -c %s -t %s -d %ss (warm-up %ss), keep-alive, %s CPU(s), Python %s"
+        % tuple(p[k] for k in keys),
         file=out,
     )
     if p["m2gate_args"] or p["m2gate_env"]:
         print("m2gate extra args %s env %s" % (p["m2gate_args"], p["m2gate_env"]), file=out)
-    print(
-        _ROW
-        % ("side", "req/s", "p50 ms", "p99 ms", "handler µs/r", "mongrel2 µs/r", "ratio", "notes"),
-        file=out,
-    )
-    print("-" * 110, file=out)
+    header = " ".join("%*s" % (width, title) for title, width, _, _ in _COLUMNS) + "  notes"
+    print(header, file=out)
+    print("-" * len(header), file=out)
     for s in report["sides"]:
         w = s["wrk"]
-        row = (w["rps"], w["p50_ms"], w["p99_ms"], s["handler_cpu_us_per_req"])
-        print(
-            _format_row(
-                s["name"], *row, s["mongrel2_cpu_us_per_req"], s["ratio"], "; ".join(s["notes"])
-            ),
-            file=out,
-        )
+        values = dict(s, rps=w["rps"], p50_ms=w["p50_ms"], p99_ms=w["p99_ms"])
+        print(_row(values, "; ".join(s["notes"])), file=out)
     if p["rounds"] > 1:
         print(
-            "\nmedians over %d rounds (ratio: against the naive run of the same round)"
+            "\nmedians over %d rounds (each ratio against the naive run of its round)"
             % p["rounds"],
             file=out,
         )
         for m in report["summary"]:
-            row = (m["rps"], m["p50_ms"], m["p99_ms"], m["handler_cpu_us_per_req"])
-            note = "" if m["ok"] else "ERRORS in some runs"
             print(
-                _format_row(m["config"], *row, m["mongrel2_cpu_us_per_req"], m["ratio"], note),
-                file=out,
+                _row(dict(m, name=m["config"]), "" if m["ok"] else "ERRORS in some runs"), file=out
             )
     ratios = {m["config"]: m["ratio"] for m in report["summary"] if m["ratio"] is not None}
     if ratios:
