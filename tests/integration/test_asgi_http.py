@@ -291,3 +291,17 @@ def test_graceful_stop_finishes_requests_in_flight(mongrel2: Mongrel2, asgi: Any
 
     assert asyncio.run(go()).text == "slow last\n"
     assert server.proc.wait(timeout=20) == 0
+
+
+def test_access_log(mongrel2: Mongrel2, asgi: Any, tmp_path: Path) -> None:
+    access = tmp_path / "access.log"
+    server = asgi("--access-log", str(access))
+    with httpx.Client(base_url=mongrel2.url, timeout=10) as client:
+        client.get("/?q=1")
+        client.get("/boom")
+        client.get("/stream?n=2")
+    server.stop()
+    lines = access.read_text().splitlines()
+    assert any('"GET /?q=1 HTTP/1.1" 200 13' in line for line in lines), lines
+    assert any('"GET /boom HTTP/1.1" 500' in line for line in lines), lines
+    assert any('"GET /stream?n=2 HTTP/1.1" 200 26' in line for line in lines), lines

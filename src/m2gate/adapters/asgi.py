@@ -149,6 +149,12 @@ class HTTPCycle:
         self._headers: list[tuple[str, str]] = []
         self.complete = False
         self._ended = asyncio.Event()
+        self.nbytes = 0  # body bytes sent, for the access log
+        self.error_status = 0  # status of an error response m2gate sent itself
+
+    @property
+    def status_code(self) -> int:
+        return self.error_status or self.resp.status_code
 
     # -- what the runtime sees --------------------------------------------
     def client_gone(self) -> None:
@@ -209,6 +215,7 @@ class HTTPCycle:
         status = "500 Internal Server Error"
         if isinstance(exc, RemoteProtocolError):
             status = _status_line(exc.status_hint)
+        self.error_status = int(status[:3])
         payload, keep_alive = simple_response(
             status,
             status[4:].encode("ascii") + b"\n",
@@ -284,14 +291,20 @@ class HTTPCycle:
             payload = b""
             if not resp.head_sent:
                 payload = resp.head(self._status, self._headers, len(body))
-            payload += resp.body(body) + resp.end()
+            framed = resp.body(body)
+            if framed:
+                self.nbytes += len(body)
+            payload += framed + resp.end()
             self.complete = True
             self._ended.set()
             await self.out.afinish(payload, close=not resp.keep_alive or self._body_pending())
             return
         if not resp.head_sent:
             await self.out.awrite(resp.head(self._status, self._headers))
-        await self.out.awrite(resp.body(body))
+        framed = resp.body(body)
+        if framed:
+            self.nbytes += len(body)
+            await self.out.awrite(framed)
 
 
 class WebSocketSession:
@@ -322,6 +335,7 @@ class WebSocketSession:
         self._close_timer: asyncio.TimerHandle | None = None
         self._denial: Response | None = None
         self._denial_head: tuple[str, list[tuple[str, str]]] | None = None
+        self.status_code = 0  # 101, or the status of the refusal, for the access log
         self._tcp_closed = asyncio.Event()
 
     # -- runtime side -------------------------------------------------------
@@ -446,6 +460,7 @@ class WebSocketSession:
             self._start_timer()
 
     def _reject(self, status: int) -> None:
+        self.status_code = status
         version, _ = request_framing(self.msg)
         payload, _ = simple_response(
             _status_line(status), _status_line(status)[4:].encode() + b"\n", version, False, SERVER
@@ -484,6 +499,7 @@ class WebSocketSession:
             sub = message.get("subprotocol")
             self.out.push(ws.handshake_response(self.msg.accept, sub, headers))
             self.state = "open"
+            self.status_code = 101
         elif kind == "websocket.close":
             code = int(message.get("code") or ws.NORMAL)
             reason = str(message.get("reason") or "")
@@ -501,6 +517,7 @@ class WebSocketSession:
                 raise RuntimeError("denial response after the handshake")
             version, _ = request_framing(self.msg)
             self._denial = Response("GET", version, False, SERVER)
+            self.status_code = int(message["status"])
             self._denial_head = (
                 _status_line(int(message["status"])),
                 [

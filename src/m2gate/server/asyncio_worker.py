@@ -16,9 +16,12 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
+from m2gate import logs
+from m2gate.accesslog import AccessLogger
 from m2gate.adapters.asgi import (
     ASGIApp,
     HTTPCycle,
@@ -80,6 +83,7 @@ class AsyncioWorker:
         uploads: UploadStore | None = None,
         ws_close_timeout: float = 5.0,
         on_done: Callable[[AsyncConnection], None] | None = None,
+        access_log: AccessLogger | None = None,
     ) -> None:
         self.transport = transport
         self.app = app
@@ -90,6 +94,7 @@ class AsyncioWorker:
         self.uploads = uploads or UploadStore("")
         self.ws_close_timeout = ws_close_timeout
         self.on_done = on_done
+        self.access_log = access_log
         self.state: dict[str, Any] = {}
         self.requests = 0
         self.disconnects = 0
@@ -234,11 +239,15 @@ class AsyncioWorker:
                 await self.app_call(cycle, http_scope(msg, self.defaults, self.state))
             elif isinstance(msg, WebSocketHandshake):
                 session = WebSocketSession(msg, conn, out, self.ws_close_timeout)
+                started = time.perf_counter()
                 try:
                     await session.run(self.app, websocket_scope(msg, self.defaults, self.state))
                     await session.wait_closed()  # the client's close frame, or a timeout
                 finally:
                     conn.session = None
+                    if self.access_log is not None:
+                        duration = time.perf_counter() - started
+                        self.access_log.log(msg, session.status_code, 0, duration)
                 return False
             elif isinstance(msg, (UploadStart, UploadDone)):
                 await self._serve_upload(conn, msg, out)
@@ -260,7 +269,13 @@ class AsyncioWorker:
         return not out.closing and not conn.closed
 
     async def app_call(self, cycle: HTTPCycle, scope: dict[str, Any]) -> None:
-        await cycle.run(self.app, scope)
+        started = time.perf_counter()
+        try:
+            await cycle.run(self.app, scope)
+        finally:
+            if self.access_log is not None:
+                duration = time.perf_counter() - started
+                self.access_log.log(cycle.msg, cycle.status_code, cycle.nbytes, duration)
 
     async def _serve_upload(
         self, conn: AsyncConnection, msg: UploadStart | UploadDone, out: AsyncOutput
@@ -376,6 +391,7 @@ async def _main(cfg: Any, app: ASGIApp) -> int:
         max_message=cfg.max_message,
         flush_interval=cfg.flush_interval,
         uploads=UploadStore(cfg.upload_dir, cfg.mongrel2_chroot),
+        access_log=logs.access_logger(),
     )
     worker.state = lifespan.state
 
