@@ -2,14 +2,14 @@
 
 These are building blocks the master calls in this order (see each docstring)::
 
-    cfg = cli.configure(argv)              # settings, --app-dir, --mongrel2-db
-    access = logs.setup_logging(cfg)       # opens log files: errors still on the terminal
-    if cfg.daemon: daemonize()             # before any thread or ZeroMQ context
+    cfg = cli.configure(cli_values)        # settings, --app-dir, --mongrel2-db
+    logs.setup_logging(cfg)                # opens log files: errors still on the terminal
+    detach(cfg)                            # --daemon, before any thread or ZeroMQ context
     <pidfile lock>                         # after daemonize: the PID is final
-    if cfg.chroot: enter_chroot(cfg)       # needs root, before dropping it
-    drop_privileges(cfg.user, cfg.group, chown=[log files])
-    prepare_app_environment(cfg)           # --env, --virtualenv, --pythonpath
+    confine(cfg, chown=[pidfile])          # --chroot (root), --user/--group, --env,
+                                           # --virtualenv, --pythonpath
     <load the app (preload) or fork workers that load it>
+    SIGUSR1 (from the master's loop, never in the handler): logs.reopen_logs()
 """
 
 from __future__ import annotations
@@ -274,18 +274,32 @@ def prepare_app_environment(cfg: Config) -> None:
         add_pythonpath(cfg.pythonpath)
 
 
-def start_service(cfg: Config) -> None:
-    """Everything between settings and app import, in the order that works.
-
-    Used by the single-process ``serve``; a master runs the same steps (with
-    its pidfile lock after daemonize). Logging must already be set up.
-    """
+def detach(cfg: Config) -> None:
+    """--daemon: step one of start-up, before the pidfile lock (the PID changes here)."""
     if cfg.daemon:
         if not cfg.log_file:
             log.warning("--daemon without --log-file: the log will be lost")
         daemonize()
+
+
+def confine(cfg: Config, chown: Iterable[str] = ()) -> None:
+    """--chroot, --user/--group, then --env/--virtualenv/--pythonpath.
+
+    Step two, after the pidfile lock and before the app is imported. ``chown``
+    names extra files the unprivileged process must still own (the pidfile).
+    """
     if cfg.chroot:
         enter_chroot(cfg)
-    drop_privileges(cfg.user, cfg.group, chown=[cfg.log_file, cfg.access_log])
+    drop_privileges(cfg.user, cfg.group, chown=[cfg.log_file, cfg.access_log, *chown])
     prepare_app_environment(cfg)
+
+
+def start_service(cfg: Config) -> None:
+    """Single-process start-up: :func:`detach` then :func:`confine` (no pidfile here).
+
+    Logging must already be set up. SIGUSR1 reopens the log files; a master
+    installs its own handler instead.
+    """
+    detach(cfg)
+    confine(cfg)
     logs.reopen_on_sigusr1()
