@@ -189,6 +189,32 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return ticks / CLK_TCK
 
 
+def thread_cpu(pids: Sequence[int]) -> dict[str, float]:
+    """CPU seconds per thread (user, system) of ``pids``, keyed ``pid/tid name``.
+
+    Shows where a handler's CPU goes that a Python profiler cannot see: the
+    receiving thread (tid == pid) vs app threads vs ZeroMQ's I/O thread.
+    """
+    out: dict[str, float] = {}
+    for pid in pids:
+        try:
+            tids = os.listdir("/proc/%d/task" % pid)
+        except FileNotFoundError:
+            continue
+        for tid in tids:
+            try:
+                with open("/proc/%d/task/%s/stat" % (pid, tid), encoding="ascii") as fh:
+                    raw = fh.read()
+            except FileNotFoundError:
+                continue
+            name = raw[raw.index("(") + 1 : raw.rindex(")")]
+            fields = raw.rsplit(")", 1)[1].split()
+            label = "%d/%s %s%s" % (pid, tid, name, " (main)" if str(pid) == tid else "")
+            out[label + " user"] = int(fields[11]) / CLK_TCK
+            out[label + " sys"] = int(fields[12]) / CLK_TCK
+    return out
+
+
 @dataclass
 class WrkResult:
     """What wrk reported for one run."""
@@ -221,6 +247,7 @@ class SideResult:
     mongrel2_cpu_us_per_req: float
     wrk_cpu_us_per_req: float
     loadavg: float
+    thread_cpu_us_per_req: dict[str, float]
     handler_pids: list[int]
     ratio: float | None = None
     profile: str | None = None
@@ -428,10 +455,10 @@ def measure(
         m2_pid = m2.pid
         if m2_pid is None:
             raise BenchError("mongrel2 is not running")
-        cpu0, m2cpu0 = cpu_seconds(pids), cpu_seconds([m2_pid])
+        cpu0, m2cpu0, threads0 = cpu_seconds(pids), cpu_seconds([m2_pid]), thread_cpu(pids)
         result = run_wrk(route_url, opts, opts.duration, lua)
         pids = sorted(set(pids) | set(process_tree(proc.pid)))
-        cpu1, m2cpu1 = cpu_seconds(pids), cpu_seconds([m2_pid])
+        cpu1, m2cpu1, threads1 = cpu_seconds(pids), cpu_seconds([m2_pid]), thread_cpu(pids)
         load = os.getloadavg()[0]
         if proc.poll() is not None:
             raise BenchError("%s died under load:\n%s" % (name, _tail(log_path)))
@@ -452,6 +479,11 @@ def measure(
         mongrel2_cpu_us_per_req=(m2cpu1 - m2cpu0) * per_req,
         wrk_cpu_us_per_req=result.cpu_s * per_req,
         loadavg=load,
+        thread_cpu_us_per_req={
+            k: round((v - threads0.get(k, 0.0)) * per_req, 2)
+            for k, v in threads1.items()
+            if v > threads0.get(k, 0.0)
+        },
         handler_pids=pids,
     )
     if prof_path is not None:
@@ -584,6 +616,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
             "m2gate_args": opts.m2gate_arg,
             "m2gate_env": opts.m2gate_env,
             "variants": opts.variant,
+            "thread_detail": opts.thread_detail,
             "cpus": os.cpu_count(),
             "python": sys.version.split()[0],
             "workdir": str(workdir) if opts.keep else None,
@@ -634,6 +667,11 @@ def print_table(report: dict[str, Any], out: Any) -> None:
         w = s["wrk"]
         values = dict(s, rps=w["rps"], p50_ms=w["p50_ms"], p99_ms=w["p99_ms"])
         print(_row(values, "; ".join(s["notes"])), file=out)
+    if p.get("thread_detail"):
+        for s in report["sides"]:
+            print("  %s, CPU µs/request by thread:" % s["name"], file=out)
+            for label, value in sorted(s["thread_cpu_us_per_req"].items()):
+                print("    %7.1f  %s" % (value, label), file=out)
     if p["rounds"] > 1:
         print(
             "\nmedians over %d rounds (each ratio against the naive run of its round)"
@@ -773,6 +811,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument(
         "--keep", action="store_true", help="keep the work directory (Mongrel2 and handler logs)"
+    )
+    parser.add_argument(
+        "--thread-detail", action="store_true", help="print CPU per request of every handler thread"
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     opts = parser.parse_args(argv)
