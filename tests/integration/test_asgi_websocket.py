@@ -174,3 +174,28 @@ def test_many_websockets_at_once(mongrel2: Mongrel2, server: Any) -> None:
         await asyncio.gather(*(one(i) for i in range(50)))
 
     run(go)
+
+
+@pytest.mark.mongrel2(settings={"limits.min_ping": 2, "limits.tick_timer": 1})
+def test_quiet_websocket_outlives_min_ping(
+    mongrel2: Mongrel2, m2gate_server: Any, state: Path
+) -> None:
+    """Mongrel2 kills connections idle for min_ping; m2gate's ctl keep-alives prevent it."""
+    m2gate_server(
+        APP,
+        "--interface",
+        "asgi",
+        "--websocket-keepalive",
+        "0.5",
+        env={"M2GATE_TEST_STATE": str(state)},
+    )
+
+    async def go() -> None:
+        async with connect(ws_url(mongrel2), ping_interval=None) as ws:
+            await ws.send("before")
+            assert await ws.recv() == "before"
+            await asyncio.sleep(6)  # three times min_ping without a byte either way
+            await ws.send("after")
+            assert await ws.recv() == "after"
+
+    run(go)

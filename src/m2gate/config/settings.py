@@ -378,6 +378,14 @@ class Config:
         validate=_non_negative,
         accepted="a number of seconds >= 0",
     )
+    websocket_keepalive: float = setting(
+        30.0,
+        "ASGI: seconds between Mongrel2 keep-alives for open websockets, so quiet ones outlive"
+        " its limits.min_ping (120 s by default); 0 turns them off.",
+        section="asgi",
+        validate=_non_negative,
+        accepted="a number of seconds >= 0",
+    )
     upload_dir: str = setting(
         "",
         "Directory of Mongrel2's upload.temp_store; large bodies are only read from files in it.",

@@ -33,6 +33,7 @@ from m2gate.adapters.asgi import (
 )
 from m2gate.adapters.common import EnvironDefaults
 from m2gate.adapters.wsgi import SERVER
+from m2gate.protocol import replies
 from m2gate.protocol.errors import ProtocolError
 from m2gate.protocol.http import request_framing, simple_response
 from m2gate.protocol.messages import (
@@ -82,6 +83,7 @@ class AsyncioWorker:
         flush_interval: float = 0.005,
         uploads: UploadStore | None = None,
         ws_close_timeout: float = 5.0,
+        ws_keepalive: float = 30.0,
         on_done: Callable[[AsyncConnection], None] | None = None,
         access_log: AccessLogger | None = None,
     ) -> None:
@@ -93,6 +95,7 @@ class AsyncioWorker:
         self.flush_interval = flush_interval
         self.uploads = uploads or UploadStore("")
         self.ws_close_timeout = ws_close_timeout
+        self.ws_keepalive = ws_keepalive
         self.on_done = on_done
         self.access_log = access_log
         self.state: dict[str, Any] = {}
@@ -120,12 +123,13 @@ class AsyncioWorker:
         if self._stopping:
             self._stop.set()
         receiver = asyncio.create_task(self._receive_loop())
+        background = [receiver]
+        if self.ws_keepalive > 0:
+            background.append(asyncio.create_task(self._keepalive_loop(self.ws_keepalive)))
         await self._stop.wait()
-        receiver.cancel()
-        try:
-            await receiver
-        except asyncio.CancelledError:
-            pass
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         # Stop accepting, but serve what Mongrel2 already pushed to us.
         self.transport.stop_receiving()
         while (data := self.transport.recv_nowait()) is not None:
@@ -138,6 +142,18 @@ class AsyncioWorker:
             data = await recv()
             if data is not None:
                 self.feed(data)
+
+    async def _keepalive_loop(self, interval: float) -> None:
+        """Open websockets may be quiet for long: reset Mongrel2's idle timers (min_ping)."""
+        while True:
+            await asyncio.sleep(interval)
+            targets: dict[bytes, list[int]] = {}
+            for conn in self._conns.values():
+                session = conn.session
+                if isinstance(session, WebSocketSession) and session.state == "open":
+                    targets.setdefault(conn.uuid, []).append(conn.conn_id)
+            for uuid, conn_ids in targets.items():
+                self.transport.send(replies.ctl(uuid, conn_ids, {"keep-alive": True}))
 
     async def drain(self, timeout: float) -> bool:
         """Close websockets (1001), let requests finish, cancel what outlives ``timeout``."""
@@ -392,6 +408,7 @@ async def _main(cfg: Any, app: ASGIApp) -> int:
         flush_interval=cfg.flush_interval,
         uploads=UploadStore(cfg.upload_dir, cfg.mongrel2_chroot),
         access_log=logs.access_logger(),
+        ws_keepalive=cfg.websocket_keepalive,
     )
     worker.state = lifespan.state
 
