@@ -176,6 +176,11 @@ def test_app_dir_reads_its_toml_and_defaults_paths(tmp_path: Path) -> None:
     assert load({}, {"M2GATE_APP_DIR": str(app_dir)}).app == "hello:app"
 
 
+def test_empty_app_argument_does_not_hide_the_file_app(tmp_path: Path) -> None:
+    path = write(tmp_path, 'app = "hello:app"\n')
+    assert load(cli_of("", "-c", path), {}).app == "hello:app"
+
+
 def test_app_dir_must_exist(tmp_path: Path) -> None:
     message = error_of(cli_of("--app-dir", str(tmp_path / "missing")))
     assert "app_dir" in message and "m2gate init" in message

@@ -160,3 +160,20 @@ def test_setup_logging_without_access_log(restore_logging: None) -> None:
 def test_bad_access_log_path(tmp_path: Path, restore_logging: None) -> None:
     with pytest.raises(ConfigError, match="access_log: cannot open"):
         logs.setup_logging(Config(access_log=str(tmp_path / "no" / "a.log")))
+
+
+def test_access_lines_bypass_logging_and_survive_reopen(
+    tmp_path: Path, restore_logging: None
+) -> None:
+    from m2gate.protocol.messages import HTTPRequest
+
+    path = tmp_path / "access.log"
+    access = logs.setup_logging(Config(access_log=str(path), access_log_format="%(U)s %(s)s"))
+    assert access is not None and access.sink is not None
+    msg = HTTPRequest("s", 1, "/a", {"METHOD": "GET"}, b"")
+    access.log(msg, 200, 1, 0.0)
+    path.rename(tmp_path / "access.log.1")
+    logs.reopen_logs()
+    access.log(msg, 404, 1, 0.0)
+    assert (tmp_path / "access.log.1").read_text() == "/a 200\n"
+    assert path.read_text() == "/a 404\n"

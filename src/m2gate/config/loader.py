@@ -152,6 +152,8 @@ def load(
     for name, raw in cli.items():
         if name in table:
             meta, kind = table[name]
+            if meta.positional and raw == "":
+                continue  # `serve "" --paste x.ini`: an empty APP is no APP
             values[name] = convert(name, kind, meta, raw, flag(name))
     values["config"] = config_path
     values["app_dir"] = app_dir

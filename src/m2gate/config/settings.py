@@ -90,7 +90,7 @@ def _non_negative(value: float) -> float:
 def _check_listen_addr(value: str) -> str:
     """``HOST:PORT`` (tcp) or a path with a ``/`` (unix socket)."""
     if value and "/" not in value:
-        host, sep, port = value.rpartition(":")
+        _host, sep, port = value.rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(value)
     return value
@@ -338,7 +338,8 @@ class Config:
     )
     stats: str = setting(
         "",
-        "Serve a JSON stats document (uWSGI stats-server style) on HOST:PORT or a unix socket path.",
+        "Serve a JSON stats document (uWSGI stats-server style) on HOST:PORT"
+        " or a unix socket path.",
         section="observability",
         metavar="ADDR",
         validate=_check_listen_addr,
