@@ -578,9 +578,12 @@ class Master:
             if p.ready_at is None:
                 self._kill(p, "503 Service Unavailable")
 
-    def _force_stop(self) -> None:
+    def _force_stop(self, by_signal: bool) -> None:
+        """Kill every worker now: a second signal (exit 1) or the graceful timeout."""
         log.warning("forced stop: killing %d worker(s)", len(self.procs))
         self.forced = True
+        if by_signal and self.exit_code == 0:
+            self.exit_code = 1
         for p in list(self.procs.values()):
             self._kill(p, "503 Service Unavailable")
 
@@ -600,8 +603,6 @@ class Master:
                 self._on_pull()
         for q in self.disp.expire_queued(time.monotonic(), -1.0):
             self._answer(q.msg.sender, q.msg.conn_id, "503 Service Unavailable", q.msg)
-        if self.forced and self.exit_code == 0:
-            self.exit_code = 1
         total = self.served_by_gone
         log.info("master stopped after %d request(s)%s", total, " (forced)" if self.forced else "")
 
@@ -641,7 +642,7 @@ class Master:
             self._reap()
         elif signum in (signal.SIGTERM, signal.SIGINT):
             if self.stopping:
-                self._force_stop()
+                self._force_stop(by_signal=True)
             else:
                 self._begin_stop(signal.Signals(signum).name, now)
         elif signum == signal.SIGHUP:
@@ -870,7 +871,7 @@ class Master:
                     if proc.info.state == "ready":
                         self._retire(proc, now)
             if now > self.stop_deadline and not self.forced:
-                self._force_stop()
+                self._force_stop(by_signal=False)
         for info in self.disp.idle_retiring():
             proc = self.procs.get(info.wid)
             if proc is not None and not proc.stop_sent and proc.kill_at is None:

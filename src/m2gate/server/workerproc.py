@@ -368,8 +368,13 @@ def _run(spec: WorkerSpec) -> int:
     try:
         app = spec.app if spec.app is not None else load_app(cfg.app, cfg.chdir, cfg.paste)
         _check_supported(cfg, app)
-    except AppLoadError as exc:
-        link.send(FATAL, str(exc).encode("utf-8", "replace"))
+    except Exception as exc:
+        if isinstance(exc, AppLoadError):
+            text = str(exc)
+        else:
+            log.exception("loading app %s failed", cfg.app)
+            text = "app %s: %s: %s" % (cfg.app, type(exc).__name__, exc)
+        link.send(FATAL, text.encode("utf-8", "replace"))
         link.close(linger_s=2.0)
         ctx.term()
         return EXIT_APP_LOAD
