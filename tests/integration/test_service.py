@@ -278,7 +278,9 @@ def test_init_then_serve_with_app_dir(
     assert data["greeting"] == "from m2gate.toml"
     assert data["cwd"] == str(site / "app")
     log = site / "logs" / "m2gate.log"
-    assert "serving env_probe_app:app" in log.read_text()
+    assert "[%d] INFO m2gate" % proc.proc.pid in log.read_text()
+    assert proc.log.read_text() == ""  # nothing on stderr: the folder's log has it
+    assert (site / "run" / "m2gate.pid").read_text().strip() == str(proc.proc.pid)
     assert "GET / HTTP/1.1" in (site / "logs" / "access.log").read_text()
 
 
