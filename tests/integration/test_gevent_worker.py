@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import http.client
+import os
 import signal
 import socket
 import threading
@@ -186,3 +188,36 @@ def test_asgi_app_is_refused_at_start(
     server = m2gate_server("asgi_bare:app", *GEVENT, wait=False)
     assert server.proc.wait(timeout=20) == 2
     assert "worker_class: gevent serves WSGI apps" in server.output
+
+
+def test_concurrent_uploads_stream_from_the_temp_store(
+    mongrel2: Mongrel2, m2gate_server: Callable[..., Any]
+) -> None:
+    """Bodies over Mongrel2's limit arrive as temp files; greenlets read them as they grow."""
+    m2gate_server("wsgi_probe:application", *GEVENT, "--upload-dir", str(mongrel2.upload_dir))
+    bodies = [os.urandom((2 * 1024 * 1024 if n % 2 == 0 else 300_000) + n) for n in range(4)]
+
+    async def upload_all() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=mongrel2.url, timeout=30) as client:
+
+            async def one(i: int, body: bytes) -> dict[str, Any]:
+                if i % 2:  # chunked: Mongrel2 also spools it, length known only at the end
+                    # (in small chunks: Mongrel2 refuses ones over its buffer, "Chunk too large")
+                    async def gen() -> Any:
+                        for pos in range(0, len(body), 2000):
+                            yield body[pos : pos + 2000]
+
+                    resp = await client.post("/echo", content=gen())
+                else:
+                    resp = await client.post("/echo", content=body)
+                assert resp.status_code == 200, resp.text
+                data: dict[str, Any] = resp.json()
+                return data
+
+            return await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
+
+    results = asyncio.run(upload_all())
+    for body, data in zip(bodies, results, strict=True):
+        assert data["length"] == len(body)
+        assert data["sha256"] == hashlib.sha256(body).hexdigest()
+    assert not list(mongrel2.upload_dir.iterdir())  # temp files removed after each request

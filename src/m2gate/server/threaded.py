@@ -162,6 +162,10 @@ class ThreadedWorker:
                 credits = msg.header("DOWNLOAD_CREDITS")
                 if credits is not None and credits.isdigit():
                     conn.grant(int(credits))
+            if isinstance(msg, UploadStart) and not msg.body and conn.upload is None:
+                # Registered here, not by the app thread: upload-done can arrive
+                # before a thread (or greenlet) has even started on the request.
+                conn.upload = Upload(msg.upload_path, "", _content_length(msg))
             if conn.busy:
                 conn.pending.append(msg)  # pipelined: answer after the one in flight
                 return
@@ -218,17 +222,17 @@ class ThreadedWorker:
             self._reject(msg, out, "upload headers on an ordinary request")
             return
         assert isinstance(msg, UploadStart)
-        try:
-            real = self.uploads.resolve(msg.upload_path)
-        except UploadRejected as exc:
-            self._reject(msg, out, str(exc))
-            return
-        length_raw = msg.header("content-length")
-        length = int(length_raw) if length_raw and length_raw.isdigit() else None
-        upload = Upload(msg.upload_path, real, length)
         with self._lock:
-            conn.upload = upload
+            upload = conn.upload  # normally registered by _dispatch
+            if upload is None or upload.announced != msg.upload_path:
+                upload = conn.upload = Upload(msg.upload_path, "", _content_length(msg))
+        length = upload.length
         try:
+            try:
+                real = upload.path = self.uploads.resolve(msg.upload_path)
+            except UploadRejected as exc:
+                self._reject(msg, out, str(exc))
+                return
             if length is None:
                 # Chunked upload: no length to promise the app until it is done.
                 upload.wait_done(conn)
@@ -248,7 +252,8 @@ class ThreadedWorker:
         finally:
             with self._lock:
                 conn.upload = None
-            upload.remove()
+            if upload.path:  # only a path resolved inside the temp store is ours to delete
+                upload.remove()
 
     def _reject(self, msg: Message, out: Output, reason: str) -> None:
         log.warning("400 for %s:%s: %s", msg.sender, msg.conn_id, reason)
@@ -316,3 +321,8 @@ class ThreadedWorker:
         if busy:
             log.warning("graceful timeout (%.1fs): %d thread(s) still busy", timeout, busy)
         return busy == 0
+
+
+def _content_length(msg: Message) -> int | None:
+    raw = msg.header("content-length")
+    return int(raw) if raw and raw.isdigit() else None
