@@ -190,11 +190,16 @@ def test_asgi_app_is_refused_at_start(
     assert "worker_class: gevent serves WSGI apps" in server.output
 
 
+@pytest.mark.parametrize("worker", [GEVENT, ("--threads", "4")], ids=["gevent", "threads"])
 def test_concurrent_uploads_stream_from_the_temp_store(
-    mongrel2: Mongrel2, m2gate_server: Callable[..., Any]
+    mongrel2: Mongrel2, m2gate_server: Callable[..., Any], worker: tuple[str, ...]
 ) -> None:
-    """Bodies over Mongrel2's limit arrive as temp files; greenlets read them as they grow."""
-    m2gate_server("wsgi_probe:application", *GEVENT, "--upload-dir", str(mongrel2.upload_dir))
+    """Bodies over Mongrel2's limit arrive as temp files, read as they grow.
+
+    A small chunked upload's upload-done can arrive before any greenlet or
+    thread started on its upload-start: it must still complete that upload.
+    """
+    m2gate_server("wsgi_probe:application", *worker, "--upload-dir", str(mongrel2.upload_dir))
     bodies = [os.urandom((2 * 1024 * 1024 if n % 2 == 0 else 300_000) + n) for n in range(4)]
 
     async def upload_all() -> list[dict[str, Any]]:
