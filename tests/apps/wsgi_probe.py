@@ -24,14 +24,14 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
+from wsgiref.types import StartResponse
 from wsgiref.validate import WSGIWarning, validator
 
 warnings.simplefilter("error", WSGIWarning)
 
-StartResponse = Callable[..., Callable[[bytes], None]]
 Environ = dict[str, Any]
 
 _events_lock = threading.Lock()
@@ -51,6 +51,10 @@ def block(index: int, size: int) -> bytes:
     """Deterministic filler block ``index`` of ``size`` bytes (tests recompute it)."""
     seed = hashlib.sha256(index.to_bytes(8, "big")).digest()
     return (seed * (size // len(seed) + 1))[:size]
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 class Recorded:
@@ -248,6 +252,42 @@ def probe(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
                 "503 Service Unavailable", [("Content-Type", "text/plain")], sys.exc_info()
             )
         return [b"app error page"]
+
+    if path == "/exc-info-late":
+        # exc_info after the head went out: start_response must re-raise.
+        def late() -> Iterator[bytes]:
+            yield b"partial;"
+            time.sleep(0.05)
+            try:
+                raise ValueError("late failure")
+            except ValueError:
+                import sys
+
+                start_response("500 Oops", [("Content-Type", "text/plain")], sys.exc_info())
+            yield b"never sent"
+
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Recorded(tag, late())
+
+    if path == "/length":
+        # The app's Content-Length against what it really yields.
+        promised = int(q.get("promise", "10"))
+        actual = int(q.get("actual", "10"))
+        start_response(
+            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(promised))]
+        )
+        return Recorded(tag, iter([b"x" * (actual // 2), b"y" * (actual - actual // 2)]))
+
+    if path == "/file":
+        import io
+
+        data = b"".join(block(i, 1000) for i in range(int(q.get("blocks", "100"))))
+        wrapper = environ["wsgi.file_wrapper"](io.BytesIO(data), 4096)
+        start_response(
+            "200 OK",
+            [("Content-Type", "application/octet-stream"), ("X-Sha256", sha256_hex(data))],
+        )
+        return wrapper  # type: ignore[no-any-return]
 
     if path == "/header":
         # Response header value from the query (percent-decoded as UTF-8).

@@ -46,7 +46,7 @@ def flask_url(mongrel2: Mongrel2, wsgi: Start) -> str:
         handler=mongrel2.handlers[0],
         ready_path="/flask/",
     )
-    return mongrel2.url + "/flask"
+    return str(mongrel2.url) + "/flask"
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def django_url(mongrel2: Mongrel2, wsgi: Start) -> str:
         handler=mongrel2.handlers[1],
         ready_path="/django/",
     )
-    return mongrel2.url + "/django"
+    return str(mongrel2.url) + "/django"
 
 
 # -- Flask ---------------------------------------------------------------------
@@ -83,7 +83,7 @@ def test_flask_routing_under_prefix(mongrel2: Mongrel2, flask_url: str) -> None:
 
 
 def test_flask_bodies(flask_url: str) -> None:
-    payload = {"text": "h\u00e9llo", "n": list(range(100))}
+    payload: dict[str, Any] = {"text": "h\u00e9llo", "n": list(range(100))}
     got = requests.post(flask_url + "/json", json=payload, timeout=10).json()
     assert got["received"] == payload
     assert got["length"] == len(json.dumps(payload).encode())

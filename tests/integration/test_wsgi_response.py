@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,6 +268,54 @@ def test_exception_after_headers_http10(mongrel2: Mongrel2, wsgi: Start) -> None
         resp = client.read_response()
         assert resp.body == b"first part;"
         assert client.eof
+
+
+def test_exc_info_after_headers_closes_connection(
+    mongrel2: Mongrel2, wsgi: Start, events: Path
+) -> None:
+    wsgi()
+    with RawClient(mongrel2.port) as client:
+        client.request("GET", "/exc-info-late?id=late")
+        resp = client.read_response()
+        assert resp.status == 200
+        assert resp.body == b"partial;" and not resp.complete
+        assert client.closed_by_server()
+    assert wait_for_event(events, "close late")
+
+
+def test_content_length_respected(mongrel2: Mongrel2, wsgi: Start) -> None:
+    wsgi()
+    with RawClient(mongrel2.port) as client:
+        client.request("GET", "/length?promise=10&actual=10")
+        resp = client.read_response()
+        assert resp.framing == "length" and resp.body == b"xxxxxyyyyy"
+        assert resp.header("Transfer-Encoding") is None
+        client.request("GET", "/id?id=same-connection")
+        assert client.read_response().body.startswith(b"id=same-connection ")
+
+
+@pytest.mark.parametrize(("promise", "actual"), [(10, 4), (10, 30)], ids=["short", "long"])
+def test_content_length_mismatch_closes_connection(
+    mongrel2: Mongrel2, wsgi: Start, promise: int, actual: int
+) -> None:
+    """Fewer bytes than promised, or more: only closing keeps the client in sync."""
+    wsgi()
+    with RawClient(mongrel2.port) as client:
+        client.request("GET", "/length?promise=%d&actual=%d" % (promise, actual))
+        head = client._read_until(b"\r\n\r\n")
+        assert head is not None and b"Content-Length: %d\r\n" % promise in head
+        while client._fill():
+            pass
+        assert len(client.buf) == min(promise, actual)  # never more than promised
+        assert client.eof
+
+
+def test_file_wrapper(mongrel2: Mongrel2, wsgi: Start) -> None:
+    wsgi()
+    resp = requests.get(mongrel2.url + "/file?blocks=300", timeout=10)
+    assert resp.status_code == 200
+    assert len(resp.content) == 300_000
+    assert hashlib.sha256(resp.content).hexdigest() == resp.headers["X-Sha256"]
 
 
 def test_non_latin1_response_header_is_500(mongrel2: Mongrel2, wsgi: Start) -> None:
