@@ -10,6 +10,7 @@ owns the connections; this module only speaks ASGI for one of them at a time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -60,6 +61,7 @@ def resolve_interface(interface: Literal["auto", "wsgi", "asgi"], app: Any) -> s
     return "asgi" if is_asgi_app(app) else "wsgi"
 
 
+@functools.lru_cache(maxsize=256)
 def _status_line(code: int) -> str:
     try:
         return "%d %s" % (code, HTTPStatus(code).phrase)

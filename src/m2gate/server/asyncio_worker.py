@@ -137,11 +137,13 @@ class AsyncioWorker:
         return await self.drain(graceful_timeout)
 
     async def _receive_loop(self) -> None:
-        recv = self.transport.recv
+        recv, recv_nowait, feed = self.transport.recv, self.transport.recv_nowait, self.feed
         while True:
             data = await recv()
-            if data is not None:
-                self.feed(data)
+            while data is not None:
+                feed(data)
+                data = recv_nowait()  # the rest of a burst, without a future each
+            await asyncio.sleep(0)  # let the requests just started run first
 
     async def _keepalive_loop(self, interval: float) -> None:
         """Open websockets may be quiet for long: reset Mongrel2's idle timers (min_ping)."""

@@ -10,10 +10,8 @@ only.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
-from typing import cast
 
 import zmq
 import zmq.asyncio
@@ -41,6 +39,7 @@ class AsyncZmqTransport:
         # A blocking shadow of the same socket: PUB sends complete at once,
         # and a plain call needs no future per reply.
         self._pub: zmq.Socket[bytes] = zmq.Socket.shadow(pub.underlying)
+        self._pull_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self.pull.underlying)
         self._receiving = True
 
     async def recv(self, timeout_ms: int | None = None) -> bytes | None:
@@ -53,10 +52,14 @@ class AsyncZmqTransport:
         return data
 
     def recv_nowait(self) -> bytes | None:
-        """A message already queued here, or ``None``; never waits."""
-        future = cast("asyncio.Future[bytes]", self.pull.recv(zmq.NOBLOCK, copy=True))
+        """A message already queued here, or ``None``; never waits.
+
+        Goes through a blocking shadow of the PULL: no future per message
+        while a burst is drained. The async ``recv`` checks the socket's
+        events before it waits, so it still wakes up for what comes next.
+        """
         try:
-            data = future.result()
+            data: bytes = self._pull_sync.recv(zmq.NOBLOCK, copy=True)
         except zmq.Again:
             return None
         return data
