@@ -11,7 +11,8 @@ Route ``/`` of a Mongrel2 host to a handler, e.g.::
             recv_spec='tcp://127.0.0.1:9996', recv_ident='', protocol='tnetstring')
 
 then run ``python examples/chat.py --send-spec tcp://127.0.0.1:9997
---recv-spec tcp://127.0.0.1:9996`` and open the page in two browser tabs.
+--recv-spec tcp://127.0.0.1:9996`` and open the page in two browser tabs
+(``python examples/chat.py --demo`` starts a Mongrel2 of its own).
 SIGTERM or Ctrl-C closes every websocket with code 1001 and exits.
 """
 
@@ -119,11 +120,30 @@ class ChatRoom:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Websocket chat on a raw Mongrel2 handler.")
-    parser.add_argument("--send-spec", required=True, help="the handler's send_spec")
-    parser.add_argument("--recv-spec", required=True, help="the handler's recv_spec")
+    parser.add_argument("--send-spec", help="the handler's send_spec")
+    parser.add_argument("--recv-spec", help="the handler's recv_spec")
     parser.add_argument("--ident", default=None, help="our ZeroMQ identity (default: random)")
+    parser.add_argument(
+        "--demo", action="store_true", help="start a Mongrel2 of our own on a free port"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.demo:
+        import tempfile
+        from pathlib import Path
+
+        from m2gate.testing.mongrel2 import Mongrel2
+
+        with tempfile.TemporaryDirectory() as tmp, Mongrel2(Path(tmp) / "mongrel2") as m2:
+            log.info("open %s/ in two browser tabs", m2.url)
+            return serve(m2.handler.send_spec, m2.handler.recv_spec, args.ident)
+    if not (args.send_spec and args.recv_spec):
+        parser.error("--send-spec and --recv-spec are required (or --demo)")
+    return serve(args.send_spec, args.recv_spec, args.ident)
+
+
+def serve(send_spec: str, recv_spec: str, ident: str | None) -> int:
+    """Run the chat until SIGTERM or Ctrl-C."""
 
     stopping = False
 
@@ -133,9 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    with Connection(args.send_spec, args.recv_spec, args.ident) as conn:
+    with Connection(send_spec, recv_spec, ident) as conn:
         room = ChatRoom(conn)
-        log.info("chat handler on %s / %s", args.send_spec, args.recv_spec)
+        log.info("chat handler on %s / %s", send_spec, recv_spec)
         while not stopping:
             req = conn.recv(timeout=0.25)
             if isinstance(req, Request):
