@@ -486,3 +486,16 @@ def test_hanging_lifespan_shutdown_is_bounded() -> None:
 
 def test_http_request_type_is_used() -> None:
     assert isinstance(request(), HTTPRequest)
+
+
+def test_websocket_receive_after_disconnect_repeats_it() -> None:
+    seen: list[Msg] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        seen.append(await receive())
+        seen.append(await receive())  # must not hang
+
+    run_ws(app, [ws_frame(0x88, b"\x03\xe8")])
+    assert seen == [{"type": "websocket.disconnect", "code": 1000, "reason": ""}] * 2

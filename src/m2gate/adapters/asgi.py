@@ -119,10 +119,6 @@ def websocket_scope(
     return scope
 
 
-async def _single(body: bytes) -> AsyncIterator[bytes]:
-    yield body
-
-
 class HTTPCycle:
     """One request and its response: the ``receive`` and ``send`` of an http scope.
 
@@ -136,14 +132,12 @@ class HTTPCycle:
         conn: AsyncConnection,
         out: AsyncOutput,
         body: bytes | BodySource,
-        content_length: int | None = None,
     ) -> None:
         version, keep_alive = request_framing(msg)
         self.msg = msg
         self.conn = conn
         self.out = out
         self.resp = Response(msg.method, version, keep_alive, SERVER)
-        self.content_length = content_length
         self._inline: bytes | None = body if isinstance(body, bytes) else None
         self._source: BodySource | None = None if isinstance(body, bytes) else body
         self._body_done = False
@@ -252,7 +246,6 @@ class HTTPCycle:
                 log.warning("upload for %s %s broke off", self.msg.method, self.msg.path)
                 self._body_done = True
                 if not self.resp.head_sent and not self.out.done:
-                    self._status = "400 Bad Request"
                     await self._fail(RemoteProtocolError("broken upload"))
                 self._ended.set()
                 return {"type": "http.disconnect"}
@@ -334,6 +327,7 @@ class WebSocketSession:
         self._events: asyncio.Queue[ASGIMessage] = asyncio.Queue()
         self._events.put_nowait({"type": "websocket.connect"})
         self._disconnected = False
+        self._final: ASGIMessage | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._denial: Response | None = None
         self._denial_head: tuple[str, list[tuple[str, str]]] | None = None
@@ -391,9 +385,8 @@ class WebSocketSession:
     def _disconnect(self, code: int, reason: str = "") -> None:
         if not self._disconnected:
             self._disconnected = True
-            self._events.put_nowait(
-                {"type": "websocket.disconnect", "code": code, "reason": reason}
-            )
+            self._final = {"type": "websocket.disconnect", "code": code, "reason": reason}
+            self._events.put_nowait(dict(self._final))
 
     def _close_both(self, code: int, reason: str = "", start_timer: bool = False) -> None:
         """Send our close frame; the client's answer (or a timeout) ends TCP."""
@@ -470,12 +463,9 @@ class WebSocketSession:
         self.out.push(payload)
         self._finish_tcp()
 
-    @property
-    def finished(self) -> bool:
-        """The TCP connection is closed (or closing on a timer)."""
-        return self.state in ("closed", "closing")
-
     async def receive(self) -> ASGIMessage:
+        if self._events.empty() and self._final is not None:
+            return dict(self._final)  # asked again after the disconnect: same answer
         return await self._events.get()
 
     async def send(self, message: ASGIMessage) -> None:

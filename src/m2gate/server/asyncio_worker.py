@@ -318,7 +318,7 @@ class AsyncioWorker:
                 # Chunked upload: no length to promise the app until it is done.
                 await asyncio.to_thread(upload.wait_done, conn)
                 upload.length = length = os.path.getsize(real)
-            cycle = HTTPCycle(msg, conn, out, _upload_chunks(upload, conn), length)
+            cycle = HTTPCycle(msg, conn, out, _upload_chunks(upload, conn))
             await self.app_call(cycle, http_scope(msg, self.defaults, self.state))
             if not upload.done.is_set():
                 await out.afinish(close=True)  # the rest of the body is still coming: end here
