@@ -397,7 +397,7 @@ class Mongrel2:
             raise
 
     def _wait_listening(self, proc: subprocess.Popen[bytes]) -> None:
-        """Poll the HTTP port until it accepts a connection, or fail with the logs."""
+        """Poll the HTTP port until Mongrel2 answers there, or fail with the logs."""
         deadline = time.monotonic() + self.startup_timeout
         while True:
             code = proc.poll()
