@@ -233,6 +233,19 @@ def test_post_just_over_the_limit_goes_through_upload(mongrel2: Mongrel2, wsgi: 
     assert data["sha256"] == hashlib.sha256(body).hexdigest()
 
 
+def test_chunked_request_body(mongrel2: Mongrel2, wsgi: Start) -> None:
+    """Mongrel2 spools any chunked body; the app still gets CONTENT_LENGTH and the bytes."""
+    wsgi("--upload-dir", str(mongrel2.upload_dir))
+
+    def gen() -> Iterator[bytes]:
+        yield b"hello "
+        yield b"chunked world"
+
+    data = requests.post(mongrel2.url + "/echo", data=gen(), timeout=20).json()
+    assert data["text"] == "hello chunked world"
+    assert data["content_length"] == "19"
+
+
 def test_input_readline_and_readlines(mongrel2: Mongrel2, wsgi: Start) -> None:
     wsgi()
     resp = requests.post(mongrel2.url + "/lines", data=b"first\nsecond\nthird\nlast", timeout=10)
@@ -290,3 +303,26 @@ def test_json_and_tnetstring_protocols_same_environ(mongrel2: Mongrel2, wsgi: St
     assert {k: v for k, v in tnet.items() if k not in VARYING} == {
         k: v for k, v in json_env.items() if k not in VARYING
     }
+
+
+@pytest.mark.mongrel2(handlers=[HandlerSpec(protocol="json")])
+def test_json_protocol_bodies_pipelining_and_streaming(mongrel2: Mongrel2, wsgi: Start) -> None:
+    """The JSON handler protocol through the paths that matter most."""
+    wsgi("--threads", "4")
+    body = os.urandom(20480)
+    with RawClient(mongrel2.port) as client:
+        client.send(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 20480\r\n\r\n"
+            + body
+            + b"GET /slow?t=0.2&id=j1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /stream?n=3 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b'GET /environ?j=%22q%22 HTTP/1.1\r\nHost: x\r\nX-Q: "\\\r\n\r\n'
+        )
+        echoed = client.read_response().json()
+        assert echoed["sha256"] == hashlib.sha256(body).hexdigest()
+        assert client.read_response().body == b"slow done j1"
+        streamed = client.read_response()
+        assert streamed.framing == "chunked" and streamed.body == b"chunk 0;chunk 1;chunk 2;"
+        env = client.read_response().json()
+        assert env["QUERY_STRING"] == "j=%22q%22"
+        assert env["HTTP_X_Q"] == '"\\'
