@@ -336,6 +336,14 @@ class Config:
         validate=_non_negative,
         accepted="a number of seconds >= 0",
     )
+    prefetch: int = setting(
+        1,
+        "Requests the master hands a worker beyond its free threads (queued in it), hiding"
+        " the master round trip; 0: only to free threads.",
+        section="workers",
+        validate=_non_negative,
+        accepted="an integer >= 0",
+    )
     stats: str = setting(
         "",
         "Serve a JSON stats document (uWSGI stats-server style) on HOST:PORT"
