@@ -305,3 +305,11 @@ def test_access_log(mongrel2: Mongrel2, asgi: Any, tmp_path: Path) -> None:
     assert any('"GET /?q=1 HTTP/1.1" 200 13' in line for line in lines), lines
     assert any('"GET /boom HTTP/1.1" 500' in line for line in lines), lines
     assert any('"GET /stream?n=2 HTTP/1.1" 200 26' in line for line in lines), lines
+
+
+@pytest.mark.mongrel2(settings={"limits.min_ping": 2, "limits.tick_timer": 1})
+def test_long_poll_outlives_min_ping(mongrel2: Mongrel2, asgi: Any) -> None:
+    """An answer that takes 3x Mongrel2's min_ping still arrives: ctl keep-alives meanwhile."""
+    asgi("--idle-keepalive", "0.5")
+    resp = httpx.get(mongrel2.url + "/slow?s=6&i=poll", timeout=30)
+    assert resp.text == "slow poll\n"

@@ -185,7 +185,7 @@ def test_quiet_websocket_outlives_min_ping(
         APP,
         "--interface",
         "asgi",
-        "--websocket-keepalive",
+        "--idle-keepalive",
         "0.5",
         env={"M2GATE_TEST_STATE": str(state)},
     )

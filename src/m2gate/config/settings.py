@@ -387,10 +387,11 @@ class Config:
         validate=_non_negative,
         accepted="a number of seconds >= 0",
     )
-    websocket_keepalive: float = setting(
+    idle_keepalive: float = setting(
         30.0,
-        "ASGI: seconds between Mongrel2 keep-alives for open websockets, so quiet ones outlive"
-        " its limits.min_ping (120 s by default); 0 turns them off.",
+        "ASGI: seconds between Mongrel2 keep-alives for connections waiting on the app (open"
+        " websockets, long polls, quiet streams), so they outlive its limits.min_ping"
+        " (120 s by default); 0 turns them off.",
         section="asgi",
         validate=_non_negative,
         accepted="a number of seconds >= 0",

@@ -83,7 +83,7 @@ class AsyncioWorker:
         flush_interval: float = 0.005,
         uploads: UploadStore | None = None,
         ws_close_timeout: float = 5.0,
-        ws_keepalive: float = 30.0,
+        idle_keepalive: float = 30.0,
         on_done: Callable[[AsyncConnection], None] | None = None,
         access_log: AccessLogger | None = None,
     ) -> None:
@@ -95,7 +95,7 @@ class AsyncioWorker:
         self.flush_interval = flush_interval
         self.uploads = uploads or UploadStore("")
         self.ws_close_timeout = ws_close_timeout
-        self.ws_keepalive = ws_keepalive
+        self.idle_keepalive = idle_keepalive
         self.on_done = on_done
         self.access_log = access_log
         self.state: dict[str, Any] = {}
@@ -124,8 +124,8 @@ class AsyncioWorker:
             self._stop.set()
         receiver = asyncio.create_task(self._receive_loop())
         background = [receiver]
-        if self.ws_keepalive > 0:
-            background.append(asyncio.create_task(self._keepalive_loop(self.ws_keepalive)))
+        if self.idle_keepalive > 0:
+            background.append(asyncio.create_task(self._keepalive_loop(self.idle_keepalive)))
         await self._stop.wait()
         for task in background:
             task.cancel()
@@ -146,14 +146,21 @@ class AsyncioWorker:
             await asyncio.sleep(0)  # let the requests just started run first
 
     async def _keepalive_loop(self, interval: float) -> None:
-        """Open websockets may be quiet for long: reset Mongrel2's idle timers (min_ping)."""
+        """Reset Mongrel2's idle timers (limits.min_ping) for connections in use.
+
+        A quiet websocket, a long poll or a stream between events sends
+        nothing for a while; Mongrel2 would kill it as idle.
+        """
         while True:
             await asyncio.sleep(interval)
             targets: dict[bytes, list[int]] = {}
             for conn in self._conns.values():
                 session = conn.session
-                if isinstance(session, WebSocketSession) and session.state == "open":
-                    targets.setdefault(conn.uuid, []).append(conn.conn_id)
+                if session is None or conn.closed:
+                    continue
+                if isinstance(session, WebSocketSession) and session.state != "open":
+                    continue
+                targets.setdefault(conn.uuid, []).append(conn.conn_id)
             for uuid, conn_ids in targets.items():
                 self.transport.send(replies.ctl(uuid, conn_ids, {"keep-alive": True}))
 
@@ -410,7 +417,7 @@ async def _main(cfg: Any, app: ASGIApp) -> int:
         flush_interval=cfg.flush_interval,
         uploads=UploadStore(cfg.upload_dir, cfg.mongrel2_chroot),
         access_log=logs.access_logger(),
-        ws_keepalive=cfg.websocket_keepalive,
+        idle_keepalive=cfg.idle_keepalive,
     )
     worker.state = lifespan.state
 
