@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser, exclude: Collection[str] = ()
         group = groups.get(meta.section)
         if group is None:
             group = groups[meta.section] = parser.add_argument_group(meta.section)
-        helptext = "%s [env %s]" % (meta.help, env_var(f.name))
+        # argparse %-formats help strings: a literal % (access log atoms) must be doubled.
+        helptext = ("%s [env %s]" % (meta.help, env_var(f.name))).replace("%", "%%")
         if meta.positional:
             group.add_argument(
                 f.name, nargs="?", default=argparse.SUPPRESS, metavar=meta.metavar, help=helptext
