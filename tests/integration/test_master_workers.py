@@ -302,7 +302,18 @@ def test_reload_on_rss_replaces_a_fat_worker(
 def test_queue_timeout_answers_503_when_no_worker_is_free(
     mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path
 ) -> None:
-    s = start(m2gate_server, tmp_path, "-p", "1", "--threads", "1", "--queue-timeout", "0.5")
+    s = start(
+        m2gate_server,
+        tmp_path,
+        "-p",
+        "1",
+        "--threads",
+        "1",
+        "--prefetch",
+        "0",
+        "--queue-timeout",
+        "0.5",
+    )
     t, out = in_background(lambda: get(mongrel2, "/sleep?s=3"))
     wait_in_flight(s)
     assert get(mongrel2, "/").status_code == 503

@@ -117,8 +117,12 @@ Decision = Forward | Hold | Drop | Reject
 class Dispatcher:
     """Tracks workers and requests in flight; decides where messages go."""
 
-    def __init__(self, queue_size: int = 10000) -> None:
+    def __init__(self, queue_size: int = 10000, prefetch: int = 0) -> None:
         self.queue_size = queue_size
+        # Connections a worker may hold beyond its threads (queued in it), so its
+        # next request is there when a thread frees up instead of one master
+        # round trip later.
+        self.prefetch = prefetch
         self.workers: dict[bytes, WorkerInfo] = {}
         self.owner: dict[Key, bytes] = {}
         self.last: OrderedDict[Key, bytes] = OrderedDict()
@@ -192,11 +196,17 @@ class Dispatcher:
         return Forward(w.wid)
 
     def pick(self) -> WorkerInfo | None:
-        """The least loaded ready worker with a free thread (round robin on ties)."""
+        """The least loaded ready worker with room (round robin on ties).
+
+        Room is a free thread, or one of ``prefetch`` queue slots once every
+        worker's threads are all busy (least loaded first, so a queue slot is
+        only used when no thread is free anywhere).
+        """
         best: WorkerInfo | None = None
         best_rank: tuple[int, int] = (0, 0)
+        extra = self.prefetch
         for w in self.workers.values():
-            if w.state != "ready" or w.load >= w.capacity:
+            if w.state != "ready" or w.load >= w.capacity + extra:
                 continue
             rank = (w.load, self._order.get(w.wid, 0))
             if best is None or rank < best_rank:

@@ -143,7 +143,7 @@ class Master:
         self.pidfile = pidfile
         self.pid = os.getpid()
         self.app: Any = None
-        self.disp = Dispatcher(cfg.queue_size)
+        self.disp = Dispatcher(cfg.queue_size, cfg.prefetch)
         self.procs: dict[bytes, Proc] = {}
         self.by_pid: dict[int, bytes] = {}
         self.by_probe: dict[int, bytes] = {}
@@ -768,16 +768,17 @@ class Master:
         proc = self.procs.get(wid)
         if proc is None:
             return False
-        if kind == DONE and len(frames) == 4:
-            try:
-                key = (frames[2].decode("latin-1"), int(frames[3]))
-            except ValueError:
-                return False
-            if not self.disp.on_done(wid, key, now):
-                return False
+        if kind == DONE:
+            freed = False
+            for i in range(2, len(frames) - 1, 2):
+                try:
+                    key = (frames[i].decode("latin-1"), int(frames[i + 1]))
+                except ValueError:
+                    continue
+                freed = self.disp.on_done(wid, key, now) or freed
             if proc.max_requests and proc.info.requests >= proc.max_requests:
                 self._recycle(proc, "max-requests %d reached" % proc.max_requests, now)
-            return True
+            return freed
         if kind == HEARTBEAT:
             self._on_heartbeat(proc, frames[2] if len(frames) > 2 else b"{}", now)
         elif kind == FATAL:

@@ -189,6 +189,8 @@ class MasterLink:
         self._probe_attempt = 0
         self._next_probe = 0.0
         self._next_heartbeat = 0.0
+        self._next_housekeeping = 0.0
+        self._sleeping = False
 
     def send(self, *frames: bytes) -> None:
         self.dealer.send_multipart(frames)
@@ -210,34 +212,40 @@ class MasterLink:
     # -- called from app threads -------------------------------------------
     def done(self, conn: Connection) -> None:
         self._done.put(conn.key)
-        with contextlib.suppress(BlockingIOError):  # full pipe: the loop wakes anyway
-            os.write(self._wfd, b"d")
+        # Only wake the receiving loop when it sleeps in poll(): it sets the flag
+        # and then looks at the queue again, so nothing waits a whole timeout.
+        if self._sleeping:
+            with contextlib.suppress(BlockingIOError):  # full pipe: it wakes anyway
+                os.write(self._wfd, b"d")
 
     # -- RequestSource -----------------------------------------------------
     def recv(self, timeout_ms: int) -> bytes | None:
         deadline = time.monotonic() + timeout_ms / 1000
+        dealer = self.dealer
         while True:
             now = time.monotonic()
-            self._housekeeping(now)
-            try:
-                frames = self.dealer.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                frames = None
-            if frames is not None:
-                data = self._handle(frames)
+            if now >= self._next_housekeeping:
+                self._housekeeping(now)
+            if not self._done.empty():
+                self._flush_done()
+            if dealer.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                data = self._handle(dealer.recv_multipart())
                 if data is not None or self._stopping():
                     return data
                 continue
             if now >= deadline or self._stopping():
                 return None
-            wait = min(deadline, self._next_heartbeat)
-            if not self.ready:
-                wait = min(wait, self._next_probe)
-            events = dict(self._poller.poll(int(max(0.0, wait - now) * 1000)))
+            wait = min(deadline, self._next_housekeeping)
+            self._sleeping = True
+            try:
+                if not self._done.empty():
+                    continue  # a done slipped in before the flag was up
+                events = dict(self._poller.poll(int(max(0.0, wait - now) * 1000) + 1))
+            finally:
+                self._sleeping = False
             if self._rfd in events:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._rfd, 65536)
-                self._flush_done()
 
     def stop_receiving(self) -> None:
         """Nothing to do: the master stopped sending before it said ``stop``."""
@@ -259,6 +267,7 @@ class MasterLink:
             return frames[1]
         if kind == READY:
             self.ready = True
+            self._next_housekeeping = self._next_heartbeat
         elif kind == STOP:
             if self.worker is not None:
                 self.worker.stop()
@@ -267,14 +276,19 @@ class MasterLink:
         return None
 
     def _flush_done(self) -> None:
+        """Every finished request so far, in one message: ``d S1 C1 S2 C2 ...``."""
+        frames = [DONE]
         while True:
             try:
                 sender, conn_id = self._done.get_nowait()
             except queue.Empty:
-                return
-            self.send(DONE, sender.encode("latin-1"), b"%d" % conn_id)
+                break
+            frames += (sender.encode("latin-1"), b"%d" % conn_id)
+        if len(frames) > 1:
+            self.dealer.send_multipart(frames)
 
     def _housekeeping(self, now: float) -> None:
+        """Probes (until ready), heartbeats, the master-alive check, log reopening."""
         self._flush_done()
         if not self.ready and now >= self._next_probe and self.sink is not None:
             probe = self._probe_base + self._probe_attempt % PROBE_SPAN
@@ -287,11 +301,14 @@ class MasterLink:
                 log.warning("master %d is gone: stopping", self.master_pid)
                 if self.worker is not None:
                     self.worker.stop()
-                return
-            self.send(HEARTBEAT, json.dumps(self.heartbeat()).encode())
+            else:
+                self.send(HEARTBEAT, json.dumps(self.heartbeat()).encode())
         if self.reopen_requested:
             self.reopen_requested = False
             logs.reopen_logs()
+        self._next_housekeeping = self._next_heartbeat
+        if not self.ready:
+            self._next_housekeeping = min(self._next_housekeeping, self._next_probe)
 
     def heartbeat(self) -> dict[str, Any]:
         return {
