@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,62 @@ def test_signal_lets_in_flight_requests_finish(
             t.join(timeout=30)
     assert results == {n: (200, b"slow done g%d" % n) for n in range(threads)}
     assert "Traceback" not in server.output
+
+
+def test_sigterm_with_more_requests_than_threads(
+    mongrel2: Mongrel2, wsgi: Start, events: Path
+) -> None:
+    """Requests already handed to the process but still queued are served too."""
+    server = wsgi("--threads", "1", "--graceful-timeout", "20")
+    results: dict[int, tuple[int, bytes]] = {}
+
+    sent = [threading.Event() for _ in range(3)]
+
+    def slow(n: int) -> None:
+        with RawClient(mongrel2.port, timeout=30) as client:
+            client.request("GET", "/slow?t=0.5&id=q%d" % n)
+            sent[n].set()
+            resp = client.read_response()
+            results[n] = (resp.status, resp.body)
+
+    clients = [threading.Thread(target=slow, args=(n,)) for n in range(3)]
+    for t in clients:
+        t.start()
+    try:
+        assert all(e.wait(10) for e in sent)
+        assert wait_for_event(events, "start q", prefix=True)
+        time.sleep(0.3)  # loopback -> Mongrel2 -> PULL takes milliseconds
+        server.signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=20) == 0
+    finally:
+        for t in clients:
+            t.join(timeout=30)
+    assert results == {n: (200, b"slow done q%d" % n) for n in range(3)}
+
+
+def test_sigterm_during_a_stream_and_pipelined_requests(
+    mongrel2: Mongrel2, wsgi: Start, events: Path
+) -> None:
+    """A stream in flight ends properly; pipelined requests behind it never hang."""
+    server = wsgi("--threads", "2", "--graceful-timeout", "20")
+    with RawClient(mongrel2.port, timeout=30) as client:
+        client.send(
+            b"GET /stream?n=20&sleep=0.05&id=st HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /id?id=behind HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert wait_for_event(events, "start st")
+        server.signal(signal.SIGTERM)
+        first = client.read_response()
+        assert first.complete and first.body == b"".join(b"chunk %d;" % i for i in range(20))
+        # The queued request is either answered or the connection is closed.
+        try:
+            second = client.read_response()
+        except ConnectionError:
+            pass
+        else:
+            assert second.body.startswith(b"id=behind ")
+    assert server.proc.wait(timeout=20) == 0
+    assert wait_for_event(events, "close st")
 
 
 def test_graceful_timeout_bounds_the_stop(mongrel2: Mongrel2, wsgi: Start, events: Path) -> None:

@@ -219,11 +219,15 @@ def read_events(path: Path) -> list[str]:
         return []
 
 
-def wait_for_event(path: Path, event: str, timeout: float = 10.0) -> bool:
-    """Poll the app's event file until ``event`` shows up (close() runs async)."""
+def wait_for_event(path: Path, event: str, timeout: float = 10.0, prefix: bool = False) -> bool:
+    """Poll the app's event file until ``event`` shows up (close() runs async).
+
+    With ``prefix``, any event starting with ``event`` counts.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if event in read_events(path):
+        seen = read_events(path)
+        if event in seen or (prefix and any(e.startswith(event) for e in seen)):
             return True
         time.sleep(0.02)
     return False
