@@ -1,0 +1,148 @@
+"""The master's hand-off policy (no sockets): who gets which message, what is in flight."""
+
+from __future__ import annotations
+
+from m2gate.protocol.messages import Message, parse_message
+from m2gate.server.handoff import Dispatcher, Drop, Forward, Hold, Reject, WorkerInfo
+
+from .helpers import SENDER, control, message, request_headers
+
+KEY_SENDER = SENDER.decode()
+
+
+def req(conn_id: int, **extra: str) -> tuple[Message, bytes]:
+    raw = message(request_headers("GET", "/x", **extra), conn_id=conn_id)
+    return parse_message(raw), raw
+
+
+def notice(kind: str, conn_id: int, **extra: str) -> tuple[Message, bytes]:
+    raw = control(kind, conn_id=conn_id, **extra)
+    return parse_message(raw), raw
+
+
+def dispatcher(*capacities: int, prefetch: int = 0, queue_size: int = 100) -> Dispatcher:
+    d = Dispatcher(queue_size, prefetch)
+    for i, cap in enumerate(capacities):
+        d.add_worker(WorkerInfo(b"w%d" % i, 1000 + i, 1, cap))
+        d.mark_ready(b"w%d" % i)
+    return d
+
+
+def assign(d: Dispatcher, pair: tuple[Message, bytes], now: float = 0.0) -> object:
+    return d.assign(pair[0], pair[1], now)
+
+
+def test_nothing_goes_to_a_worker_before_it_is_ready() -> None:
+    d = Dispatcher()
+    d.add_worker(WorkerInfo(b"w0", 1, 1, 4))
+    assert assign(d, req(1)) == Hold()
+    d.mark_ready(b"w0")
+    assert [(wid, q.msg.conn_id) for wid, q in d.dispatch_queued(1.0)] == [(b"w0", 1)]
+
+
+def test_least_loaded_worker_gets_new_work() -> None:
+    d = dispatcher(2, 2)
+    targets = [assign(d, req(c)) for c in range(1, 5)]
+    assert sorted(t.wid for t in targets if isinstance(t, Forward)) == [b"w0", b"w0", b"w1", b"w1"]
+    assert assign(d, req(5)) == Hold()  # every thread busy: wait in the master
+
+
+def test_prefetch_only_when_no_thread_is_free() -> None:
+    d = dispatcher(1, 1, prefetch=1)
+    first = {assign(d, req(1)), assign(d, req(2))}
+    assert first == {Forward(b"w0"), Forward(b"w1")}
+    assert isinstance(assign(d, req(3)), Forward)  # a queue slot, now that threads are busy
+    assert isinstance(assign(d, req(4)), Forward)
+    assert assign(d, req(5)) == Hold()
+
+
+def test_pipelined_requests_and_notices_follow_the_connection() -> None:
+    d = dispatcher(1, 1)
+    target = assign(d, req(7))
+    assert isinstance(target, Forward)
+    assert assign(d, req(7)) == target  # pipelined: same worker, even when it is full
+    assert assign(d, notice("credits", 7, DOWNLOAD_CREDITS="100")) == target
+    assert assign(d, notice("disconnect", 7)) == target
+    assert d.workers[target.wid].pending == 2
+
+
+def test_done_frees_the_thread_and_starts_the_pipelined_clock() -> None:
+    d = dispatcher(1)
+    assign(d, req(7), now=0.0)
+    assign(d, req(7), now=0.5)
+    assert d.on_done(b"w0", (KEY_SENDER, 7), now=2.0)
+    w = d.workers[b"w0"]
+    assert w.requests == 1 and w.last_time == 2.0
+    assert [e.started for e in w.entries()] == [2.0]  # the queued one starts now
+    assert d.overdue(2.5, 1.0) == []
+    assert d.on_done(b"w0", (KEY_SENDER, 7), now=3.0)
+    assert w.inflight == {} and d.owner == {}
+    assert not d.on_done(b"w0", (KEY_SENDER, 7), now=3.0)  # unknown: ignored
+
+
+def test_notices_for_idle_connections_reach_the_last_worker() -> None:
+    d = dispatcher(1, 1)
+    target = assign(d, req(9))
+    assert isinstance(target, Forward)
+    d.on_done(target.wid, (KEY_SENDER, 9), 1.0)
+    assert assign(d, notice("credits", 9, DOWNLOAD_CREDITS="5")) == target
+    assert assign(d, notice("disconnect", 9)) == target
+    assert assign(d, notice("disconnect", 9)) == Drop()  # forgotten after the disconnect
+    assert assign(d, notice("disconnect", 12345)) == Drop()  # never seen
+
+
+def test_queue_keeps_order_per_connection_and_rejects_when_full() -> None:
+    d = dispatcher(1, queue_size=2)
+    assign(d, req(1))
+    assert assign(d, req(2)) == Hold()
+    assert assign(d, req(3)) == Hold()
+    assert assign(d, req(4)) == Reject()
+    d.on_done(b"w0", (KEY_SENDER, 1), 1.0)
+    out = d.dispatch_queued(1.0)
+    assert [q.msg.conn_id for _, q in out] == [2]
+
+
+def test_disconnect_forgets_queued_requests() -> None:
+    d = dispatcher(1)
+    assign(d, req(1))
+    assign(d, req(2))
+    assert assign(d, notice("disconnect", 2)) == Drop()
+    assert len(d.queue) == 0
+
+
+def test_retiring_worker_keeps_its_connections_but_gets_no_new_ones() -> None:
+    d = dispatcher(2, 2)
+    assign(d, req(1))  # w0
+    d.retire(b"w0")
+    assert assign(d, req(1)) == Forward(b"w0")  # pipelined on its connection
+    assert assign(d, req(2)) == Forward(b"w1")
+    assert assign(d, req(3)) == Forward(b"w1")
+    assert d.idle_retiring() == []
+    d.on_done(b"w0", (KEY_SENDER, 1), 1.0)
+    d.on_done(b"w0", (KEY_SENDER, 1), 1.0)
+    assert [w.wid for w in d.idle_retiring()] == [b"w0"]
+
+
+def test_removed_worker_returns_what_it_had_in_flight() -> None:
+    d = dispatcher(2)
+    assign(d, req(1))
+    assign(d, req(1))
+    assign(d, req(2))
+    lost = d.remove_worker(b"w0")
+    assert sorted(e.key[1] for e in lost) == [1, 1, 2]
+    assert d.owner == {}
+    assert assign(d, req(3)) == Hold()
+
+
+def test_overdue_reports_requests_past_the_limit() -> None:
+    d = dispatcher(2)
+    assign(d, req(1), now=0.0)
+    assign(d, req(2), now=5.0)
+    assert [e.key[1] for _, e in d.overdue(6.0, 3.0)] == [1]
+
+
+def test_unroute_undoes_a_failed_send() -> None:
+    d = dispatcher(1)
+    assign(d, req(1))
+    d.unroute(b"w0", (KEY_SENDER, 1))
+    assert d.owner == {} and d.workers[b"w0"].inflight == {}
