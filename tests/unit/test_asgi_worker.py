@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from m2gate.adapters.common import EnvironDefaults
 from m2gate.server.asyncio_worker import AsyncioWorker
 
 from .helpers import control, message, request_headers
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 
 
 class FakeTransport:
@@ -131,3 +137,66 @@ def test_unsupported_upload_is_answered_not_hung() -> None:
 def test_graceful_stop_waits_for_requests_in_flight() -> None:
     transport = serve([get("/slow")], settle=0.0)
     assert transport.data().endswith(b"/slow")
+
+
+def test_every_real_mongrel2_message_then_a_request() -> None:
+    """The whole captured corpus, in order, and stray bytes: the worker keeps serving."""
+    corpus = sorted(CORPUS.glob("*.bin"))
+    assert corpus
+    incoming = [p.read_bytes() for p in corpus]
+    incoming += [b"x 1 / 2:{},0:,", b"", b"\xff" * 100, get("/still-here", conn_id=999)]
+
+    async def go() -> FakeTransport:
+        transport = FakeTransport(incoming)
+        worker = AsyncioWorker(transport, app, EnvironDefaults(), flush_interval=0)
+        task = asyncio.create_task(worker.run(2.0))
+        await asyncio.sleep(0.5)
+        worker.stop()
+        await task
+        return transport
+
+    transport = asyncio.run(go())
+    assert transport.data(999).endswith(b"/still-here")
+
+
+@given(st.lists(st.sampled_from(range(6)), max_size=12), st.binary(max_size=40))
+@settings(max_examples=60, deadline=None)
+def test_random_websocket_traffic_never_breaks_the_worker(ops: list[int], junk: bytes) -> None:
+    """Handshakes, frames with any flags, disconnects, in any order."""
+
+    async def echo_ws(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            await app(scope, receive, send)
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (await receive())["type"] != "websocket.disconnect":
+            await send({"type": "websocket.send", "bytes": b"ok"})
+
+    def ws(method: str, flags: str = "0x81") -> bytes:
+        headers = request_headers(method, "/ws", FLAGS=flags)
+        return message(headers, junk if method == "WEBSOCKET" else b"acc=", path=b"/ws")
+
+    choices = [
+        ws("WEBSOCKET_HANDSHAKE"),
+        ws("WEBSOCKET", "0x81"),
+        ws("WEBSOCKET", "0x%x" % (junk[0] if junk else 0)),
+        ws("WEBSOCKET", "0x88"),
+        ws("WEBSOCKET", "0x89"),
+        control("disconnect"),
+    ]
+    incoming = [choices[i] for i in ops] + [get("/after", conn_id=4242)]
+
+    async def go() -> FakeTransport:
+        transport = FakeTransport(incoming)
+        worker = AsyncioWorker(
+            transport, echo_ws, EnvironDefaults(), flush_interval=0, ws_close_timeout=0.01
+        )
+        task = asyncio.create_task(worker.run(1.0))
+        await asyncio.sleep(0.05)
+        worker.stop()
+        await task
+        return transport
+
+    transport = asyncio.run(go())
+    assert transport.data(4242).endswith(b"/after")

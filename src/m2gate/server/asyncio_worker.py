@@ -141,7 +141,10 @@ class AsyncioWorker:
         while True:
             data = await recv()
             while data is not None:
-                feed(data)
+                try:
+                    feed(data)
+                except Exception:  # a bug of ours must not stop the receiving
+                    log.exception("failed to handle a message (%d bytes)", len(data))
                 data = recv_nowait()  # the rest of a burst, without a future each
             await asyncio.sleep(0)  # let the requests just started run first
 
