@@ -86,6 +86,15 @@ def test_route_prefix_is_script_name(mongrel2: Mongrel2, wsgi: Start) -> None:
     assert bare.status == 404 and bare.body == b"not found: "
 
 
+@pytest.mark.mongrel2(handlers=[HandlerSpec(route="/rx/(.*)")])
+def test_pattern_route_prefix(mongrel2: Mongrel2, wsgi: Start) -> None:
+    """A route with a pattern part: SCRIPT_NAME is its literal prefix."""
+    wsgi(ready_path="/rx/environ")
+    env = raw_get(mongrel2.port, "/rx/environ/deep?x=1").json()
+    assert env["m2gate.pattern"] == "/rx/(.*)"
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/rx", "/environ/deep")
+
+
 @pytest.mark.mongrel2(
     handlers=[HandlerSpec(route="/"), HandlerSpec(route="/api/v1/")],
 )
@@ -179,6 +188,17 @@ def test_remote_addr_ignores_forwarded_for_by_default(mongrel2: Mongrel2, wsgi: 
     wsgi()
     env = raw_get(mongrel2.port, "/environ", headers=[("X-Forwarded-For", "203.0.113.9")]).json()
     assert env["REMOTE_ADDR"] == "127.0.0.1"
+
+
+@pytest.mark.mongrel2(settings={"no_clobber_xff": 1})
+def test_remote_addr_from_trusted_forwarded_for(mongrel2: Mongrel2, wsgi: Start) -> None:
+    wsgi("--trust-x-forwarded-for")
+    env = raw_get(
+        mongrel2.port, "/environ", headers=[("X-Forwarded-For", "203.0.113.9, 10.0.0.1")]
+    ).json()
+    assert env["REMOTE_ADDR"] == "203.0.113.9"
+    plain = raw_get(mongrel2.port, "/environ").json()
+    assert plain["REMOTE_ADDR"] == "127.0.0.1"
 
 
 # -- request bodies ------------------------------------------------------------
