@@ -95,6 +95,21 @@ async def stream(request: Request) -> Response:
     return StreamingResponse(chunks(), media_type="text/plain")
 
 
+async def big(request: Request) -> Response:
+    """``mb`` megabytes of a repeating pattern, streamed in 64 KB chunks."""
+    total = int(request.query_params.get("mb", "1")) * 1024 * 1024
+    block = bytes(range(256)) * 256
+
+    async def chunks() -> AsyncIterator[bytes]:
+        sent = 0
+        while sent < total:
+            piece = block[: total - sent]
+            sent += len(piece)
+            yield piece
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+
 async def events(request: Request) -> Response:
     """Server-sent events until the client goes away; progress goes to files."""
     name = request.query_params.get("name", "sse")
@@ -169,6 +184,7 @@ routes = [
     Route("/echo", echo, methods=["POST", "PUT"]),
     Route("/sha256", sha256, methods=["POST", "PUT"]),
     Route("/stream", stream),
+    Route("/big", big),
     Route("/events", events),
     Route("/slow", slow),
     Route("/inflight", inflight),
