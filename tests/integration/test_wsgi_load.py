@@ -187,3 +187,23 @@ def test_big_response_with_flow_control_to_a_stalled_client(
     assert len(body) == size
     assert hashlib.sha256(body).hexdigest() == expected_digest(size, 4096)
     assert wait_for_event(events, "close fc")
+
+
+def test_many_clients_leave_mid_stream(mongrel2: Mongrel2, wsgi: Start, events: Path) -> None:
+    """Every abandoned stream is stopped and closed, and the threads are free again."""
+    wsgi("--threads", "4")
+
+    def leave(n: int) -> None:
+        with RawClient(mongrel2.port) as client:
+            client.request("GET", "/forever?id=leave%d&max=60" % n)
+            received = 0
+            while received < 300_000:
+                received += len(client.sock.recv(65536))
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        list(pool.map(leave, range(10)))
+    for n in range(10):
+        assert wait_for_event(events, "close leave%d" % n, timeout=20), n
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda i: _one_request(mongrel2.port, i), range(16)))
+    assert all(status == 200 for _, status, _ in results)
