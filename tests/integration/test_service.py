@@ -141,6 +141,18 @@ def app(environ, start_response):
 """
 
 
+LOGGING_APP = """
+import logging
+
+log = logging.getLogger("logging_app")
+
+def app(environ, start_response):
+    log.warning("served %s", environ["PATH_INFO"])
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"logged"]
+"""
+
+
 # -- access log -------------------------------------------------------------------------
 
 
@@ -402,3 +414,43 @@ def test_mongrel2_db_ambiguous_selection_lists_handlers(
     for spec in m2.handlers:
         assert spec.send_spec in line and spec.send_ident in line
     assert json.dumps(line)  # one printable line
+
+
+def test_log_zeromq_and_access_log_from_worker_processes(
+    m2gate_server: Start, tmp_path: Path
+) -> None:
+    """With a master and 2 workers every process gets its own ZeroMQ socket after fork."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVTIMEO, 15000)
+    pull.setsockopt(zmq.LINGER, 0)
+    endpoint = "tcp://127.0.0.1:%d" % free_port()
+    pull.bind(endpoint)
+    access = tmp_path / "access.log"
+    try:
+        write_app(tmp_path / "lib", "logging_app", LOGGING_APP)
+        server = m2gate_server(
+            "logging_app:app",
+            "--pythonpath",
+            str(tmp_path / "lib"),
+            "--processes",
+            "2",
+            "--log-zeromq",
+            endpoint,
+            "--access-log",
+            str(access),
+            "--access-log-format",
+            "%(p)s %(U)s %(s)s",
+        )
+        for i in range(20):
+            requests.get(server.url + "/n%d" % i, headers={"Connection": "close"}, timeout=10)
+        lines = read_lines(access, 20)
+        worker_pids = {int(line.split()[0]) for line in lines}
+        assert server.pid not in worker_pids  # requests are served by the workers
+        senders: set[int] = set()
+        while not ({server.pid} | worker_pids) <= senders:
+            line = pull.recv().decode()  # 15 s timeout: raises if records stop coming
+            senders.update(int(pid) for pid in re.findall(r"\[(\d+)\] \w+ ", line))
+    finally:
+        pull.close()
+        ctx.term()
