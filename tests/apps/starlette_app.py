@@ -160,6 +160,10 @@ async def ws_echo(websocket: WebSocket) -> None:
                 return
             text = message.get("text")
             if text is not None:
+                if text.startswith("flood:"):
+                    for i in range(int(text[6:])):
+                        await websocket.send_bytes(bytes([i % 256]) * 65536)
+                    continue
                 if text.startswith("close:"):
                     await websocket.close(int(text[6:]), reason="asked to")
                     return

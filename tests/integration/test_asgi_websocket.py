@@ -199,3 +199,22 @@ def test_quiet_websocket_outlives_min_ping(
             assert await ws.recv() == "after"
 
     run(go)
+
+
+@pytest.mark.parametrize("flow_control", [0, 1], ids=["plain", "flow-control"])
+def test_server_floods_a_websocket(
+    mongrel2_factory: Any, m2gate_server: Any, state: Path, flow_control: int
+) -> None:
+    """300 messages of 64 KB from the app: coalesced (or credit-paced), none lost."""
+    m2 = mongrel2_factory(settings={"download.flow_control": flow_control})
+    m2gate_server(APP, "--interface", "asgi", m2=m2, env={"M2GATE_TEST_STATE": str(state)})
+
+    async def go() -> None:
+        async with connect(ws_url(m2), max_size=None) as ws:
+            await ws.send("flood:300")
+            for i in range(300):
+                assert await ws.recv() == bytes([i % 256]) * 65536
+            await ws.send("done?")
+            assert await ws.recv() == "done?"
+
+    run(go)
