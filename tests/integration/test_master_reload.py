@@ -123,3 +123,33 @@ def _versioned(text: str) -> str:
         "    start_response('200 OK', [('Content-Length', '%d')])\n"
         "    return [b'%s']\n" % (len(text), text)
     )
+
+
+def test_reload_with_broken_code_keeps_the_old_generation(
+    mongrel2: Mongrel2, m2gate_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    app = tmp_path / "app" / "fragile.py"
+    app.parent.mkdir()
+    app.write_text(_versioned("good"))
+    pidfile = tmp_path / "m.pid"
+    server = m2gate_server(
+        "fragile:application", "-p", "2", "--pidfile", str(pidfile), cwd=app.parent
+    )
+    sock = control.control_path_for(str(pidfile))
+    app.write_text("raise ImportError('half-deployed')\n")
+    out = subprocess.run(
+        [*server.args[:1], "reload", "--wait", "--pidfile", str(pidfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "reload to generation 2 failed" in out.stderr
+    doc = status(sock)
+    assert doc["generation"] == 1 and len(doc["workers"]) == 2
+    assert requests.get(mongrel2.url + "/", timeout=5).text == "good"
+    assert "half-deployed" in server.output
+    app.write_text(_versioned("fixed"))
+    server.signal(signal.SIGHUP)
+    wait_generation(sock, 3)
+    assert requests.get(mongrel2.url + "/", timeout=5).text == "fixed"

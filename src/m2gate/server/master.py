@@ -150,6 +150,7 @@ class Master:
         self.serial = 0
         self.generation = 1  # serving now
         self.pending_gen: int | None = None  # being started by a reload
+        self.last_gen = 1
         self.reload_started = 0.0
         self.reload_again = False
         self.reload_durations: list[float] = []
@@ -390,7 +391,12 @@ class Master:
         proc.answer_status = "504 Gateway Timeout"
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGUSR2)
-        if not self.stopping and not proc.replaced and proc.generation >= self.generation:
+        if (
+            not self.stopping
+            and not proc.replaced
+            and not proc.recycling
+            and proc.generation >= self.generation
+        ):
             proc.replaced = True
             self.restarts += 1
             self.spawn(self.generation)
@@ -446,8 +452,10 @@ class Master:
         if proc.ready_at is None:
             self._died_unready(proc, code, now)
             return
-        if proc.replaced or (self.pending_gen is not None and proc.generation < self.pending_gen):
-            return
+        if proc.replaced or proc.recycling:
+            return  # retired, or its replacement is already starting
+        if self.pending_gen is not None and proc.generation < self.pending_gen:
+            return  # the reload in progress replaces it
         self.restarts += 1
         self.spawn(self.generation)
 
@@ -508,8 +516,8 @@ class Master:
         if self.pending_gen is not None:
             self.reload_again = True
             log.info("reload (%s) queued behind the one in progress", why)
-            return self.pending_gen + 1
-        self.pending_gen = self.generation + 1
+            return self.last_gen + 1
+        self.pending_gen = self.last_gen = self.last_gen + 1  # never reused, even if aborted
         self.reload_started = now
         sd_notify("RELOADING=1")
         log.info("reload (%s): starting generation %d", why, self.pending_gen)
@@ -546,10 +554,14 @@ class Master:
             why,
             self.generation,
         )
+        now = time.monotonic()
         for p in list(self.procs.values()):
             if p.generation == gen:
                 p.replaced = True
-                self._kill(p, "502 Bad Gateway")
+                if p.ready_at is not None:
+                    self._retire(p, now)  # it may be serving already: let it finish
+                else:
+                    self._kill(p, "502 Bad Gateway")
         self.pending_gen = None
         self.reload_again = False
         sd_notify("READY=1\nSTATUS=reload failed")
