@@ -454,3 +454,68 @@ def test_log_zeromq_and_access_log_from_worker_processes(
     finally:
         pull.close()
         ctx.term()
+
+
+def test_app_folder_as_a_daemon_with_workers(mongrel2: Mongrel2, tmp_path: Path) -> None:
+    """wsgid's workflow: init once, then serve/status/stop with only --app-dir."""
+    site = tmp_path / "site"
+    spec = mongrel2.handler
+    init = subprocess.run(
+        m2gate(
+            "init",
+            str(site),
+            "hello_site:app",
+            "--send-spec",
+            spec.send_spec,
+            "--recv-spec",
+            spec.recv_spec,
+            "--processes",
+            "2",
+            "--daemon",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert init.returncode == 0, init.stderr
+    write_app(
+        site / "app",
+        "hello_site",
+        """
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"hi from the site"]
+        """,
+    )
+    pidfile = site / "run" / "m2gate.pid"
+
+    def command(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            m2gate(*argv, "--app-dir", str(site)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    master = 0
+    try:
+        served = command("serve")
+        assert served.returncode == 0, served.stderr
+        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip() != "", "pidfile")
+        master = int(pidfile.read_text())
+        wait_until(lambda: answered(mongrel2.url + "/"), "the daemon answering")
+        assert requests.get(mongrel2.url + "/", timeout=10).text == "hi from the site"
+        status = command("status")
+        assert status.returncode == 0 and str(master) in status.stdout
+        stopped = command("stop")
+        assert stopped.returncode == 0, stopped.stderr
+        wait_until(lambda: not os.path.exists("/proc/%d" % master), "the master to exit")
+        assert command("status").returncode != 0
+    finally:
+        if master and os.path.exists("/proc/%d" % master):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(master, signal.SIGKILL)
+    log = (site / "logs" / "m2gate.log").read_text()
+    assert "[%d]" % master in log
