@@ -376,10 +376,34 @@ def start_profiler(pid: int, seconds: int, out: Path, rate: int) -> subprocess.P
     return spawn(args, out.with_suffix(".log"))
 
 
+# The stages of m2gate's request path, by the function that contains each one
+# (inclusive shares overlap: Output.finish contains the zmq send).
+STAGES = (
+    ("zmq recv + poll (receiving thread)", "ZmqTransport.recv"),
+    ("parse_message", "parse_message"),
+    ("dispatch (connection table, lock)", "ThreadedWorker._dispatch"),
+    ("handoff: queue put", "ThreadedWorker._submit"),
+    ("handoff: app thread wake-up (self only)", "ThreadedWorker._work"),
+    ("WSGIHandler call (all app-side work)", "WSGIHandler.__call__"),
+    ("  environ build", "WSGIHandler.environ"),
+    ("  the app itself", "application"),
+    ("  Response.head", "Response.head"),
+    ("  Output.finish (incl. zmq send)", "Output.finish"),
+    ("    zmq send (lock + PUB)", "ZmqTransport.send"),
+    ("request bookkeeping (_done)", "ThreadedWorker._done"),
+)
+
+
 def summarize_profile(path: Path, top: int = 25) -> str:
-    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    """Per-stage, then per-function sample shares from py-spy's collapsed stacks.
+
+    Recorded with ``--gil``, a sample is a moment some thread held the GIL,
+    so the shares split m2gate's Python-level time (not the ZeroMQ I/O
+    thread, nor time in system calls without the GIL).
+    """
     own: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
+    stage_incl: collections.Counter[str] = collections.Counter()
     total = 0
     try:
         text = path.read_text(errors="replace")
@@ -402,9 +426,19 @@ def summarize_profile(path: Path, top: int = 25) -> str:
         own[frames[-1]] += count
         for frame in set(frames):
             incl[frame] += count
+        functions = {f.split(" (")[0] for f in frames}
+        for label, function in STAGES:
+            if "(self only)" in label:
+                if frames[-1].split(" (")[0] == function:
+                    stage_incl[function] += count
+            elif function in functions:
+                stage_incl[function] += count
     if not total:
         return "(empty profile)"
-    lines = ["samples: %d (idle threads excluded)" % total, "  self%  incl%  function"]
+    lines = ["samples: %d (GIL held)" % total, "      %  stage (inclusive unless noted)"]
+    for label, function in STAGES:
+        lines.append("  %5.1f  %s [%s]" % (100 * stage_incl[function] / total, label, function))
+    lines += ["", "  self%  incl%  function"]
     for name, count in own.most_common(top):
         lines.append("  %5.1f  %5.1f  %s" % (100 * count / total, 100 * incl[name] / total, name))
     return "\n".join(lines)
