@@ -1,8 +1,8 @@
 """The benchmark's WSGI app: the smallest useful hello world.
 
-Its response has the same status, headers and body as the naive handler's
-fixed one (apart from the Date and Server headers m2gate adds), so the two
-sides move the same bytes and the ratio measures m2gate's own overhead.
+m2gate's answer (with the Date and Server headers it adds) has the same
+status, headers and body as the naive handler's fixed one, so the two sides
+move the same bytes and the ratio measures m2gate's own overhead.
 """
 
 from __future__ import annotations

@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import signal
 import sys
+from email.utils import formatdate
 from types import FrameType
 
 import zmq
 
+# Same status, headers and body as m2gate's answer to apps/hello.py (a Date
+# and a Server header included, Date fixed at start-up), so both sides move
+# the same bytes through Mongrel2.
 RESPONSE = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\r\nHello, world!\n"
+    b"HTTP/1.1 200 OK\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"Content-Length: 14\r\n"
+    b"Date: " + formatdate(usegmt=True).encode("ascii") + b"\r\n"
+    b"Server: naive/0.0.0\r\n"
+    b"\r\n"
+    b"Hello, world!\n"
 )
 
 
