@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from m2gate.adapters.common import EnvironDefaults
 from m2gate.server.asyncio_worker import AsyncioWorker
+from m2gate.server.uploads import UploadStore
 
 from .helpers import control, message, request_headers
 
@@ -200,3 +201,68 @@ def test_random_websocket_traffic_never_breaks_the_worker(ops: list[int], junk: 
 
     transport = asyncio.run(go())
     assert transport.data(4242).endswith(b"/after")
+
+
+def test_upload_done_right_behind_its_start(tmp_path: Path) -> None:
+    """Mongrel2 sends a small chunked upload's start and done back to back."""
+    spooled = tmp_path / "upload.AbC123"
+    spooled.write_bytes(b"spooled body")
+    path = str(spooled)
+    start = request_headers("POST", "/up", **{"x-mongrel2-upload-start": path})
+    done = dict(start, **{"x-mongrel2-upload-done": path})
+    got: list[bytes] = []
+
+    async def reader(scope: Any, receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            event = await receive()
+            body += event.get("body", b"")
+            if not event.get("more_body"):
+                break
+        got.append(body)
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def go() -> FakeTransport:
+        transport = FakeTransport([message(start, path=b"/up"), message(done, path=b"/up")])
+        worker = AsyncioWorker(
+            transport,
+            reader,
+            EnvironDefaults(),
+            flush_interval=0,
+            uploads=UploadStore(str(tmp_path)),
+        )
+        task = asyncio.create_task(worker.run(5.0))
+        await asyncio.sleep(0.3)
+        worker.stop()
+        assert await task
+        return transport
+
+    transport = asyncio.run(go())
+    assert got == [b"spooled body"]
+    assert transport.data().endswith(b"\r\n\r\nok")
+    assert not spooled.exists()
+
+
+def test_graceful_timeout_frees_an_upload_that_never_completes(tmp_path: Path) -> None:
+    """No upload-done ever comes: the stop cancels the request and the reading thread ends."""
+    spooled = tmp_path / "upload.XyZ789"
+    spooled.write_bytes(b"partial")
+    start = request_headers("POST", "/up", **{"x-mongrel2-upload-start": str(spooled)})
+
+    async def reader(scope: Any, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+
+    async def go() -> bool:
+        transport = FakeTransport([message(start, path=b"/up")])
+        worker = AsyncioWorker(
+            transport, reader, EnvironDefaults(), uploads=UploadStore(str(tmp_path))
+        )
+        task = asyncio.create_task(worker.run(0.2))
+        await asyncio.sleep(0.1)
+        worker.stop()
+        return await task
+
+    assert asyncio.run(go()) is False  # forced, but it returned
+    assert not spooled.exists()

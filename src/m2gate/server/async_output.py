@@ -67,6 +67,9 @@ class AsyncOutput(Output):
         self._size += len(data)
         if self._size >= self._target or self.flush_interval <= 0:
             await self._drain()
+            # Without flow control nothing above waits: let the other
+            # connections run between the messages of a fast stream.
+            await asyncio.sleep(0)
         elif self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self.flush_interval, self._on_timer)

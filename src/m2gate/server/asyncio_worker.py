@@ -104,6 +104,10 @@ class AsyncioWorker:
         self._conns: dict[tuple[str, int], AsyncConnection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop: asyncio.Event | None = None
+        # Messages dispatched to a task that has not started serving them yet,
+        # and upload-done notices that came before their upload was set up.
+        self._starting: dict[tuple[str, int], Message] = {}
+        self._early_done: dict[tuple[tuple[str, int], str], UploadDone] = {}
         self._stopping = False
 
     # -- lifecycle ---------------------------------------------------------
@@ -211,14 +215,25 @@ class AsyncioWorker:
             self._dispatch(msg)
 
     def _upload_done(self, msg: UploadDone) -> bool:
-        """Complete the upload in flight; False if there is none (forged: 400)."""
+        """Complete the upload in flight; False if there is none (forged: 400).
+
+        A small upload's done notice can arrive before the task serving its
+        upload-start has even begun: it is kept for that task then.
+        """
         conn = self._conns.get(msg.key)
-        upload = conn.upload if conn is not None else None
-        if upload is None:
+        if conn is None:
             return False
-        if msg.start_path != upload.announced:
-            upload.error = "upload-start header changed to %r" % msg.start_path
-        upload.finish(msg.upload_path)
+        upload = conn.upload
+        if upload is None:
+            waiting = [m for m in conn.pending if isinstance(m, UploadStart)]
+            current = self._starting.get(msg.key)
+            if isinstance(current, UploadStart):
+                waiting.append(current)
+            if not any(m.upload_path == msg.start_path for m in waiting):
+                return False
+            self._early_done[(msg.key, msg.start_path)] = msg
+            return True
+        _finish_upload(upload, msg)
         return True
 
     def _disconnected(self, msg: Message) -> None:
@@ -226,12 +241,17 @@ class AsyncioWorker:
         if conn is None:
             return  # idle or unknown (e.g. stale from before we started)
         conn.pending.clear()
+        self._forget_early(msg.key)
         if conn.busy:
             self.disconnects += 1
         else:
             del self._conns[msg.key]
         conn.mark_closed()
         log.debug("client %s:%s disconnected", msg.sender, msg.conn_id)
+
+    def _forget_early(self, key: tuple[str, int]) -> None:
+        for early in [k for k in self._early_done if k[0] == key]:
+            del self._early_done[early]
 
     def _dispatch(self, msg: Message) -> None:
         conn = self._conns.get(msg.key)
@@ -245,6 +265,7 @@ class AsyncioWorker:
             conn.pending.append(msg)  # pipelined: answer after the one in flight
             return
         conn.busy = True
+        self._starting[msg.key] = msg
         task = asyncio.create_task(self._serve_connection(conn, msg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -260,6 +281,7 @@ class AsyncioWorker:
         return AsyncOutput(conn, self.transport, self.max_message, self.flush_interval)
 
     async def _serve(self, conn: AsyncConnection, msg: Message) -> bool:
+        self._starting.pop(conn.key, None)
         out = self._output(conn)
         try:
             if isinstance(msg, HTTPRequest):
@@ -283,6 +305,7 @@ class AsyncioWorker:
                 await self._unsupported(msg, out)
         except asyncio.CancelledError:
             out.close_now()
+            conn.mark_closed()  # also ends upload reads waiting in threads
             raise
         except Exception:
             # The adapter answers app errors itself; this is a bug of ours.
@@ -323,6 +346,9 @@ class AsyncioWorker:
         length = int(length_raw) if length_raw and length_raw.isdigit() else None
         upload = Upload(msg.upload_path, real, length)
         conn.upload = upload
+        early = self._early_done.pop((conn.key, msg.upload_path), None)
+        if early is not None:
+            _finish_upload(upload, early)
         try:
             if length is None:
                 # Chunked upload: no length to promise the app until it is done.
@@ -338,6 +364,7 @@ class AsyncioWorker:
             await out.afinish(close=True)
         finally:
             conn.upload = None
+            self._early_done.pop((conn.key, msg.upload_path), None)
             upload.remove()
 
     async def _reject(self, msg: Message, out: AsyncOutput, reason: str) -> None:
@@ -368,6 +395,7 @@ class AsyncioWorker:
         if not keep_alive:
             conn.closed = True
             conn.pending.clear()
+            self._forget_early(conn.key)
         if conn.pending:
             return conn.pending.popleft()
         conn.busy = False
@@ -376,6 +404,12 @@ class AsyncioWorker:
         if self._conns.get(conn.key) is conn and (conn.closed or not conn.flow_control):
             del self._conns[conn.key]
         return None
+
+
+def _finish_upload(upload: Upload, msg: UploadDone) -> None:
+    if msg.start_path != upload.announced:
+        upload.error = "upload-start header changed to %r" % msg.start_path
+    upload.finish(msg.upload_path)
 
 
 async def _upload_chunks(upload: Upload, conn: AsyncConnection) -> AsyncIterator[bytes]:
