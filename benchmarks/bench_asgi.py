@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
-"""ASGI hello world beside the WSGI one, through one real Mongrel2.
+"""ASGI hello world beside the WSGI one and the naive floor, through one real Mongrel2.
 
-Starts Mongrel2 with one handler route, then for each interface in turn runs
-``m2gate serve`` on the matching hello-world app (``apps/hello_asgi.py`` on the
-asyncio runtime, ``apps/hello.py`` on one thread: the same bytes on the wire)
-and puts the same ``wrk`` keep-alive load on it. Prints requests/s, latency
-and the handler's CPU time per request. A run with socket errors or non-2xx
-answers is flagged and makes the exit status 1.
+Starts Mongrel2 with one handler route, then, each round, puts the same
+``wrk`` keep-alive load on three handlers in turn: ``apps/naive_handler.py``
+(a bare pyzmq loop replying fixed bytes: the floor), ``m2gate serve`` on
+``apps/hello_asgi.py`` (the asyncio runtime) and on ``apps/hello.py`` (WSGI,
+one thread). The two apps put the same bytes on the wire. It prints req/s,
+latency, handler CPU per request and the ratio to the naive handler of the
+same round (the machine's load drifts; a ratio compares like with like), and
+the medians over the rounds. A run with socket errors or non-2xx answers is
+flagged and makes the exit status 1.
 
 Every process is stopped by its own PID on exit.
 
-    .venv/bin/python benchmarks/bench_asgi.py            # 10 s per side
-    .venv/bin/python benchmarks/bench_asgi.py --quick    # 2 s per side
+    .venv/bin/python benchmarks/bench_asgi.py              # 3 rounds of 10 s per side
+    .venv/bin/python benchmarks/bench_asgi.py --quick      # 1 round of 2 s per side
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,6 +41,7 @@ APPS = {
     "asgi": str(HERE / "apps" / "hello_asgi.py") + ":app",
     "wsgi": str(HERE / "apps" / "hello.py") + ":application",
 }
+NAIVE = HERE / "apps" / "naive_handler.py"
 BODY = b"Hello, world!\n"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -93,12 +98,11 @@ def run_wrk(url: str, opts: argparse.Namespace, seconds: int) -> dict[str, Any]:
     }
 
 
-def measure(interface: str, m2: Mongrel2, opts: argparse.Namespace, logdir: Path) -> dict[str, Any]:
+def m2gate_command(interface: str, m2: Mongrel2) -> list[str]:
     spec = m2.handler
     exe = Path(sys.executable).with_name("m2gate")
-    cmd = [
-        str(exe) if exe.exists() else sys.executable,
-        *([] if exe.exists() else ["-m", "m2gate"]),
+    return [
+        *([str(exe)] if exe.exists() else [sys.executable, "-m", "m2gate"]),
         "serve",
         APPS[interface],
         "--interface",
@@ -112,8 +116,16 @@ def measure(interface: str, m2: Mongrel2, opts: argparse.Namespace, logdir: Path
         "--log-level",
         "warning",
     ]
-    log_path = logdir / ("m2gate-%s.log" % interface)
-    with log_path.open("wb") as out:
+
+
+def measure(side: str, m2: Mongrel2, opts: argparse.Namespace, logdir: Path) -> dict[str, Any]:
+    spec = m2.handler
+    if side == "naive":
+        cmd = [sys.executable, str(NAIVE), spec.send_spec, spec.recv_spec, spec.send_ident]
+    else:
+        cmd = m2gate_command(side, m2)
+    log_path = logdir / ("%s.log" % side)
+    with log_path.open("ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_answering(m2.port, proc)
@@ -129,8 +141,9 @@ def measure(interface: str, m2: Mongrel2, opts: argparse.Namespace, logdir: Path
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=5)
-    result["interface"] = interface
+    result["side"] = side
     result["handler_cpu_us_per_req"] = cpu / max(result["requests"], 1) * 1e6
+    result["load"] = os.getloadavg()[0]
     return result
 
 
@@ -138,52 +151,88 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("-c", "--connections", type=int, default=32)
     parser.add_argument("-t", "--wrk-threads", type=int, default=2)
-    parser.add_argument("-d", "--duration", type=int, default=10)
+    parser.add_argument("-d", "--duration", type=int, default=10, help="seconds per side")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="2 s per side, 1 s warm-up")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="1 round, 2 s per side, 1 s warm-up")
     parser.add_argument(
-        "--interface", action="append", choices=sorted(APPS), help="default: asgi and wsgi"
+        "--side",
+        action="append",
+        choices=["naive", *sorted(APPS)],
+        help="default: naive, asgi and wsgi",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     opts = parser.parse_args(argv)
     if opts.quick:
-        opts.duration, opts.warmup = 2, 1
+        opts.duration, opts.warmup, opts.rounds = 2, 1, 1
     if shutil.which("wrk") is None:
         print("bench_asgi: wrk not found on PATH", file=sys.stderr)
         return 2
+    sides = opts.side or ["naive", "asgi", "wsgi"]
     workdir = Path(tempfile.mkdtemp(prefix="m2gate-bench-asgi-"))
+    results: list[dict[str, Any]] = []
     try:
         with Mongrel2(workdir / "mongrel2") as m2:
-            results = [measure(i, m2, opts, workdir) for i in opts.interface or ["asgi", "wsgi"]]
+            for round_no in range(1, opts.rounds + 1):
+                this_round = [measure(side, m2, opts, workdir) for side in sides]
+                floor = next((r["rps"] for r in this_round if r["side"] == "naive"), 0.0)
+                for r in this_round:
+                    r["round"] = round_no
+                    r["ratio"] = r["rps"] / floor if floor and r["side"] != "naive" else None
+                results += this_round
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    medians = {
+        side: {
+            "rps": statistics.median(r["rps"] for r in results if r["side"] == side),
+            "ratio": statistics.median(
+                [r["ratio"] for r in results if r["side"] == side and r["ratio"] is not None]
+                or [0.0]
+            ),
+            "handler_cpu_us_per_req": statistics.median(
+                r["handler_cpu_us_per_req"] for r in results if r["side"] == side
+            ),
+        }
+        for side in sides
+    }
     if opts.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({"runs": results, "medians": medians}, indent=2))
     else:
         print(
-            "wrk -c %d -t %d -d %ds, keep-alive, %s CPU(s), Python %s"
+            "wrk -c %d -t %d -d %ds, keep-alive, %d round(s), %s CPU(s), Python %s"
             % (
                 opts.connections,
                 opts.wrk_threads,
                 opts.duration,
+                opts.rounds,
                 os.cpu_count(),
                 sys.version.split()[0],
             )
         )
         print(
-            "%-10s %10s %9s %9s %14s" % ("interface", "req/s", "p50 ms", "p99 ms", "handler µs/r")
+            "%-8s %5s %10s %9s %9s %14s %7s %6s"
+            % ("side", "round", "req/s", "p50 ms", "p99 ms", "handler µs/r", "ratio", "load")
         )
         for r in results:
             print(
-                "%-10s %10.0f %9.2f %9.2f %14.1f%s"
+                "%-8s %5d %10.0f %9.2f %9.2f %14.1f %7s %6.1f%s"
                 % (
-                    r["interface"],
+                    r["side"],
+                    r["round"],
                     r["rps"],
                     r["p50_ms"] or 0.0,
                     r["p99_ms"] or 0.0,
                     r["handler_cpu_us_per_req"],
+                    "" if r["ratio"] is None else "%.2f" % r["ratio"],
+                    r["load"],
                     "  ERRORS (figures invalid)" if r["errors"] else "",
                 )
+            )
+        for side, m in medians.items():
+            ratio = "" if side == "naive" else "  ratio to naive %.2f" % m["ratio"]
+            print(
+                "median %-6s %10.0f req/s%s  handler %.1f µs/req"
+                % (side, m["rps"], ratio, m["handler_cpu_us_per_req"])
             )
     return 1 if any(r["errors"] for r in results) else 0
 
