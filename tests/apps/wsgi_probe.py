@@ -54,6 +54,7 @@ def block(index: int, size: int) -> bytes:
 
 
 def sha256_hex(data: bytes) -> str:
+    """Hex sha256, sent in a header so the client can check the body."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -72,6 +73,9 @@ class Recorded:
         return next(self._chunks)
 
     def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()  # a generator stopped mid-way runs its finally blocks now
         record("close " + self.tag)
 
 
