@@ -73,7 +73,7 @@ def reload_under_load(
             new_pids = {w["pid"] for w in doc["workers"]}
             assert not new_pids & pids, "old workers still serving"
             pids = new_pids
-            load.wait_for(20)
+            load.wait_for(150)
             assert load.result.ok > before
     finally:
         result = load.stop()
@@ -90,7 +90,7 @@ def reload_under_load(
 def test_reload_five_times_under_load(
     mongrel2: Mongrel2, m2gate_server: Callable[..., Any], tmp_path: Path
 ) -> None:
-    reload_under_load(mongrel2, m2gate_server, tmp_path, reloads=5, threads=6)
+    reload_under_load(mongrel2, m2gate_server, tmp_path, reloads=5, threads=8)
 
 
 @pytest.mark.long

@@ -208,8 +208,9 @@ def test_graceful_stop_finishes_the_request_in_flight(
     t, out = in_background(lambda: get(mongrel2, "/sleep?s=1.5"))
     wait_in_flight(s)
     s.server.signal(signal.SIGTERM)
-    t.join(15)
-    assert out and out[0].status_code == 200 and out[0].text.startswith("slept")
+    t.join(20)
+    assert out, "no answer:\n" + s.server.output
+    assert out[0].status_code == 200 and out[0].text.startswith("slept")
     assert s.server.proc.wait(15) == 0
     assert not s.pidfile.exists()
 
