@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from m2gate import logs, service
 
         logs.setup_logging(cfg)
-        service.start_service(cfg)
+        service.detach(cfg)  # --daemon; the rest after the pidfile lock (server.master)
     except ConfigError as exc:
         print("m2gate: error: %s" % exc, file=sys.stderr)
         return EXIT_CONFIG

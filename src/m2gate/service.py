@@ -288,10 +288,20 @@ def confine(cfg: Config, chown: Iterable[str] = ()) -> None:
     Step two, after the pidfile lock and before the app is imported. ``chown``
     names extra files the unprivileged process must still own (the pidfile).
     """
+    owned = [cfg.log_file, cfg.access_log, *chown]
+    if cfg.app_dir:  # the folder's run/ and logs/ hold the control socket and new logs
+        owned += [os.path.join(cfg.app_dir, "run"), os.path.join(cfg.app_dir, "logs")]
     if cfg.chroot:
         enter_chroot(cfg)
-    drop_privileges(cfg.user, cfg.group, chown=[cfg.log_file, cfg.access_log, *chown])
+        owned = [cfg.log_file, cfg.access_log]  # the others are translated or unreachable
+    drop_privileges(cfg.user, cfg.group, chown=owned)
     prepare_app_environment(cfg)
+
+
+def start_single(cfg: Config) -> None:
+    """The single-process serve: :func:`confine`, and SIGUSR1 reopens the log files."""
+    confine(cfg)
+    logs.reopen_on_sigusr1()
 
 
 def start_service(cfg: Config) -> None:
@@ -301,5 +311,4 @@ def start_service(cfg: Config) -> None:
     installs its own handler instead.
     """
     detach(cfg)
-    confine(cfg)
-    logs.reopen_on_sigusr1()
+    start_single(cfg)

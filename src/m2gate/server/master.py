@@ -1037,9 +1037,12 @@ def needs_master(cfg: Config) -> bool:
 
 def serve(cfg: Config) -> int:
     """``m2gate serve``: the master with its workers (or one process, see below)."""
+    from m2gate import service
+
     if not needs_master(cfg):
         from m2gate.server.run import serve as serve_single
 
+        service.start_single(cfg)  # chroot, user, app environment, SIGUSR1
         return serve_single(cfg)
     if cfg.worker_class != "threads" or cfg.interface == "asgi":
         if needs_master(cfg):
@@ -1058,6 +1061,8 @@ def serve(cfg: Config) -> int:
         except AlreadyRunning as exc:
             raise ConfigError(str(exc)) from None
     try:
+        # after the pidfile lock, before any app code: chroot, user, app environment
+        service.confine(cfg, chown=[cfg.pidfile])
         return Master(cfg, pidfile).run()
     except AlreadyRunning as exc:
         raise ConfigError(str(exc)) from None
