@@ -519,3 +519,40 @@ def test_app_folder_as_a_daemon_with_workers(mongrel2: Mongrel2, tmp_path: Path)
                 os.kill(master, signal.SIGKILL)
     log = (site / "logs" / "m2gate.log").read_text()
     assert "[%d]" % master in log
+
+
+def test_config_file_environment_and_cli_precedence_in_a_real_server(
+    mongrel2: Mongrel2, launch: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """`serve -c m2gate.toml`: the file is read, M2GATE_* beats it, the command line beats both."""
+    write_app(tmp_path / "lib", "env_probe_app", PROBE_APP)
+    spec = mongrel2.handler
+    config = tmp_path / "m2gate.toml"
+    config.write_text(
+        textwrap.dedent(
+            """
+            app = "env_probe_app:app"
+            send-spec = "%s"
+            recv_spec = "%s"
+            pythonpath = ["%s"]
+            env = ["GREETING=from the file", "OTHER=file"]
+            """
+            % (spec.send_spec, spec.recv_spec, tmp_path / "lib")
+        )
+    )
+    seen = []
+    for extra, environ in [
+        ((), {}),
+        ((), {"M2GATE_ENV": "GREETING=from the environment"}),
+        (("--env", "GREETING=from the command line"), {"M2GATE_ENV": "GREETING=env"}),
+    ]:
+        proc = launch("serve", "-c", str(config), *extra, env=environ)
+        proc.wait_ready(mongrel2.url + "/")
+        data = requests.get(mongrel2.url + "/", timeout=10).json()
+        seen.append((data["greeting"], data["other"]))
+        proc.stop()
+    assert seen == [
+        ("from the file", "file"),
+        ("from the environment", None),  # a list setting is replaced, not merged
+        ("from the command line", None),
+    ]
