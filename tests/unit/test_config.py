@@ -94,6 +94,12 @@ def test_bad_value_names_key_and_accepted_values(tmp_path: Path, line: str, acce
     assert "accepted:" in message and accepted in message
 
 
+def test_integers_are_accepted_for_text_settings(tmp_path: Path) -> None:
+    path = write(tmp_path, "server_port = 8080\nuser = 0\n")
+    cfg = load(cli_of("-c", path), {})
+    assert (cfg.server_port, cfg.user) == ("8080", "0")
+
+
 def test_invalid_toml_is_one_line(tmp_path: Path) -> None:
     path = write(tmp_path, "threads = \n")
     assert "invalid TOML" in error_of(cli_of("-c", path))

@@ -572,6 +572,8 @@ def convert(name: str, kind: Any, meta: Meta, raw: Any, source: str) -> Any:
             else:
                 raise fail()
         else:
+            if isinstance(raw, int) and not isinstance(raw, bool):
+                raw = str(raw)  # `server_port = 8080` in TOML means "8080"
             if not isinstance(raw, str):
                 raise fail()
             value = raw
