@@ -154,22 +154,19 @@ class ZeroMQHandler(logging.Handler):
         self._pid = 0
         self._ctx: Any = None
         self._sock: Any = None
-        self._guard = threading.Lock()
 
     def _socket(self) -> Any:
         pid = os.getpid()
-        if self._pid != pid:
+        if self._pid != pid:  # emit() holds the handler's lock (reset after fork)
             import zmq
 
-            with self._guard:
-                if self._pid != pid:
-                    # After fork the parent's socket is not ours to use or close.
-                    ctx = zmq.Context()
-                    sock = ctx.socket(zmq.PUSH)
-                    sock.setsockopt(zmq.LINGER, 1000)
-                    sock.setsockopt(zmq.SNDHWM, self.hwm)
-                    sock.connect(self.endpoint)
-                    self._ctx, self._sock, self._pid = ctx, sock, pid
+            # After fork the parent's socket is not ours to use or close.
+            ctx = zmq.Context()
+            sock = ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 1000)
+            sock.setsockopt(zmq.SNDHWM, self.hwm)
+            sock.connect(self.endpoint)
+            self._ctx, self._sock, self._pid = ctx, sock, pid
         return self._sock
 
     def emit(self, record: logging.LogRecord) -> None:
