@@ -499,3 +499,9 @@ def test_websocket_receive_after_disconnect_repeats_it() -> None:
 
     run_ws(app, [ws_frame(0x88, b"\x03\xe8")])
     assert seen == [{"type": "websocket.disconnect", "code": 1000, "reason": ""}] * 2
+
+
+def test_scope_path_is_utf8_decoded() -> None:
+    scope = http_scope(request("GET", "/caf%C3%A9/%FF"), DEFAULTS, {})
+    assert scope["path"] == "/café/\ufffd"
+    assert scope["raw_path"] == b"/caf%C3%A9/%FF"

@@ -69,6 +69,10 @@ def _status_line(code: int) -> str:
         return "%d Unknown" % code
 
 
+def _utf8(text: str) -> str:
+    return text.encode("latin-1").decode("utf-8", "replace")
+
+
 def _scope_headers(msg: Message) -> list[tuple[bytes, bytes]]:
     return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in client_headers(msg)]
 
@@ -76,7 +80,8 @@ def _scope_headers(msg: Message) -> list[tuple[bytes, bytes]]:
 def _base_scope(
     kind: str, msg: Message, scheme: str, defaults: EnvironDefaults, state: dict[str, Any]
 ) -> dict[str, Any]:
-    root_path, path = split_path(msg)
+    # split_path gives WSGI's latin-1 strings; ASGI wants the UTF-8 characters.
+    root_path, path = (_utf8(p) for p in split_path(msg))
     http_scheme = msg.header("URL_SCHEME") or "http"
     server_name, server_port = server_address(msg, http_scheme, defaults)
     version = msg.header("VERSION") or "HTTP/1.0"
