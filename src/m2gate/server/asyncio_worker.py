@@ -479,5 +479,10 @@ async def _main(cfg: Any, app: ASGIApp) -> int:
             loop.remove_signal_handler(signum)
     await lifespan.shutdown(cfg.graceful_timeout)
     transport.close(linger_s=min(cfg.graceful_timeout, 5.0))
-    log.info("stopped after %d request(s)%s", worker.requests, "" if clean else " (forced)")
+    log.info(
+        "stopped after %d request(s), %d client(s) gone mid-request%s",
+        worker.requests,
+        worker.disconnects,
+        "" if clean else " (forced)",
+    )
     return 0
