@@ -168,7 +168,7 @@ def test_connection_close_is_honoured(mongrel2: Mongrel2, asgi: Any) -> None:
 
 
 def test_sse_stops_when_client_goes_away(mongrel2: Mongrel2, asgi: Any, state: Path) -> None:
-    asgi()
+    server = asgi()
     log = state / "sse1"
     with httpx.stream("GET", mongrel2.url + "/events?name=sse1", timeout=10) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
@@ -184,6 +184,8 @@ def test_sse_stops_when_client_goes_away(mongrel2: Mongrel2, asgi: Any, state: P
     time.sleep(0.3)
     assert [e for e in read_events(log) if e.startswith("sent")] == sent
     assert seen == ["data: event 1", "data: event 2", "data: event 3"]
+    assert server.stop() == 0
+    assert "1 client(s) gone mid-request" in server.output  # counted
 
 
 def test_200_concurrent_requests_one_process(mongrel2: Mongrel2, asgi: Any) -> None:
