@@ -138,12 +138,18 @@ class _Call:
 class Master:
     """Forks and supervises the workers; routes Mongrel2's messages to them."""
 
-    def __init__(self, cfg: Config, pidfile: PidFile | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        pidfile: PidFile | None = None,
+        dispatcher: Dispatcher | None = None,
+    ) -> None:
         self.cfg = cfg
         self.pidfile = pidfile
         self.pid = os.getpid()
         self.app: Any = None
-        self.disp = Dispatcher(cfg.queue_size, cfg.prefetch)
+        # The hand-off policy is replaceable (e.g. idle-aware or sticky routing).
+        self.disp = dispatcher or Dispatcher(cfg.queue_size, cfg.prefetch)
         self.procs: dict[bytes, Proc] = {}
         self.by_pid: dict[int, bytes] = {}
         self.by_probe: dict[int, bytes] = {}
