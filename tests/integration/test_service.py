@@ -318,6 +318,26 @@ def test_sigusr1_reopens_log_files(m2gate_server: Start, tmp_path: Path) -> None
     assert server.output == ""  # with --log-file nothing goes to stderr
 
 
+def test_sigusr1_to_the_master_reopens_the_workers_access_log(
+    m2gate_server: Start, tmp_path: Path
+) -> None:
+    access = tmp_path / "access.log"
+    server = m2gate_server("basic:application", "--processes", "2", "--access-log", str(access))
+    already = len(read_lines(access, 1))
+    for i in range(4):
+        requests.get(server.url + "/before%d" % i, headers={"Connection": "close"}, timeout=10)
+    read_lines(access, already + 4)
+    access.rename(tmp_path / "access.log.1")
+    server.signal(signal.SIGUSR1)  # the master reopens its files and signals each worker
+    wait_until(lambda: access.exists(), "a new access log")
+    # master and both workers say so (workers act on it in their next housekeeping)
+    wait_until(lambda: server.output.count("log files reopened") == 3, "3 processes reopening")
+    for i in range(6):
+        requests.get(server.url + "/after%d" % i, headers={"Connection": "close"}, timeout=10)
+    wait_until(lambda: access.read_text().count("/after") == 6, "6 lines in the new file")
+    assert "/after" not in (tmp_path / "access.log.1").read_text()
+
+
 # -- daemon ------------------------------------------------------------------------------------
 
 
