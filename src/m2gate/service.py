@@ -218,21 +218,17 @@ def _home(uid: int) -> str:
 # -- the app's environment -----------------------------------------------------------
 
 
-def activate_virtualenv(venv: str) -> None:
-    """Import from ``venv``'s site-packages (before ours), as ``bin/activate`` would.
-
-    Its Python must be the same major.minor as the one running m2gate: compiled
-    packages are built for one version.
-    """
-    venv = os.path.abspath(venv)
+def venv_site_packages(venv: str) -> str:
+    """``venv``'s site-packages for this Python version; ConfigError if there is none."""
     if not os.path.isdir(venv):
         raise ConfigError("virtualenv: %s is not a directory" % venv)
     version = "python%d.%d" % sys.version_info[:2]
     site_packages = os.path.join(venv, "lib", version, "site-packages")
     if not os.path.isdir(site_packages):
+        lib = os.path.join(venv, "lib")
         found = (
-            sorted(d for d in os.listdir(os.path.join(venv, "lib")) if d.startswith("python"))
-            if os.path.isdir(os.path.join(venv, "lib"))
+            sorted(d for d in os.listdir(lib) if d.startswith("python"))
+            if os.path.isdir(lib)
             else []
         )
         raise ConfigError(
@@ -240,6 +236,17 @@ def activate_virtualenv(venv: str) -> None:
             " with the Python running m2gate (%s)"
             % (venv, version, ", ".join(found) or "none", sys.executable)
         )
+    return site_packages
+
+
+def activate_virtualenv(venv: str) -> None:
+    """Import from ``venv``'s site-packages (before ours), as ``bin/activate`` would.
+
+    Its Python must be the same major.minor as the one running m2gate: compiled
+    packages are built for one version.
+    """
+    venv = os.path.abspath(venv)
+    site_packages = venv_site_packages(venv)
     before = list(sys.path)
     site.addsitedir(site_packages)  # also runs its .pth files
     added = [p for p in sys.path if p not in before]
@@ -249,12 +256,17 @@ def activate_virtualenv(venv: str) -> None:
     log.info("using virtualenv %s", venv)
 
 
-def add_pythonpath(dirs: Iterable[str]) -> None:
-    """Put ``dirs`` first on sys.path, in the order given."""
+def _check_dirs(dirs: Iterable[str]) -> list[str]:
     dirs = [os.path.abspath(d) for d in dirs]
     for d in dirs:
         if not os.path.isdir(d):
             raise ConfigError("pythonpath: %s is not a directory" % d)
+    return dirs
+
+
+def add_pythonpath(dirs: Iterable[str]) -> None:
+    """Put ``dirs`` first on sys.path, in the order given."""
+    dirs = _check_dirs(dirs)
     sys.path[:] = dirs + [p for p in sys.path if p not in dirs]
 
 
@@ -274,8 +286,34 @@ def prepare_app_environment(cfg: Config) -> None:
         add_pythonpath(cfg.pythonpath)
 
 
+def preflight(cfg: Config) -> None:
+    """Check what confine() will need, while errors still reach the terminal."""
+    if cfg.chroot and not os.path.isdir(cfg.chroot):
+        raise ConfigError("chroot: %s is not a directory" % cfg.chroot)
+    if cfg.chroot and os.geteuid() != 0:
+        raise ConfigError("chroot: needs root (running as uid %d)" % os.geteuid())
+    if cfg.user or cfg.group:
+        uid, gid, _ = resolve_ids(cfg.user, cfg.group)
+        if os.geteuid() != 0 and (
+            uid not in (None, os.geteuid()) or gid not in (None, os.getegid())
+        ):
+            raise ConfigError(
+                "user/group: switching to %s/%s needs root (running as uid %d)"
+                % (cfg.user or "-", cfg.group or "-", os.geteuid())
+            )
+    if not cfg.chroot:  # inside a chroot these paths are checked when they are used
+        if cfg.virtualenv:
+            venv_site_packages(os.path.abspath(cfg.virtualenv))
+        _check_dirs(cfg.pythonpath)
+
+
 def detach(cfg: Config) -> None:
-    """--daemon: step one of start-up, before the pidfile lock (the PID changes here)."""
+    """--daemon: step one of start-up, before the pidfile lock (the PID changes here).
+
+    Everything that can be checked is checked first (:func:`preflight`), so a
+    daemon does not die in the background for a typo.
+    """
+    preflight(cfg)
     if cfg.daemon:
         if not cfg.log_file:
             log.warning("--daemon without --log-file: the log will be lost")

@@ -46,6 +46,10 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int = 2) -> s
         (["serve", "app:x", "--mongrel2-db", "/nonexistent.sqlite"], "no such file"),
         (["serve", "app:x", "--log-file", "/nonexistent/dir/x.log", *SPEC], "log_file"),
         (["nosuchcommand"], "invalid choice"),
+        # checked before --daemon forks, so the terminal still shows the error
+        (["serve", "app:x", "--daemon", "--virtualenv", "/nonexistent", *SPEC], "virtualenv"),
+        (["serve", "app:x", "--daemon", "--pythonpath", "/nonexistent", *SPEC], "pythonpath"),
+        (["serve", "app:x", "--daemon", "--chroot", "/nonexistent", *SPEC], "chroot"),
     ],
 )
 def test_bad_setting_is_one_line_exit_2(argv: list[str], expected: str) -> None:
