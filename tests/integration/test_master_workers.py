@@ -215,6 +215,30 @@ def test_graceful_stop_finishes_the_request_in_flight(
     assert not s.pidfile.exists()
 
 
+def test_stop_keeps_replies_flowing_and_refuses_new_requests(
+    mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path
+) -> None:
+    """A reply to a client that left must not stall the replies of the others.
+
+    (Mongrel2 owes a disconnect notice for it; with no PULL connected it blocks
+    on that and delivers nothing more, so the master keeps its PULL to the end.)
+    """
+    s = start(m2gate_server, tmp_path, "-p", "2", "--threads", "2")
+    t, out = in_background(lambda: get(mongrel2, "/sleep?s=1.5"))
+    gone = socket.create_connection(("127.0.0.1", mongrel2.port), timeout=10)
+    gone.sendall(b"GET /sleep?s=0.3 HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_in_flight(s, 2)
+    gone.close()  # its reply will go to a connection Mongrel2 no longer has
+    s.server.signal(signal.SIGTERM)
+    wait_until(lambda: s.status()["stopping"], what="the master to begin stopping")
+    late = get(mongrel2, "/")
+    assert late.status_code == 503
+    t.join(20)
+    assert out, "no answer:\n" + s.server.output
+    assert out[0].status_code == 200 and out[0].text.startswith("slept")
+    assert s.server.proc.wait(15) == 0
+
+
 def test_graceful_timeout_answers_503_for_what_is_left(
     mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path
 ) -> None:
