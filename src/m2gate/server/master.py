@@ -791,6 +791,8 @@ class Master:
         if len(frames) < 2:
             return False
         wid, kind = frames[0], frames[1]
+        if b"." in wid:  # an app thread's own socket: WID.N
+            wid = wid.split(b".", 1)[0]
         proc = self.procs.get(wid)
         if proc is None:
             return False

@@ -25,7 +25,6 @@ import faulthandler
 import json
 import logging
 import os
-import queue
 import signal
 import sys
 import threading
@@ -160,25 +159,22 @@ class PubSink:
 class MasterLink:
     """The worker's side of the hand-off: a :class:`RequestSource` over a DEALER.
 
-    Only the receiving thread touches the DEALER. App threads report done
-    requests through a queue and a pipe the receiving loop polls, so the
-    master learns about a free thread within a poll, not a timeout.
+    Only the receiving thread touches the main DEALER. Each app thread reports
+    its finished requests on a DEALER of its own (identity ``WID.N``), so a
+    done report costs one send and never has to wake the receiving loop.
     """
 
     def __init__(self, ctx: zmq.Context[Any], endpoint: str, wid: bytes, master_pid: int) -> None:
+        self.ctx = ctx
+        self.endpoint = endpoint
+        self.wid = wid
         self.master_pid = master_pid
-        self.dealer = ctx.socket(zmq.DEALER)
-        self.dealer.setsockopt(zmq.IDENTITY, wid)
-        self.dealer.setsockopt(zmq.SNDHWM, 0)
+        self.dealer = self._dealer(wid)
         self.dealer.setsockopt(zmq.RCVHWM, 0)
-        self.dealer.connect(endpoint)
-        self._done: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
-        self._rfd, self._wfd = os.pipe()
-        os.set_blocking(self._rfd, False)
-        os.set_blocking(self._wfd, False)
-        self._poller = zmq.Poller()
-        self._poller.register(self.dealer, zmq.POLLIN)
-        self._poller.register(self._rfd, zmq.POLLIN)
+        self._tls = threading.local()
+        self._lock = threading.Lock()
+        self._done_socks: list[zmq.Socket[Any]] = []
+        self._closed = False
         self.worker: ThreadedWorker | None = None
         self.sink: PubSink | None = None
         self.exceptions: ExceptionCounter | None = None
@@ -190,7 +186,13 @@ class MasterLink:
         self._next_probe = 0.0
         self._next_heartbeat = 0.0
         self._next_housekeeping = 0.0
-        self._sleeping = False
+
+    def _dealer(self, identity: bytes) -> zmq.Socket[Any]:
+        sock: zmq.Socket[Any] = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, identity)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.connect(self.endpoint)
+        return sock
 
     def send(self, *frames: bytes) -> None:
         self.dealer.send_multipart(frames)
@@ -209,14 +211,17 @@ class MasterLink:
         self._probe_base = base
         self.exceptions = exceptions
 
-    # -- called from app threads -------------------------------------------
+    # -- called from app threads (and the receiving thread) ---------------
     def done(self, conn: Connection) -> None:
-        self._done.put(conn.key)
-        # Only wake the receiving loop when it sleeps in poll(): it sets the flag
-        # and then looks at the queue again, so nothing waits a whole timeout.
-        if self._sleeping:
-            with contextlib.suppress(BlockingIOError):  # full pipe: it wakes anyway
-                os.write(self._wfd, b"d")
+        sock: zmq.Socket[Any] | None = getattr(self._tls, "sock", None)
+        if sock is None:
+            with self._lock:
+                if self._closed:
+                    return  # a thread outliving the graceful timeout: nobody listens
+                sock = self._dealer(b"%s.%d" % (self.wid, len(self._done_socks)))
+                self._done_socks.append(sock)
+            self._tls.sock = sock
+        sock.send_multipart((DONE, conn.sender.encode("latin-1"), b"%d" % conn.conn_id))
 
     # -- RequestSource -----------------------------------------------------
     def recv(self, timeout_ms: int) -> bytes | None:
@@ -226,9 +231,7 @@ class MasterLink:
             now = time.monotonic()
             if now >= self._next_housekeeping:
                 self._housekeeping(now)
-            if not self._done.empty():
-                self._flush_done()
-            if dealer.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if int(dealer.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 data = self._handle(dealer.recv_multipart())
                 if data is not None or self._stopping():
                     return data
@@ -236,26 +239,19 @@ class MasterLink:
             if now >= deadline or self._stopping():
                 return None
             wait = min(deadline, self._next_housekeeping)
-            self._sleeping = True
-            try:
-                if not self._done.empty():
-                    continue  # a done slipped in before the flag was up
-                events = dict(self._poller.poll(int(max(0.0, wait - now) * 1000) + 1))
-            finally:
-                self._sleeping = False
-            if self._rfd in events:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._rfd, 65536)
+            dealer.poll(int(max(0.0, wait - now) * 1000) + 1)
 
     def stop_receiving(self) -> None:
         """Nothing to do: the master stopped sending before it said ``stop``."""
-        self._flush_done()
 
     def close(self, linger_s: float) -> None:
-        self._flush_done()
+        """After the app threads are done: flush every socket's last reports."""
+        with self._lock:
+            self._closed = True
+            for sock in self._done_socks:
+                sock.close(linger=int(linger_s * 1000))
+            self._done_socks.clear()
         self.dealer.close(linger=int(linger_s * 1000))
-        os.close(self._rfd)
-        os.close(self._wfd)
 
     # -- internals ---------------------------------------------------------
     def _stopping(self) -> bool:
@@ -275,21 +271,8 @@ class MasterLink:
             log.warning("unknown frame from the master: %r", kind[:20])
         return None
 
-    def _flush_done(self) -> None:
-        """Every finished request so far, in one message: ``d S1 C1 S2 C2 ...``."""
-        frames = [DONE]
-        while True:
-            try:
-                sender, conn_id = self._done.get_nowait()
-            except queue.Empty:
-                break
-            frames += (sender.encode("latin-1"), b"%d" % conn_id)
-        if len(frames) > 1:
-            self.dealer.send_multipart(frames)
-
     def _housekeeping(self, now: float) -> None:
         """Probes (until ready), heartbeats, the master-alive check, log reopening."""
-        self._flush_done()
         if not self.ready and now >= self._next_probe and self.sink is not None:
             probe = self._probe_base + self._probe_attempt % PROBE_SPAN
             self._probe_attempt += 1
@@ -423,7 +406,10 @@ def _run(spec: WorkerSpec) -> int:
     clean = worker.run(cfg.graceful_timeout)
     sink.close(linger_s=min(cfg.graceful_timeout, 5.0))
     link.close(linger_s=1.0)
-    ctx.term()
+    if clean:
+        ctx.term()  # waits for the replies and reports still queued (linger)
+    else:
+        ctx.destroy(linger=1000)  # a stuck thread may still hold a socket
     log.debug("worker %s exits after %d request(s)", spec.wid.decode(), worker.requests)
     return 0 if clean else 1
 
