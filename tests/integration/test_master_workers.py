@@ -218,10 +218,10 @@ def test_graceful_stop_finishes_the_request_in_flight(
 def test_stop_keeps_replies_flowing_and_refuses_new_requests(
     mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path
 ) -> None:
-    """A reply to a client that left must not stall the replies of the others.
+    """Replies keep reaching clients while the master stops; new requests get 503.
 
-    (Mongrel2 owes a disconnect notice for it; with no PULL connected it blocks
-    on that and delivers nothing more, so the master keeps its PULL to the end.)
+    (The master keeps its PULL connected to the end: with it disconnected at
+    stop, replies published afterwards were sometimes never delivered.)
     """
     s = start(m2gate_server, tmp_path, "-p", "2", "--threads", "2")
     t, out = in_background(lambda: get(mongrel2, "/sleep?s=1.5"))

@@ -587,11 +587,11 @@ class Master:
         self.respawn_at.clear()
         if self.pending_gen is not None:
             self._abort_reload("stopping")
-        # The PULL stays connected until the very end. Measured: while a
-        # handler has no PULL connected, Mongrel2 blocks on the disconnect
-        # notice it owes for a reply to a closed (or unknown) connection, and
-        # then delivers no reply at all, including those of our workers still
-        # finishing. New requests get 503 instead (see _on_message).
+        # The PULL stays connected until the very end. Seen in tests: with it
+        # disconnected at stop, replies published afterwards (a worker
+        # finishing, our own 503) were sometimes never delivered while
+        # Mongrel2 still owed disconnect notices for probe ids. New requests
+        # get 503 instead (see _on_message).
         for p in list(self.procs.values()):
             if p.ready_at is None:
                 self._kill(p, "503 Service Unavailable")
