@@ -1061,15 +1061,11 @@ def serve(cfg: Config) -> int:
         service.start_single(cfg)  # chroot, user, app environment, SIGUSR1
         return serve_single(cfg)
     if cfg.worker_class != "threads" or cfg.interface == "asgi":
-        if needs_master(cfg):
-            raise ConfigError(
-                "processes: worker processes run threaded WSGI apps only for now;"
-                " drop --processes and the master options for worker_class=%s/interface=%s"
-                % (cfg.worker_class, cfg.interface)
-            )
-        from m2gate.server.run import serve as serve_single
-
-        return serve_single(cfg)
+        raise ConfigError(
+            "processes: worker processes run threaded WSGI apps only for now;"
+            " drop --processes and the master options for worker_class=%s/interface=%s"
+            % (cfg.worker_class, cfg.interface)
+        )
     pidfile = None
     if cfg.pidfile:
         try:
@@ -1079,6 +1075,8 @@ def serve(cfg: Config) -> int:
     try:
         # after the pidfile lock, before any app code: chroot, user, app environment
         service.confine(cfg, chown=[cfg.pidfile])
+        if pidfile is not None:
+            pidfile.path = os.path.abspath(cfg.pidfile)  # as seen after a chroot
         return Master(cfg, pidfile).run()
     except AlreadyRunning as exc:
         raise ConfigError(str(exc)) from None
