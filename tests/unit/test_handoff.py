@@ -146,3 +146,20 @@ def test_unroute_undoes_a_failed_send() -> None:
     assign(d, req(1))
     d.unroute(b"w0", (KEY_SENDER, 1))
     assert d.owner == {} and d.workers[b"w0"].inflight == {}
+
+
+def test_upload_done_completes_the_upload_in_flight_without_a_new_entry() -> None:
+    d = dispatcher(1)
+    start = {"x-mongrel2-upload-start": "/tmp/up.1"}
+    done = {**start, "x-mongrel2-upload-done": "/tmp/up.1"}
+    first = assign(d, req(3, **start))
+    assert assign(d, req(3, **done)) == first
+    assert d.workers[b"w0"].pending == 1
+    # Queued behind a busy worker, the pair still counts once.
+    d2 = dispatcher(1)
+    assign(d2, req(1))
+    assert assign(d2, req(3, **start)) == Hold()
+    assert assign(d2, req(3, **done)) == Hold()
+    d2.on_done(b"w0", (KEY_SENDER, 1), 1.0)
+    assert [q.msg.conn_id for _, q in d2.dispatch_queued(1.0)] == [3, 3]
+    assert d2.workers[b"w0"].pending == 1

@@ -248,7 +248,8 @@ class Dispatcher:
             key = item.msg.key
             wid = self.owner.get(key)
             if wid is not None:
-                self._add(self.workers[wid], key, now, pipelined=True)
+                if not isinstance(item.msg, UploadDone):  # that one completes the upload
+                    self._add(self.workers[wid], key, now, pipelined=True)
             else:
                 w = self.pick()
                 if w is None:
