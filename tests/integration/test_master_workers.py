@@ -547,3 +547,22 @@ def test_metrics_prometheus(mongrel2: Mongrel2, m2gate_server: Factory, tmp_path
     per_worker = families["m2gate_worker_requests"].samples
     assert len(per_worker) == 2 and sum(smp.value for smp in per_worker) == total
     assert {smp.labels["pid"] for smp in per_worker}
+
+
+def test_uploads_through_the_master(
+    mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path
+) -> None:
+    """Upload-start and upload-done reach the same worker; the accounting stays exact."""
+    s = start(
+        m2gate_server, tmp_path, "-p", "2", "--upload-dir", str(mongrel2.upload_dir),
+        app="basic:application",
+    )  # fmt: skip
+    body = os.urandom(300_000)
+    for _ in range(3):
+        resp = requests.post(mongrel2.url + "/echo", data=body, timeout=30)
+        assert resp.status_code == 200 and resp.content == body
+    doc = wait_until(
+        lambda: (d := s.status()) and all(w["in_flight"] == [] for w in d["workers"]) and d,
+        what="no request left in flight",
+    )
+    assert doc["requests"] >= 3
