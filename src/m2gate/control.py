@@ -293,8 +293,16 @@ def format_status(doc: dict[str, Any]) -> str:
     )
     for w in doc["workers"]:
         inflight = ", ".join(
-            "conn %s %s%s"
-            % (e["conn_id"], _age(e["age"]), " (pipelined)" if e["pipelined"] else "")
+            " ".join(
+                part
+                for part in (
+                    "conn %s" % e["conn_id"],
+                    e.get("request", ""),
+                    _age(e["age"]),
+                    "(pipelined)" if e["pipelined"] else "",
+                )
+                if part
+            )
             for e in w["in_flight"]
         )
         lines.append(

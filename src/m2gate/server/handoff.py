@@ -48,6 +48,7 @@ class InFlight:
     key: Key
     started: float  # when the worker could start it (after the ones before it)
     pipelined: bool
+    what: str = ""  # "METHOD PATH", for status
 
 
 @dataclass
@@ -185,14 +186,14 @@ class Dispatcher:
         if wid is not None:
             if isinstance(msg, UploadDone):
                 return Forward(wid)  # completes the upload in flight: not a new request
-            self._add(self.workers[wid], key, now, pipelined=True)
+            self._add(self.workers[wid], key, now, True, msg)
             return Forward(wid)
         if key in self._queued_keys:
             return self._hold(msg, raw, now)  # behind an earlier request of this connection
         w = self.pick()
         if w is None:
             return self._hold(msg, raw, now)
-        self._add(w, key, now, pipelined=False)
+        self._add(w, key, now, False, msg)
         return Forward(w.wid)
 
     def pick(self) -> WorkerInfo | None:
@@ -249,13 +250,13 @@ class Dispatcher:
             wid = self.owner.get(key)
             if wid is not None:
                 if not isinstance(item.msg, UploadDone):  # that one completes the upload
-                    self._add(self.workers[wid], key, now, pipelined=True)
+                    self._add(self.workers[wid], key, now, True, item.msg)
             else:
                 w = self.pick()
                 if w is None:
                     break
                 wid = w.wid
-                self._add(w, key, now, pipelined=False)
+                self._add(w, key, now, False, item.msg)
             self._pop_queue()
             out.append((wid, item))
         return out
@@ -290,12 +291,12 @@ class Dispatcher:
                     del self.owner[key]
 
     # -- internals ---------------------------------------------------------
-    def _add(self, w: WorkerInfo, key: Key, now: float, pipelined: bool) -> None:
+    def _add(self, w: WorkerInfo, key: Key, now: float, pipelined: bool, msg: Message) -> None:
         q = w.inflight.get(key)
         if q is None:
             q = w.inflight[key] = deque()
             self.owner[key] = w.wid
-        q.append(InFlight(key, now, pipelined))
+        q.append(InFlight(key, now, pipelined, "%s %s" % (msg.method, msg.path)))
 
     def _hold(self, msg: Message, raw: bytes, now: float) -> Decision:
         if len(self.queue) >= self.queue_size:

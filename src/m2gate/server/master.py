@@ -990,6 +990,7 @@ class Master:
                             "conn_id": e.key[1],
                             "age": round(now - e.started, 3),
                             "pipelined": e.pipelined,
+                            "request": e.what,
                         }
                         for e in info.entries()
                     ],
