@@ -13,7 +13,7 @@ LINT_PATHS := $(wildcard src tests benchmarks tools scripts examples)
 SUDO := $(shell [ "$$(id -u)" -ne 0 ] && command -v sudo)
 APT  := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: venv install sysdeps bench-deps test test-long lint format bench demo clean corpus
+.PHONY: venv install sysdeps bench-deps test test-long lint format bench demo clean corpus docs
 
 venv install: sysdeps $(STAMP)
 
@@ -61,6 +61,10 @@ bench: install bench-deps
 
 demo: install
 	$(PY) scripts/demo.py
+
+# docs/settings.md is generated from src/m2gate/config/settings.py (a test checks it).
+docs: install
+	$(PY) -m m2gate.config.docs > docs/settings.md
 
 # Re-capture tests/corpus from a real Mongrel2 (review the diff before committing).
 corpus: install
