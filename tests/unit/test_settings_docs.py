@@ -12,7 +12,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 
 def test_committed_doc_matches_the_declarations() -> None:
     assert DOC.read_text(encoding="utf-8") == docs.render(), (
-        "docs/settings.md is stale: run `make docs` (python -m m2gate.config.docs > docs/settings.md)"
+        "docs/settings.md is stale: run `make docs`"
     )
 
 
