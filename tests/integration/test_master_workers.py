@@ -566,3 +566,33 @@ def test_uploads_through_the_master(
         what="no request left in flight",
     )
     assert doc["requests"] >= 3
+
+
+def test_started_before_mongrel2_and_across_its_restart(
+    m2gate_server: Factory, tmp_path: Path
+) -> None:
+    """Workers become ready when Mongrel2 appears, and serve again after it restarts."""
+    from m2gate.testing.mongrel2 import HandlerSpec
+
+    spec = HandlerSpec(
+        send_spec="tcp://127.0.0.1:%d" % free_port(),
+        recv_spec="tcp://127.0.0.1:%d" % free_port(),
+    )
+    m2 = Mongrel2(tmp_path / "late-mongrel2", handlers=[spec], port=free_port())
+    try:
+        server = m2gate_server(
+            "master_app:application", "-p", "2", "--pidfile", str(tmp_path / "m.pid"),
+            m2=m2, handler=m2.handlers[0], wait=False,
+        )  # fmt: skip
+        time.sleep(1.0)
+        s = Served(server, tmp_path / "m.pid")
+        assert {w["status"] for w in s.status()["workers"]} == {"starting"}
+        m2.start()
+        server.wait_ready("/")
+        assert get(m2, "/").status_code == 200
+        m2.restart()
+        server.wait_ready("/")
+        for _ in range(10):
+            assert get(m2, "/").status_code == 200
+    finally:
+        m2.stop()

@@ -181,6 +181,7 @@ class Master:
         self._next_watch = 0.0
         self._watch_mtimes: dict[str, float] = {}
         self._pub_ready = False
+        self._pub_ready_at = 0.0
         self._pub_probe = 0
         self._next_pub_probe = 0.0
         self.run_dir = ""
@@ -738,6 +739,7 @@ class Master:
         if slot == probe_base(0):
             if not self._pub_ready:
                 self._pub_ready = True
+                self._pub_ready_at = now
                 log.debug("master reply path proven")
             return
         wid = self.by_probe.get(slot)
@@ -863,7 +865,12 @@ class Master:
         for proc in list(self.procs.values()):
             if proc.kill_at is not None and now >= proc.kill_at:
                 self._kill(proc, proc.answer_status)
-            elif proc.ready_at is None and now - proc.started > READY_TIMEOUT and not proc.killed:
+            elif (
+                proc.ready_at is None
+                and self._pub_ready  # Mongrel2 answers us: the worker itself is stuck
+                and now - max(proc.started, self._pub_ready_at) > READY_TIMEOUT
+                and not proc.killed
+            ):
                 log.error(
                     "worker %s (pid %d) not ready after %ss: killing it",
                     proc.wid.decode(),
