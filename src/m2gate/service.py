@@ -26,7 +26,7 @@ from typing import Any
 
 from m2gate import logs
 from m2gate.config.loader import APP_DIR_FILE
-from m2gate.config.settings import Config, ConfigError
+from m2gate.config.settings import Config, ConfigError, settings
 
 log = logging.getLogger("m2gate")
 
@@ -57,6 +57,35 @@ def render_toml(values: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _absolute(name: str, value: str) -> str:
+    if not value or value == "-":
+        return value
+    if name == "paste":  # [config:]FILE[#name]
+        prefix = "config:" if value.startswith("config:") else ""
+        path, sep, section = value.removeprefix("config:").partition("#")
+        return prefix + os.path.abspath(path) + sep + section
+    return os.path.abspath(value)
+
+
+def absolute_paths(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with relative file and directory settings made absolute.
+
+    m2gate.toml is read from anywhere later (and the app runs in DIR/app), so
+    a path is resolved once, against the directory ``m2gate init`` ran in.
+    """
+    kinds = {f.name: meta for f, meta, _ in settings()}
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        meta = kinds.get(name)
+        if meta is not None and meta.path:
+            if isinstance(value, list):
+                value = [_absolute(name, v) for v in value]
+            elif isinstance(value, str):
+                value = _absolute(name, value)
+        out[name] = value
+    return out
+
+
 def init_app_dir(directory: str, values: Mapping[str, Any]) -> str:
     """Create ``app/ logs/ run/`` and ``m2gate.toml`` with ``values``; return the file.
 
@@ -70,7 +99,7 @@ def init_app_dir(directory: str, values: Mapping[str, Any]) -> str:
         for sub in APP_DIR_LAYOUT:
             os.makedirs(os.path.join(directory, sub), exist_ok=True)
         with open(path, "x", encoding="utf-8") as fh:
-            fh.write(render_toml(values))
+            fh.write(render_toml(absolute_paths(values)))
     except OSError as exc:
         raise ConfigError("init: cannot create %s: %s" % (directory, exc.strerror or exc)) from None
     return path

@@ -117,6 +117,29 @@ def test_init_command_writes_only_given_non_default_options(
     assert cfg.chdir == str(site / "app")
 
 
+def test_init_writes_paths_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    values = {
+        "virtualenv": "venv",
+        "pythonpath": ["lib", "/abs/lib"],
+        "access_log": "-",
+        "log_file": "logs/x.log",
+        "paste": "config:dev.ini#api",
+        "app": "hello:app",  # a module name, not a path
+        "server_name": "example.com",
+    }
+    path = service.init_app_dir("site", values)
+    assert tomllib.loads(Path(path).read_text()) == {
+        "virtualenv": str(tmp_path / "venv"),
+        "pythonpath": [str(tmp_path / "lib"), "/abs/lib"],
+        "access_log": "-",
+        "log_file": str(tmp_path / "logs" / "x.log"),
+        "paste": "config:%s#api" % (tmp_path / "dev.ini"),
+        "app": "hello:app",
+        "server_name": "example.com",
+    }
+
+
 # -- the app's environment --------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ class Meta:
     positional: bool = False
     in_file: bool = True  # False: not accepted as a config-file key (e.g. config itself)
     env_separator: str = ","  # how list settings are split in M2GATE_<NAME>
+    path: bool = False  # a file or directory: `m2gate init` writes it absolute
 
 
 def setting(default: Any, help: str, **meta: Any) -> Any:
@@ -171,6 +172,7 @@ class Config:
         short="-c",
         metavar="FILE",
         in_file=False,
+        path=True,
     )
     paste: str = setting(
         "",
@@ -179,6 +181,7 @@ class Config:
         metavar="INI",
         validate=_check_paste,
         accepted="FILE.ini, config:FILE.ini or either with #APPNAME",
+        path=True,
     )
     pythonpath: list[str] = setting(  # noqa: RUF009 (setting() makes a default_factory)
         [],
@@ -186,12 +189,14 @@ class Config:
         section="app",
         metavar="DIR",
         env_separator=":",
+        path=True,
     )
     virtualenv: str = setting(
         "",
         "Virtualenv whose site-packages the app is imported from.",
         section="app",
         metavar="DIR",
+        path=True,
     )
     env: list[str] = setting(  # noqa: RUF009
         [],
@@ -316,6 +321,7 @@ class Config:
         "Reload gracefully when this file's modification time changes.",
         section="workers",
         metavar="FILE",
+        path=True,
     )
     reload_on_change: bool = setting(
         False,
@@ -361,7 +367,9 @@ class Config:
         validate=_check_listen_addr,
         accepted="HOST:PORT or a unix socket path (containing '/')",
     )
-    chdir: str = setting("", "Change to this directory before loading the app.", section="app")
+    chdir: str = setting(
+        "", "Change to this directory before loading the app.", section="app", path=True
+    )
     server_name: str = setting(
         "localhost", "SERVER_NAME when the request has no Host header.", section="wsgi"
     )
@@ -401,12 +409,14 @@ class Config:
         "Directory of Mongrel2's upload.temp_store; large bodies are only read from files in it.",
         section="uploads",
         metavar="DIR",
+        path=True,
     )
     mongrel2_chroot: str = setting(
         "",
         "Mongrel2's chroot: upload paths it announces are relative to it.",
         section="uploads",
         metavar="DIR",
+        path=True,
     )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = setting(
         "info", "Logging level.", section="logging"
@@ -416,6 +426,7 @@ class Config:
         "Write the log to this file instead of stderr; reopened on SIGUSR1 (logrotate).",
         section="logging",
         metavar="FILE",
+        path=True,
     )
     log_zeromq: str = setting(
         "",
@@ -430,6 +441,7 @@ class Config:
         "Access log file, one line per request ('-' for stderr; default: none).",
         section="logging",
         metavar="FILE",
+        path=True,
     )
     access_log_format: str = setting(
         '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s',
@@ -447,12 +459,17 @@ class Config:
         section="service",
         metavar="DIR",
         in_file=False,
+        path=True,
     )
     daemon: bool = setting(
         False, "Detach from the terminal and run in the background.", section="service"
     )
     pidfile: str = setting(
-        "", "Write the master's PID to this file.", section="service", metavar="FILE"
+        "",
+        "Write the master's PID to this file.",
+        section="service",
+        metavar="FILE",
+        path=True,
     )
     user: str = setting(
         "",
@@ -473,12 +490,14 @@ class Config:
         "chroot() into this directory before dropping privileges (needs root).",
         section="service",
         metavar="DIR",
+        path=True,
     )
     mongrel2_db: str = setting(
         "",
         "Mongrel2's config.sqlite: take send/recv specs and idents from the selected handler.",
         section="mongrel2",
         metavar="FILE",
+        path=True,
     )
     route: str = setting(
         "",
