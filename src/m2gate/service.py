@@ -148,7 +148,8 @@ def _captured(fd: int) -> bool:
     return False
 
 
-_PATH_SETTINGS = ("chdir", "upload_dir", "virtualenv", "log_file", "access_log", "pidfile")
+# Paths already used up when the chroot is entered: not translated, not warned about.
+_USED_BEFORE_CHROOT = frozenset({"config", "app_dir", "chroot", "mongrel2_db"})
 
 
 def enter_chroot(cfg: Config) -> None:
@@ -158,6 +159,7 @@ def enter_chroot(cfg: Config) -> None:
     Paths outside the new root can no longer be reached: they are reported.
     """
     root = os.path.abspath(cfg.chroot)
+    cwd = os.getcwd()  # relative settings are relative to where we started
     try:
         os.chroot(root)
         os.chdir("/")
@@ -166,20 +168,24 @@ def enter_chroot(cfg: Config) -> None:
     logs.set_chroot(root)
 
     def inside(path: str) -> str:
-        full = os.path.abspath(path) if path and not os.path.isabs(path) else path
+        full = os.path.normpath(os.path.join(cwd, path)) if path else path
         if full == root or full.startswith(root + "/"):
             return full[len(root) :] or "/"
         if path and path != "-":
             log.warning("chroot %s: %s is outside it and cannot be reached", root, path)
         return path
 
-    for name in _PATH_SETTINGS:
-        value = getattr(cfg, name)
-        if value and value != "-":
-            setattr(cfg, name, inside(value))
-    cfg.pythonpath = [inside(p) for p in cfg.pythonpath]
-    if cfg.paste:
-        cfg.paste = inside(cfg.paste.removeprefix("config:"))
+    for f, meta, _ in settings():
+        if not meta.path or f.name in _USED_BEFORE_CHROOT:
+            continue
+        value = getattr(cfg, f.name)
+        if isinstance(value, list):
+            setattr(cfg, f.name, [inside(v) for v in value])
+        elif f.name == "paste" and value:
+            path, sep, section = value.removeprefix("config:").partition("#")
+            cfg.paste = inside(path) + sep + section
+        elif value and value != "-":
+            setattr(cfg, f.name, inside(value))
     log.info("chrooted into %s", root)
 
 

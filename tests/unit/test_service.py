@@ -251,14 +251,15 @@ def test_unknown_user_and_group() -> None:
 
 
 @root_only
-def test_chroot_rewrites_paths_inside(tmp_path: Path) -> None:
+def test_chroot_rewrites_paths_inside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     jail = tmp_path / "jail"
     (jail / "app").mkdir(parents=True)
     (jail / "logs").mkdir()
     (jail / "marker").write_text("inside")
+    monkeypatch.chdir(jail)  # relative settings are relative to the start directory
     cfg = Config(
         chroot=str(jail),
-        chdir=str(jail / "app"),
+        chdir="app",
         log_file=str(jail / "logs" / "m2gate.log"),
         pythonpath=[str(jail / "app"), "/usr/lib/outside"],
         access_log="-",
