@@ -375,13 +375,3 @@ def start_single(cfg: Config) -> None:
     """The single-process serve: :func:`confine`, and SIGUSR1 reopens the log files."""
     confine(cfg)
     logs.reopen_on_sigusr1()
-
-
-def start_service(cfg: Config) -> None:
-    """Single-process start-up: :func:`detach` then :func:`confine` (no pidfile here).
-
-    Logging must already be set up. SIGUSR1 reopens the log files; a master
-    installs its own handler instead.
-    """
-    detach(cfg)
-    start_single(cfg)
