@@ -1,15 +1,18 @@
 """Running as a service: app folders, daemonizing, chroot, privilege drop, app environment.
 
-These are building blocks the master calls in this order (see each docstring)::
+Start-up runs them in this order (cli.main, then server.master.serve)::
 
     cfg = cli.configure(cli_values)        # settings, --app-dir, --mongrel2-db
     logs.setup_logging(cfg)                # opens log files: errors still on the terminal
-    detach(cfg)                            # --daemon, before any thread or ZeroMQ context
+    detach(cfg)                            # preflight checks, then --daemon (before any
+                                           # thread or ZeroMQ context)
     <pidfile lock>                         # after daemonize: the PID is final
     confine(cfg, chown=[pidfile])          # --chroot (root), --user/--group, --env,
                                            # --virtualenv, --pythonpath
     <load the app (preload) or fork workers that load it>
     SIGUSR1 (from the master's loop, never in the handler): logs.reopen_logs()
+
+Without a master, :func:`start_single` replaces the pidfile and confine steps.
 """
 
 from __future__ import annotations
