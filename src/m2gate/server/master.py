@@ -55,7 +55,6 @@ from m2gate.server.workerproc import (
     HEARTBEAT,
     HELLO,
     LOADED,
-    MSG,
     READY,
     STOP,
     WorkerSpec,
@@ -330,7 +329,7 @@ class Master:
     def _on_ready(self, proc: Proc, now: float) -> None:
         self.disp.mark_ready(proc.wid)
         proc.ready_at = now
-        self._send(proc.wid, READY)
+        self._send(proc.wid, b"", READY)
         log.info(
             "worker %s (pid %d) ready in %.2fs: reply path proven",
             proc.wid.decode(),
@@ -711,7 +710,7 @@ class Master:
             return
         decision = self.disp.assign(msg, raw, now)
         if isinstance(decision, Forward):
-            if not self._send(decision.wid, MSG, raw):
+            if not self._send(decision.wid, raw):
                 self.disp.unroute(decision.wid, msg.key)
                 self.disp.retire(decision.wid)
                 self._on_message(raw, now)  # to another worker, or the queue
@@ -758,7 +757,7 @@ class Master:
 
     def _dispatch_queued(self, now: float) -> None:
         for wid, item in self.disp.dispatch_queued(now):
-            if not self._send(wid, MSG, item.raw):
+            if not self._send(wid, item.raw):
                 self.disp.unroute(wid, item.msg.key)
                 self.disp.retire(wid)
                 self._on_message(item.raw, now)
@@ -799,16 +798,14 @@ class Master:
         if proc is None:
             return False
         if kind == DONE:
-            freed = False
-            for i in range(2, len(frames) - 1, 2):
-                try:
-                    key = (frames[i].decode("latin-1"), int(frames[i + 1]))
-                except ValueError:
-                    continue
-                freed = self.disp.on_done(wid, key, now) or freed
+            sender, _, conn_id = frames[2].rpartition(b" ") if len(frames) > 2 else (b"", b"", b"")
+            if not conn_id.isdigit() or not self.disp.on_done(
+                wid, (sender.decode("latin-1"), int(conn_id)), now
+            ):
+                return False
             if proc.max_requests and proc.info.requests >= proc.max_requests:
                 self._recycle(proc, "max-requests %d reached" % proc.max_requests, now)
-            return freed
+            return True
         if kind == HEARTBEAT:
             self._on_heartbeat(proc, frames[2] if len(frames) > 2 else b"{}", now)
         elif kind == FATAL:
@@ -912,7 +909,7 @@ class Master:
             proc = self.procs.get(info.wid)
             if proc is not None and not proc.stop_sent and proc.kill_at is None:
                 proc.stop_sent = True
-                self._send(proc.wid, STOP)
+                self._send(proc.wid, b"", STOP)
         if now >= self._next_watch:
             self._next_watch = now + WATCH_INTERVAL
             self._watch(now)

@@ -11,8 +11,9 @@ sends before it has connected).
 
 Wire between master and worker (multipart frames, the ROUTER adds the id):
 
-- master -> worker: ``m RAW`` (a Mongrel2 message), ``ready``, ``stop``
-- worker -> master: ``hello JSON``, ``d SENDER CONN_ID`` (one per request
+- master -> worker: ``RAW`` (one frame: a Mongrel2 message), or an empty
+  frame then ``ready`` / ``stop``
+- worker -> master: ``hello JSON``, ``d "SENDER CONN_ID"`` (one per request
   accepted, served or dropped), ``hb JSON`` (every second), ``loaded JSON``
   (app source files, for reload-on-change), ``fatal TEXT`` (app load failed)
 """
@@ -59,7 +60,6 @@ PROBE_INTERVAL = 0.05
 HEARTBEAT_INTERVAL = 1.0
 
 # Frames
-MSG = b"m"
 READY = b"ready"
 STOP = b"stop"
 HELLO = b"hello"
@@ -221,7 +221,7 @@ class MasterLink:
                 sock = self._dealer(b"%s.%d" % (self.wid, len(self._done_socks)))
                 self._done_socks.append(sock)
             self._tls.sock = sock
-        sock.send_multipart((DONE, conn.sender.encode("latin-1"), b"%d" % conn.conn_id))
+        sock.send_multipart((DONE, b"%s %d" % (conn.sender.encode("latin-1"), conn.conn_id)))
 
     # -- RequestSource -----------------------------------------------------
     def recv(self, timeout_ms: int) -> bytes | None:
@@ -258,9 +258,9 @@ class MasterLink:
         return self.worker is not None and self.worker.stopping.is_set()
 
     def _handle(self, frames: list[bytes]) -> bytes | None:
-        kind = frames[0]
-        if kind == MSG and len(frames) == 2:
-            return frames[1]
+        if len(frames) == 1:
+            return frames[0]  # a Mongrel2 message
+        kind = frames[1]
         if kind == READY:
             self.ready = True
             self._next_housekeeping = self._next_heartbeat
