@@ -41,6 +41,7 @@ class GreenZmqTransport(ZmqTransport):
 
     context_class = zmq.green.Context
     poller_class = zmq.green.Poller
+    blocking_recv = False
 
 
 class GeventWorker(ThreadedWorker):

@@ -22,6 +22,7 @@ class ZmqTransport:
     # zmq.green's classes here make every wait cooperative (gevent worker).
     context_class: type[zmq.Context[zmq.Socket[bytes]]] = zmq.Context
     poller_class: type[zmq.Poller] = zmq.Poller
+    blocking_recv = True  # False: wait through poller_class (cooperative under gevent)
 
     def __init__(self, send_spec: str, recv_spec: str, identity: str) -> None:
         self.send_spec = send_spec
@@ -42,8 +43,23 @@ class ZmqTransport:
         self._receiving = True
         self._poller = self.poller_class()
         self._poller.register(self.pull, zmq.POLLIN)
+        self._rcvtimeo = -1
 
     def recv(self, timeout_ms: int) -> bytes | None:
+        if not self.blocking_recv:
+            return self._poll_recv(timeout_ms)
+        # A blocking recv bounded by RCVTIMEO is the cheapest pyzmq receive
+        # (no Poller object, no exception when a message is waiting).
+        if timeout_ms != self._rcvtimeo:
+            self.pull.setsockopt(zmq.RCVTIMEO, timeout_ms)
+            self._rcvtimeo = timeout_ms
+        try:
+            data: bytes = self.pull.recv()
+        except zmq.Again:
+            return None
+        return data
+
+    def _poll_recv(self, timeout_ms: int) -> bytes | None:
         # Under load a message is usually waiting: try that before polling.
         try:
             data: bytes = self.pull.recv(zmq.NOBLOCK)
