@@ -101,10 +101,15 @@ def in_background(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     return t, out
 
 
+def sleepers(worker: dict[str, Any]) -> list[dict[str, Any]]:
+    """The worker's ``/sleep`` requests in flight (not a probe about to be reported done)."""
+    return [e for e in worker["in_flight"] if e["request"].startswith("GET /sleep")]
+
+
 def wait_in_flight(s: Served, count: int = 1) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         doc = s.status()
-        n = sum(len(w["in_flight"]) for w in doc["workers"])
+        n = sum(len(sleepers(w)) for w in doc["workers"])
         return doc if n >= count else None
 
     result: dict[str, Any] = wait_until(check, what="a request in flight")
@@ -176,7 +181,7 @@ def test_killed_worker_is_replaced_and_its_client_gets_502(
     before = s.worker_pids()
     t, out = in_background(lambda: get(mongrel2, "/sleep?s=30"))
     doc = wait_in_flight(s)
-    victim = next(w["pid"] for w in doc["workers"] if w["in_flight"])
+    victim = next(w["pid"] for w in doc["workers"] if sleepers(w))
     os.kill(victim, signal.SIGKILL)
     t.join(15)
     assert out and getattr(out[0], "status_code", None) == 502
