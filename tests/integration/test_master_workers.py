@@ -123,6 +123,11 @@ def test_processes_serve_with_their_own_pids(
     mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path
 ) -> None:
     s = start(m2gate_server, tmp_path, "-p", "2", "--threads", "2")
+    # The server answers as soon as one worker is ready; wait for the second.
+    wait_until(
+        lambda: all(w["status"] != "starting" for w in s.status()["workers"]),
+        what="both workers ready",
+    )
     pids = s.worker_pids()
     assert len(pids) == 2 and s.server.pid not in pids
     seen = {int(get(mongrel2, "/pid").text) for _ in range(40)}
