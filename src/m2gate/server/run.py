@@ -35,6 +35,10 @@ def serve(cfg: Config) -> int:
 
         patch()  # before the app, or anything it imports, is loaded (no-op after the CLI's)
         from m2gate.server import gevent_worker
+    # A single process has nothing to reload into: SIGHUP (sent by habit, or
+    # by logrotate scripts) must not kill it. Reloads need the master.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    log.info("single process: SIGHUP is ignored; zero-downtime reloads need -p N or --pidfile")
     app = load_app(cfg.app, cfg.chdir, cfg.paste)
     if resolve_interface(cfg.interface, app) == "asgi":
         if green:
