@@ -38,8 +38,8 @@ def serve(cfg: Config) -> int:
     # A single process has nothing to reload into: SIGHUP (sent by habit, or
     # by logrotate scripts) must not kill it. Reloads need the master.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    log.info("single process: SIGHUP is ignored; zero-downtime reloads need -p N or --pidfile")
     app = load_app(cfg.app, cfg.chdir, cfg.paste)
+    log.info("single process: SIGHUP is ignored; zero-downtime reloads need -p N or --pidfile")
     if resolve_interface(cfg.interface, app) == "asgi":
         if green:
             raise ConfigError(_GEVENT_WSGI_ONLY)
