@@ -612,3 +612,29 @@ def test_started_before_mongrel2_and_across_its_restart(
             assert get(m2, "/").status_code == 200
     finally:
         m2.stop()
+
+
+def test_stats_count_clients_gone_mid_request(
+    mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path
+) -> None:
+    """A client leaving during its request reaches its worker and the stats."""
+    import json
+
+    port = free_port()
+    start(m2gate_server, tmp_path, "-p", "2", "--stats", "127.0.0.1:%d" % port)
+
+    def disconnects() -> int:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        return sum(w.get("disconnects", 0) for w in json.loads(data)["workers"])
+
+    # The fixture's readiness probes may have hung up mid-request themselves:
+    # count from what the heartbeats (every second) report once settled.
+    time.sleep(1.5)
+    before = disconnects()
+    with socket.create_connection(("127.0.0.1", mongrel2.port), timeout=10) as client:
+        client.sendall(b"GET /sleep?s=1.5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)  # let the request reach a worker, then hang up
+    wait_until(lambda: disconnects() == before + 1, what="the disconnect in the stats")

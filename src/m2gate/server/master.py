@@ -101,6 +101,7 @@ class Proc:
     ready_at: float | None = None
     rss: int = 0
     exceptions: int = 0
+    disconnects: int = 0  # clients gone while their request was in flight
     fatal: str = ""
     recycling: str = ""  # why a replacement was started for it
     replaces: bytes = b""  # the worker this one replaces once ready
@@ -823,6 +824,7 @@ class Master:
             beat = json.loads(data)
             proc.rss = int(beat.get("rss", 0))
             proc.exceptions = int(beat.get("exceptions", 0))
+            proc.disconnects = int(beat.get("disconnects", 0))
         except (ValueError, TypeError, AttributeError):
             return
         limit = self.cfg.reload_on_rss * 1024 * 1024
@@ -984,6 +986,7 @@ class Master:
                     "busy": info.load,
                     "requests": info.requests,
                     "exceptions": p.exceptions,
+                    "disconnects": p.disconnects,
                     "avg_request_time": info.busy_time / info.requests if info.requests else 0.0,
                     "last_request_time": info.last_time,
                     "rss": p.rss,

@@ -198,6 +198,12 @@ def render_metrics(doc: dict[str, Any]) -> str:
             "App exceptions in the worker.",
             "exceptions",
         ),
+        (
+            "m2gate_worker_disconnects_total",
+            "counter",
+            "Clients that went away while the worker served them.",
+            "disconnects",
+        ),
         ("m2gate_worker_rss_bytes", "gauge", "Resident memory of the worker.", "rss"),
         (
             "m2gate_worker_busy_connections",

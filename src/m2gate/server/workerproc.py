@@ -298,6 +298,7 @@ class MasterLink:
             "rss": rss_bytes(),
             "requests": self.worker.requests if self.worker is not None else 0,
             "exceptions": self.exceptions.count if self.exceptions is not None else 0,
+            "disconnects": self.worker.disconnects if self.worker is not None else 0,
         }
 
 
