@@ -70,7 +70,8 @@ def test_control_server_round_trip(tmp_path: Path) -> None:
 def _doc() -> dict[str, Any]:
     worker = {
         "id": "w1", "pid": 11, "generation": 2, "status": "busy", "threads": 2, "busy": 1,
-        "requests": 5, "exceptions": 1, "avg_request_time": 0.25, "last_request_time": 0.5,
+        "requests": 5, "exceptions": 1, "disconnects": 2,
+        "avg_request_time": 0.25, "last_request_time": 0.5,
         "rss": 30_000_000, "max_requests": 0,
         "in_flight": [{"sender": "s", "conn_id": 7, "age": 1.25, "pipelined": False}],
     }  # fmt: skip
@@ -99,3 +100,4 @@ def test_metrics_text_parses_as_prometheus() -> None:
         "generation": "2",
     }
     assert families["m2gate_workers"].samples[0].labels == {"status": "busy"}
+    assert families["m2gate_worker_disconnects"].samples[0].value == 2
