@@ -7,13 +7,11 @@ import base64
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from m2gate.protocol import messages as messages_module
 from m2gate.protocol.messages import (
     Credits,
     Disconnect,
@@ -26,15 +24,7 @@ from m2gate.protocol.messages import (
     parse_message,
 )
 
-
-@pytest.fixture(autouse=True, scope="module", params=["c-codec", "pure-codec"])
-def _tnetstring_codec(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Run every test with the optional C header decoder and without it."""
-    on = messages_module.use_accelerator(request.param == "c-codec")
-    if request.param == "c-codec" and not on:
-        pytest.skip("tnetstring3 is not installed")
-    yield
-    messages_module.use_accelerator(True)
+pytestmark = pytest.mark.usefixtures("both_codecs")
 
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"

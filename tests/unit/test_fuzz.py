@@ -3,14 +3,12 @@ event or raise MalformedMessage, never anything else."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from m2gate.protocol import messages as messages_module
 from m2gate.protocol import tnetstring
 from m2gate.protocol.errors import LocalProtocolError, MalformedMessage
 from m2gate.protocol.http import Response
@@ -18,15 +16,7 @@ from m2gate.protocol.messages import Message, parse_message
 
 from .helpers import RawValue, control, message, request_headers
 
-
-@pytest.fixture(autouse=True, scope="module", params=["c-codec", "pure-codec"])
-def _tnetstring_codec(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Run every test with the optional C header decoder and without it."""
-    on = messages_module.use_accelerator(request.param == "c-codec")
-    if request.param == "c-codec" and not on:
-        pytest.skip("tnetstring3 is not installed")
-    yield
-    messages_module.use_accelerator(True)
+pytestmark = pytest.mark.usefixtures("both_codecs")
 
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

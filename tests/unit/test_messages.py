@@ -1,10 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from m2gate.protocol import messages as messages_module
 from m2gate.protocol.errors import MalformedMessage
 from m2gate.protocol.messages import (
     Credits,
@@ -30,15 +27,7 @@ from .helpers import (
     tnet_headers,
 )
 
-
-@pytest.fixture(autouse=True, scope="module", params=["c-codec", "pure-codec"])
-def _tnetstring_codec(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Run every test with the optional C header decoder and without it."""
-    on = messages_module.use_accelerator(request.param == "c-codec")
-    if request.param == "c-codec" and not on:
-        pytest.skip("tnetstring3 is not installed")
-    yield
-    messages_module.use_accelerator(True)
+pytestmark = pytest.mark.usefixtures("both_codecs")
 
 
 BOTH = pytest.mark.parametrize("json", [False, True], ids=["tnetstring", "json"])
