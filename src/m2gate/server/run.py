@@ -7,11 +7,12 @@ import signal
 from collections.abc import Callable
 from functools import partial
 from types import FrameType
+from typing import Any
 
 from m2gate import logs
 from m2gate.adapters.asgi import resolve_interface
 from m2gate.adapters.common import EnvironDefaults
-from m2gate.adapters.wsgi import SERVER, WSGIHandler
+from m2gate.adapters.wsgi import SERVER, WSGIApp, WSGIHandler
 from m2gate.config.settings import Config, ConfigError
 from m2gate.loading import load_app
 from m2gate.server.threaded import ThreadedWorker
@@ -23,6 +24,29 @@ log = logging.getLogger("m2gate")
 _GEVENT_WSGI_ONLY = (
     "worker_class: gevent serves WSGI apps; ASGI apps run on asyncio (accepted: threads)"
 )
+
+
+def wsgi_handler(cfg: Config, app: WSGIApp, multithread: bool, multiprocess: bool) -> WSGIHandler:
+    """The WSGI adapter as the settings shape it (one process or a worker)."""
+    return WSGIHandler(
+        app,
+        EnvironDefaults(cfg.server_name, cfg.server_port, cfg.trust_x_forwarded_for),
+        multithread=multithread,
+        multiprocess=multiprocess,
+        access_log=logs.access_logger(),
+    )
+
+
+def worker_options(cfg: Config) -> dict[str, Any]:
+    """The :class:`ThreadedWorker` arguments that come straight from the settings."""
+    return {
+        "threads": cfg.threads,
+        "reply_ident": cfg.recv_ident.encode("ascii"),
+        "max_message": cfg.max_message,
+        "flush_interval": cfg.flush_interval,
+        "server_header": SERVER,
+        "uploads": UploadStore(cfg.upload_dir, cfg.mongrel2_chroot),
+    }
 
 
 def serve(cfg: Config) -> int:
@@ -46,31 +70,14 @@ def serve(cfg: Config) -> int:
         from m2gate.server.asyncio_worker import serve_asgi
 
         return serve_asgi(cfg, app)
-    defaults = EnvironDefaults(cfg.server_name, cfg.server_port, cfg.trust_x_forwarded_for)
-    handler = WSGIHandler(
-        app,
-        defaults,
-        multithread=cfg.threads > 1 or green,
-        multiprocess=False,
-        access_log=logs.access_logger(),
-    )
+    handler = wsgi_handler(cfg, app, multithread=cfg.threads > 1 or green, multiprocess=False)
     transport_class: type[ZmqTransport] = ZmqTransport
     worker_class: Callable[..., ThreadedWorker] = ThreadedWorker
     if green:
         transport_class = gevent_worker.GreenZmqTransport
         worker_class = partial(gevent_worker.GeventWorker, connections=cfg.gevent_connections)
     transport = transport_class(cfg.send_spec, cfg.recv_spec, cfg.send_ident)
-    worker = worker_class(
-        transport,
-        transport,
-        handler,
-        threads=cfg.threads,
-        reply_ident=cfg.recv_ident.encode("ascii"),
-        max_message=cfg.max_message,
-        flush_interval=cfg.flush_interval,
-        server_header=SERVER,
-        uploads=UploadStore(cfg.upload_dir, cfg.mongrel2_chroot),
-    )
+    worker = worker_class(transport, transport, handler, **worker_options(cfg))
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if worker.stopping.is_set():

@@ -38,14 +38,12 @@ from typing import Any
 import zmq
 
 from m2gate import logs
-from m2gate.adapters.common import EnvironDefaults
-from m2gate.adapters.wsgi import SERVER, WSGIHandler
 from m2gate.config.settings import Config
 from m2gate.loading import AppLoadError, load_app
 from m2gate.protocol import replies
 from m2gate.server.output import Connection
+from m2gate.server.run import worker_options, wsgi_handler
 from m2gate.server.threaded import ThreadedWorker
-from m2gate.server.uploads import UploadStore
 
 log = logging.getLogger("m2gate.worker")
 
@@ -381,26 +379,9 @@ def _run(spec: WorkerSpec) -> int:
         return EXIT_APP_LOAD
     counter = ExceptionCounter()
     logging.getLogger("m2gate.wsgi").addFilter(counter)
-    handler = WSGIHandler(
-        app,
-        EnvironDefaults(cfg.server_name, cfg.server_port, cfg.trust_x_forwarded_for),
-        multithread=cfg.threads > 1,
-        multiprocess=cfg.processes > 1,
-        access_log=logs.access_logger(),
-    )
+    handler = wsgi_handler(cfg, app, multithread=cfg.threads > 1, multiprocess=cfg.processes > 1)
     sink = PubSink(ctx, cfg.recv_spec, b"%s-%s" % (cfg.send_ident.encode("ascii"), spec.wid))
-    worker = ThreadedWorker(
-        link,
-        sink,
-        handler,
-        threads=cfg.threads,
-        reply_ident=cfg.recv_ident.encode("ascii"),
-        max_message=cfg.max_message,
-        flush_interval=cfg.flush_interval,
-        server_header=SERVER,
-        uploads=UploadStore(cfg.upload_dir, cfg.mongrel2_chroot),
-        on_done=link.done,
-    )
+    worker = ThreadedWorker(link, sink, handler, on_done=link.done, **worker_options(cfg))
     link.attach(worker, sink, reply_uuid(cfg), probe_base(spec.serial), counter)
     if cfg.reload_on_change:
         link.send(LOADED, json.dumps(app_source_files()).encode())
