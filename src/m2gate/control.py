@@ -21,10 +21,11 @@ import logging
 import os
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from m2gate.server.listener import Listener
 
 log = logging.getLogger("m2gate.control")
 
@@ -121,7 +122,7 @@ def is_locked(path: str) -> bool:
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-class ControlServer:
+class ControlServer(Listener):
     """A unix socket served by a thread; ``handle`` runs each request.
 
     The thread only parses and answers; ``handle`` is expected to pass the
@@ -131,65 +132,36 @@ class ControlServer:
     def __init__(self, path: str, handle: Handler) -> None:
         self.path = path
         self.handle = handle
-        self._stop = threading.Event()
         if os.path.exists(path):
             _remove_stale_socket(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o077)  # only our user may command the master
         try:
-            self.sock.bind(path)
+            sock.bind(path)
         finally:
             os.umask(old)
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self._thread = threading.Thread(target=self._serve, name="m2gate-control", daemon=True)
-
-    def start(self) -> ControlServer:
-        self._thread.start()
-        return self
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stop.is_set():
-                    return
-                continue
-            with conn:
-                self._answer(conn)
+        sock.listen(16)
+        sock.settimeout(0.2)
+        super().__init__(sock, "control", "control socket")
 
     def _answer(self, conn: socket.socket) -> None:
-        conn.settimeout(5.0)
+        data = b""
+        while b"\n" not in data and len(data) < MAX_REQUEST:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
         try:
-            data = b""
-            while b"\n" not in data and len(data) < MAX_REQUEST:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            try:
-                request = json.loads(data)
-                if not isinstance(request, dict):
-                    raise ValueError("not an object")
-                response = self.handle(request)
-            except ValueError as exc:
-                response = {"ok": False, "error": "bad request: %s" % exc}
-            conn.sendall(json.dumps(response).encode() + b"\n")
-        except OSError as exc:
-            log.debug("control connection: %s", exc)
-        except Exception:
-            log.exception("control request failed")
+            request = json.loads(data)
+            if not isinstance(request, dict):
+                raise ValueError("not an object")
+            response = self.handle(request)
+        except ValueError as exc:
+            response = {"ok": False, "error": "bad request: %s" % exc}
+        conn.sendall(json.dumps(response).encode() + b"\n")
 
     def close(self) -> None:
-        self._stop.set()
-        self.sock.close()
-        self._thread.join(1.0)
+        super().close()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
 

@@ -12,9 +12,10 @@ import contextlib
 import logging
 import os
 import socket
-import threading
 from collections.abc import Callable
 from typing import Any
+
+from m2gate.server.listener import Listener
 
 log = logging.getLogger("m2gate.stats")
 
@@ -39,7 +40,7 @@ def listen(addr: str) -> socket.socket:
     return sock
 
 
-class DocumentServer:
+class DocumentServer(Listener):
     """Serves ``render()`` to each connection from a thread.
 
     ``http=False`` writes the document and closes (uWSGI's stats server: ``nc
@@ -50,40 +51,12 @@ class DocumentServer:
     def __init__(
         self, addr: str, render: Callable[[], tuple[bytes, str]], http: bool, name: str
     ) -> None:
+        super().__init__(listen(addr), name, addr)
         self.addr = addr
         self.render = render
         self.http = http
-        self.sock = listen(addr)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="m2gate-" + name, daemon=True)
-
-    def start(self) -> DocumentServer:
-        self._thread.start()
-        return self
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stop.is_set():
-                    return
-                continue
-            with conn:
-                try:
-                    self._answer(conn)
-                except OSError as exc:
-                    log.debug("%s: %s", self.addr, exc)
-                except Exception:
-                    log.exception("%s: rendering failed", self.addr)
 
     def _answer(self, conn: socket.socket) -> None:
-        conn.settimeout(5.0)
         if self.http:
             head = b""
             while b"\r\n\r\n" not in head and b"\n\n" not in head and len(head) < 16384:
@@ -104,9 +77,7 @@ class DocumentServer:
             conn.sendall(body)
 
     def close(self) -> None:
-        self._stop.set()
-        self.sock.close()
-        self._thread.join(1.0)
+        super().close()
         if "/" in self.addr:
             with contextlib.suppress(OSError):
                 os.unlink(self.addr)
