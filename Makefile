@@ -44,7 +44,7 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format $(LINT_PATHS)
 
-test: install
+test: install bench-deps
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -m "not long"
