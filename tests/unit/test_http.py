@@ -400,3 +400,64 @@ def test_simple_response_http10_without_keep_alive() -> None:
     assert b"Connection: close\r\n" in data
     assert data.endswith(b"\r\n\r\n")
     assert keep_alive is False
+
+
+# --- validated status lines and headers are cached: the second use is the same
+
+
+def test_cached_head_is_byte_identical_and_keeps_framing() -> None:
+    headers = [("Content-Type", "text/plain"), ("Content-Length", "5"), ("X-A", "1")]
+    first = Response("GET", "HTTP/1.1", True, b"m2gate")
+    second = Response("GET", "HTTP/1.1", True, b"m2gate")
+    assert first.head("201 Made", headers) == second.head("201 Made", list(headers))
+    assert (second.status_code, framed(second, b"hello"), second.keep_alive) == (
+        201,
+        b"hello",
+        True,
+    )
+
+
+def test_cached_content_length_still_checked_against_a_second_one() -> None:
+    Response("GET", "HTTP/1.1", True).head("200 OK", [("Content-Length", "5")])
+    with pytest.raises(LocalProtocolError):
+        Response("GET", "HTTP/1.1", True).head(
+            "200 OK", [("Content-Length", "5"), ("Content-Length", "6")]
+        )
+
+
+def test_cached_connection_close_still_ends_the_connection() -> None:
+    for _ in range(2):
+        resp = Response("GET", "HTTP/1.1", True)
+        lines = head_lines(resp.head("200 OK", [("Connection", "close"), ("Content-Length", "0")]))
+        assert b"Connection: close" in lines and not resp.keep_alive
+
+
+def test_cached_date_and_server_still_suppress_ours() -> None:
+    headers = [("Date", "Sun, 06 Nov 1994 08:49:37 GMT"), ("Server", "app/1")]
+    for _ in range(2):
+        lines = head_lines(Response("GET", "HTTP/1.1", True, b"m2gate").head("200 OK", headers))
+        assert [line for line in lines if line.startswith((b"Date", b"Server"))] == [
+            DATE,
+            b"Server: app/1",
+        ]
+
+
+def test_refused_headers_are_never_cached() -> None:
+    bad = ("X-Bad", "a\r\nInjected: yes")
+    for _ in range(2):
+        with pytest.raises(LocalProtocolError):
+            Response("GET", "HTTP/1.1", True).head("200 OK", [bad])
+
+
+def test_unhashable_header_item_is_refused_not_crashing() -> None:
+    with pytest.raises(LocalProtocolError):
+        Response("GET", "HTTP/1.1", True).head("200 OK", [("X", ["v"])])  # type: ignore[list-item]
+
+
+def test_str_subclass_status_and_headers_frame_like_str() -> None:
+    class S(str):
+        pass
+
+    plain = Response("GET", "HTTP/1.1", True).head("200 OK", [("X-S", "v")])
+    sub = Response("GET", "HTTP/1.1", True).head(S("200 OK"), [(S("X-S"), S("v"))])
+    assert sub == plain

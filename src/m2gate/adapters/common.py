@@ -54,13 +54,27 @@ def split_path(msg: Message) -> tuple[str, str]:
 
 def server_address(msg: Message, scheme: str, defaults: EnvironDefaults) -> tuple[str, str]:
     """``(SERVER_NAME, SERVER_PORT)`` from the Host header, else the defaults."""
-    default_port = defaults.server_port or ("443" if scheme == "https" else "80")
     host = msg.header("host")
+    key = (host, scheme, defaults.server_name, defaults.server_port)
+    found = _ADDRESSES.get(key)
+    if found is None:
+        found = _parse_host(host, scheme, defaults)
+        if len(_ADDRESSES) < 1024:  # bounded: Host is client-chosen
+            _ADDRESSES[key] = found
+    return found
+
+
+def _parse_host(host: str | None, scheme: str, defaults: EnvironDefaults) -> tuple[str, str]:
+    default_port = defaults.server_port or ("443" if scheme == "https" else "80")
     if host:
         match = _HOST_RE.match(host.strip())
         if match and match.group(1):
             return match.group(1), match.group(2) or default_port
     return defaults.server_name, default_port
+
+
+# Every request parses the same few Host values the same way.
+_ADDRESSES: dict[tuple[str | None, str, str, str], tuple[str, str]] = {}
 
 
 def remote_addr(msg: Message, defaults: EnvironDefaults) -> str:
@@ -72,16 +86,19 @@ def remote_addr(msg: Message, defaults: EnvironDefaults) -> str:
     return msg.header("REMOTE_ADDR") or ""
 
 
-def client_headers(msg: Message) -> list[tuple[str, str]]:
-    """Client headers (Mongrel2 lowercases them) with repeats joined by ", ".
+def is_client_header(name: str) -> bool:
+    """Whether header ``name`` came from the client (and may reach the app).
 
-    Mongrel2's own keys are uppercase and are left out, as are names with
-    ``_`` (they would alias ``-`` names in the environ) and the
-    ``x-mongrel2-*`` upload headers, which clients can forge.
+    Mongrel2's own keys are uppercase; names with ``_`` would alias ``-``
+    names in the environ; ``x-mongrel2-*`` upload headers can be forged.
     """
-    out = []
-    for name, value in msg.headers.items():
-        if name.lower() != name or "_" in name or name.startswith("x-mongrel2-"):
-            continue
-        out.append((name, value if isinstance(value, str) else ", ".join(value)))
-    return out
+    return name.lower() == name and "_" not in name and not name.startswith("x-mongrel2-")
+
+
+def client_headers(msg: Message) -> list[tuple[str, str]]:
+    """Client headers (Mongrel2 lowercases them) with repeats joined by ", "."""
+    return [
+        (name, value if isinstance(value, str) else ", ".join(value))
+        for name, value in msg.headers.items()
+        if is_client_header(name)
+    ]

@@ -14,7 +14,7 @@ from m2gate import __version__
 from m2gate.accesslog import AccessLogger
 from m2gate.adapters.common import (
     EnvironDefaults,
-    client_headers,
+    is_client_header,
     remote_addr,
     server_address,
     split_path,
@@ -32,7 +32,20 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 SERVER = b"m2gate/" + __version__.encode("ascii")
 _SPECIAL = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
+# Header name -> environ key, "" for names the app must not see. Bounded:
+# names are client-chosen.
 _ENVIRON_KEYS: dict[str, str] = {}
+_APP_LOG = logging.getLogger("m2gate.app")
+
+
+def _environ_key(name: str) -> str:
+    if not is_client_header(name):
+        key = ""
+    else:
+        key = _SPECIAL.get(name) or "HTTP_" + name.upper().replace("-", "_")
+    if len(_ENVIRON_KEYS) < 4096:
+        _ENVIRON_KEYS[name] = key
+    return key
 
 
 class FileWrapper:
@@ -56,15 +69,16 @@ class FileWrapper:
 class ErrorStream:
     """``wsgi.errors``: text written by the app goes to the ``m2gate.app`` log."""
 
+    __slots__ = ("_partial",)
+
     def __init__(self) -> None:
-        self._log = logging.getLogger("m2gate.app")
         self._partial = ""
 
     def write(self, text: str) -> int:
         lines = (self._partial + text).split("\n")
         self._partial = lines.pop()
         for line in lines:
-            self._log.error("%s", line)
+            _APP_LOG.error("%s", line)
         return len(text)
 
     def writelines(self, lines: Iterable[str]) -> None:
@@ -73,7 +87,7 @@ class ErrorStream:
 
     def flush(self) -> None:
         if self._partial:
-            self._log.error("%s", self._partial)
+            _APP_LOG.error("%s", self._partial)
             self._partial = ""
 
 
@@ -102,35 +116,32 @@ class WSGIHandler:
 
     def environ(self, msg: Message, body: IO[bytes]) -> dict[str, Any]:
         """Build the PEP 3333 environ for ``msg`` with ``body`` as wsgi.input."""
-        scheme = msg.header("URL_SCHEME") or "http"
+        header = msg.header
+        scheme = header("URL_SCHEME") or "http"
         script_name, path_info = split_path(msg)
         server_name, server_port = server_address(msg, scheme, self.defaults)
-        env: dict[str, Any] = dict(self.base)
-        env.update(
-            {
-                "REQUEST_METHOD": msg.method,
-                "SCRIPT_NAME": script_name,
-                "PATH_INFO": path_info,
-                "QUERY_STRING": msg.header("QUERY") or "",
-                "SERVER_NAME": server_name,
-                "SERVER_PORT": server_port,
-                "SERVER_PROTOCOL": msg.header("VERSION") or "HTTP/1.0",
-                "REMOTE_ADDR": remote_addr(msg, self.defaults),
-                "wsgi.url_scheme": scheme,
-                "wsgi.input": body,
-                "wsgi.errors": ErrorStream(),
-                "m2gate.sender": msg.sender,
-                "m2gate.conn_id": msg.conn_id,
-                "m2gate.pattern": msg.header("PATTERN") or "",
-            }
-        )
-        for name, value in client_headers(msg):
-            key = _ENVIRON_KEYS.get(name)
+        env: dict[str, Any] = self.base.copy()
+        env["REQUEST_METHOD"] = header("METHOD") or ""
+        env["SCRIPT_NAME"] = script_name
+        env["PATH_INFO"] = path_info
+        env["QUERY_STRING"] = header("QUERY") or ""
+        env["SERVER_NAME"] = server_name
+        env["SERVER_PORT"] = server_port
+        env["SERVER_PROTOCOL"] = header("VERSION") or "HTTP/1.0"
+        env["REMOTE_ADDR"] = remote_addr(msg, self.defaults)
+        env["wsgi.url_scheme"] = scheme
+        env["wsgi.input"] = body
+        env["wsgi.errors"] = ErrorStream()
+        env["m2gate.sender"] = msg.sender
+        env["m2gate.conn_id"] = msg.conn_id
+        env["m2gate.pattern"] = header("PATTERN") or ""
+        keys = _ENVIRON_KEYS
+        for name, value in msg.headers.items():
+            key = keys.get(name)
             if key is None:
-                key = _SPECIAL.get(name) or "HTTP_" + name.upper().replace("-", "_")
-                if len(_ENVIRON_KEYS) < 4096:  # bounded: names are client-chosen
-                    _ENVIRON_KEYS[name] = key
-            env[key] = value
+                key = _environ_key(name)
+            if key:
+                env[key] = value if isinstance(value, str) else ", ".join(value)
         if "CONTENT_LENGTH" not in env and msg.body:
             env["CONTENT_LENGTH"] = str(len(msg.body))
         return env

@@ -51,6 +51,8 @@ def _tokens(value: str | None) -> set[str]:
 
 def request_keep_alive(version: str, connection: str | None) -> bool:
     """HTTP/1.1 keeps the connection unless told ``close``; 1.0 only if asked."""
+    if not connection:
+        return version == "HTTP/1.1"
     tokens = _tokens(connection)
     if version == "HTTP/1.1":
         return "close" not in tokens
@@ -104,41 +106,40 @@ class Response:
         ``content_length`` lets the caller set a length it computed (a body it
         already holds whole) when the app gave none.
         """
-        if not isinstance(status, str) or not _STATUS_RE.match(status):
-            raise LocalProtocolError("invalid status %r" % (status,))
-        code = int(status[:3])
+        status_line = _STATUS_LINES.get(status) if type(status) is str else None
+        if status_line is None:
+            status_line = _status_line(status)
+        line, code = status_line
         self.status_code = code
         self._bodyless = self.method == "HEAD" or code < 200 or code in (204, 304)
-        out = [b"HTTP/1.1 ", _latin1(status, "status"), b"\r\n"]
+        out = [line]
         has_date = has_server = False
         length: int | None = None
+        lines = _HEADER_LINES
         for item in headers:
-            if not isinstance(item, tuple) or len(item) != 2:
-                raise LocalProtocolError("header %r is not a (name, value) tuple" % (item,))
-            name, value = item
-            if not isinstance(name, str) or not _TOKEN_RE.match(name):
-                raise LocalProtocolError("invalid header name %r" % (name,))
-            if not isinstance(value, str) or _BAD_VALUE_RE.search(value):
-                raise LocalProtocolError("invalid value for header %s: %r" % (name, value))
-            lower = name.lower()
-            if lower in HOP_BY_HOP:
-                raise LocalProtocolError("hop-by-hop header %s is the server's job" % name)
-            if lower == "connection":
-                if "close" in _tokens(value):
+            try:
+                cached = lines.get(item)
+            except TypeError:  # unhashable: not a (str, str) tuple, refused below
+                cached = None
+            if cached is None:
+                cached = _header_line(item)
+            encoded, special, number = cached
+            if special is None:
+                out.append(encoded)
+                continue
+            if special == "connection":
+                if "close" in _tokens(item[1]):
                     self.keep_alive = False
                 continue
-            if lower == "content-length":
-                digits = value.strip()
-                if not (digits.isascii() and digits.isdigit()) or (
-                    length is not None and int(digits) != length
-                ):
-                    raise LocalProtocolError("invalid Content-Length %r" % value)
-                length = int(digits)
-            elif lower == "date":
+            if special == "content-length":
+                if length is not None and number != length:
+                    raise LocalProtocolError("invalid Content-Length %r" % (item[1],))
+                length = number
+            elif special == "date":
                 has_date = True
-            elif lower == "server":
+            else:
                 has_server = True
-            out += (_latin1(name, "header name"), b": ", _latin1(value, name), b"\r\n")
+            out.append(encoded)
         if length is None and content_length is not None and not self._bodyless:
             length = content_length
             out.append(b"Content-Length: %d\r\n" % length)
@@ -196,6 +197,52 @@ def _latin1(text: str, what: str) -> bytes:
         return text.encode("latin-1")
     except UnicodeEncodeError:
         raise LocalProtocolError("%s %r is not latin-1" % (what, text)) from None
+
+
+# Apps send the same status lines and headers over and over: validating and
+# encoding each once (bounded, names and values can vary per request) takes
+# a third off Response.head (benchmarks/hotpath.py).
+_CACHE_MAX = 4096
+_STATUS_LINES: dict[str, tuple[bytes, int]] = {}
+_HEADER_LINES: dict[tuple[str, str], tuple[bytes, str | None, int | None]] = {}
+# Headers whose presence or value the framing must see in every response.
+_SPECIAL = frozenset({"connection", "content-length", "date", "server"})
+
+
+def _status_line(status: object) -> tuple[bytes, int]:
+    if not isinstance(status, str) or not _STATUS_RE.match(status):
+        raise LocalProtocolError("invalid status %r" % (status,))
+    result = (b"HTTP/1.1 " + _latin1(status, "status") + b"\r\n", int(status[:3]))
+    if type(status) is str and len(_STATUS_LINES) < _CACHE_MAX:
+        _STATUS_LINES[status] = result
+    return result
+
+
+def _header_line(item: object) -> tuple[bytes, str | None, int | None]:
+    """Validate one ``(name, value)`` header: ``(encoded line, special name, length)``."""
+    if not isinstance(item, tuple) or len(item) != 2:
+        raise LocalProtocolError("header %r is not a (name, value) tuple" % (item,))
+    name, value = item
+    if not isinstance(name, str) or not _TOKEN_RE.match(name):
+        raise LocalProtocolError("invalid header name %r" % (name,))
+    if not isinstance(value, str) or _BAD_VALUE_RE.search(value):
+        raise LocalProtocolError("invalid value for header %s: %r" % (name, value))
+    lower = name.lower()
+    if lower in HOP_BY_HOP:
+        raise LocalProtocolError("hop-by-hop header %s is the server's job" % name)
+    number: int | None = None
+    if lower == "content-length":
+        digits = value.strip()
+        if not (digits.isascii() and digits.isdigit()):
+            raise LocalProtocolError("invalid Content-Length %r" % value)
+        number = int(digits)
+    line = b"".join((_latin1(name, "header name"), b": ", _latin1(value, name), b"\r\n"))
+    result = (line, lower if lower in _SPECIAL else None, number)
+    # Only exact str/tuple types: a subclass could hash or compare differently.
+    if type(item) is tuple and type(name) is str and type(value) is str:
+        if len(_HEADER_LINES) < _CACHE_MAX:
+            _HEADER_LINES[item] = result
+    return result
 
 
 def simple_response(

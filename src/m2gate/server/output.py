@@ -36,19 +36,22 @@ class ClientDisconnected(Exception):
 class Connection:
     """What the runtime knows about one client connection (sender, conn id).
 
-    ``cond`` guards the fields the receiving thread changes while an app
+    ``lock`` guards the fields the receiving thread changes while an app
     thread writes: ``closed`` and, with Mongrel2's ``download.flow_control``,
-    ``credits`` (bytes we may still have in flight to this client).
+    ``credits`` (bytes we may still have in flight to this client). A
+    Condition on it is only built when a writer must wait for credits: most
+    connections never wait, and building one costs more than a whole reply.
     """
 
     __slots__ = (
+        "_cond",
         "busy",
         "closed",
-        "cond",
         "conn_id",
         "credits",
         "flow_control",
         "key",
+        "lock",
         "max_credit_message",
         "output",
         "pending",
@@ -64,7 +67,8 @@ class Connection:
         self.uuid = uuid
         self.busy = False
         self.closed = False
-        self.cond = threading.Condition(threading.Lock())
+        self.lock = threading.Lock()
+        self._cond: threading.Condition | None = None
         self.flow_control = False
         self.credits = 0
         self.max_credit_message = 0
@@ -79,18 +83,28 @@ class Connection:
         # One message larger than the initial window kills the connection.
         self.max_credit_message = initial
 
+    def wait_locked(self, timeout: float) -> None:
+        """With ``lock`` held: sleep until credits arrive, the client goes, or ``timeout``."""
+        if self._cond is None:
+            self._cond = threading.Condition(self.lock)
+        self._cond.wait(timeout)
+
+    def _wake_locked(self) -> None:
+        if self._cond is not None:
+            self._cond.notify_all()
+
     def add_credits(self, amount: int) -> None:
-        with self.cond:
+        with self.lock:
             self.credits += amount
-            self.cond.notify_all()
+            self._wake_locked()
             out = self.output
         if out is not None:
             out.credits_arrived()
 
     def mark_closed(self) -> None:
-        with self.cond:
+        with self.lock:
             self.closed = True
-            self.cond.notify_all()
+            self._wake_locked()
 
 
 class Flusher:
@@ -180,7 +194,7 @@ class Output:
             raise ClientDisconnected()
         if not data:
             return
-        with self.conn.cond:
+        with self.conn.lock:
             self._buf.append(data)
             self._size += len(data)
             if self._size >= self._target or self.flusher is None or self.flush_interval <= 0:
@@ -220,7 +234,7 @@ class Output:
             if conn.credits <= 0:
                 if not block:
                     return
-                conn.cond.wait(1.0)
+                conn.wait_locked(1.0)
                 continue
             payload = self._take_locked(min(conn.credits, self.max_message))
             conn.credits -= len(payload)
@@ -232,7 +246,7 @@ class Output:
             self.flusher.schedule(self, time.monotonic())
 
     def timer_flush(self) -> None:
-        with self.conn.cond:
+        with self.conn.lock:
             self._scheduled = False
             if not self.done and not self.conn.closed:
                 self._send_locked(block=False)
@@ -240,13 +254,31 @@ class Output:
     def finish(self, data: bytes = b"", close: bool = False) -> None:
         """Send what is left (and the close reply if the connection must end)."""
         conn = self.conn
-        with conn.cond:
+        with conn.lock:
             if self.done:
                 if close and not self.closing and not conn.closed:
                     self.closing = True  # e.g. an upload still arriving after the reply
                     self.sink.send(replies.close(conn.uuid, [conn.conn_id]))
                 return
             self.closing = close
+            if (
+                data
+                and not self._buf
+                and not conn.flow_control
+                and not conn.closed
+                and len(data) <= self.max_message
+            ):
+                # The common case, a whole small response: one reply (and
+                # the close reply) in one send, none of the buffering below.
+                self.done = True
+                if conn.output is self:
+                    conn.output = None
+                self.bytes_sent += len(data)
+                msgs = [replies.reply(conn.uuid, conn.conn_id, data)]
+                if close:
+                    msgs += replies.close(conn.uuid, [conn.conn_id])
+                self.sink.send(msgs)
+                return
             try:
                 if data and not conn.closed:
                     self._buf.append(data)

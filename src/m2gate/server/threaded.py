@@ -35,6 +35,7 @@ from m2gate.transports.base import ReplySink, RequestSource
 
 log = logging.getLogger("m2gate.worker")
 
+
 class RequestHandler(Protocol):
     """An app adapter: serve one request, always finishing ``out``."""
 
@@ -45,6 +46,7 @@ class RequestHandler(Protocol):
         body: IO[bytes] | None = None,
         content_length: int | None = None,
     ) -> None: ...
+
 
 POLL_MS = 100
 
