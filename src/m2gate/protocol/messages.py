@@ -171,6 +171,10 @@ def _headers_tnet(data: bytes, pos: int, end: int) -> Headers:
         ok = stop == end + 1
     if not ok or not isinstance(raw, dict):
         raise MalformedMessage("tnetstring headers are not a dict")
+    return _decode_headers(raw)
+
+
+def _decode_headers(raw: dict[Any, Any]) -> Headers:
     # One pass that checks and decodes: this runs for every header of every
     # request, so names seen before skip their decode (bounded: clients pick them).
     names = _NAMES
@@ -223,6 +227,10 @@ def _headers_json(raw: bytes) -> Headers:
 
 def parse_message(data: bytes) -> Message:
     """Parse one raw message from Mongrel2 into the most specific event."""
+    if _c_pop is not None:
+        msg = _parse_common(data)
+        if msg is not None:
+            return msg
     sp1 = data.find(b" ")
     sp2 = data.find(b" ", sp1 + 1)
     sp3 = data.find(b" ", sp2 + 1)
@@ -242,10 +250,41 @@ def parse_message(data: bytes) -> Message:
         headers = _headers_json(data[hstart:hend])
     else:
         raise MalformedMessage("headers end with %r, not '}' or ','" % chr(hterm))
-    bstart, bend, bterm = _netstring(data, hend + 1)
-    if bterm != 0x2C or bend + 1 != len(data):
-        raise MalformedMessage("body netstring is malformed or has trailing bytes")
-    return _classify(sender, conn_id, path, headers, data[bstart:bend])
+    if hend + 4 == len(data) and data.endswith(b"0:,"):
+        body = b""  # most requests: no body, no need to parse its netstring
+    else:
+        bstart, bend, bterm = _netstring(data, hend + 1)
+        if bterm != 0x2C or bend + 1 != len(data):
+            raise MalformedMessage("body netstring is malformed or has trailing bytes")
+        body = data[bstart:bend]
+    return _classify(sender, conn_id, path, headers, body)
+
+
+def _parse_common(data: bytes) -> Message | None:
+    """The usual message (tnetstring headers, no body) with two C calls, or None.
+
+    None means "not that shape": the full parser below then decides, and
+    raises its precise error if the message is malformed.
+    """
+    parts = data.split(b" ", 3)
+    if len(parts) != 4:
+        return None
+    sender, id_raw, path, rest = parts
+    if not (sender and path and id_raw.isdigit()):
+        return None
+    try:
+        raw, remainder = _c_pop(rest)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    if type(raw) is not dict or remainder != b"0:,":
+        return None
+    return _classify(
+        sender.decode("latin-1"),
+        int(id_raw),
+        path.decode("latin-1"),
+        _decode_headers(raw),
+        b"",
+    )
 
 
 def _classify(sender: str, conn_id: int, path: str, headers: Headers, body: bytes) -> Message:

@@ -114,7 +114,9 @@ class ThreadedWorker:
         except ProtocolError as exc:
             log.warning("dropped malformed message (%d bytes): %s", len(data), exc)
             return
-        if isinstance(msg, Disconnect):
+        if type(msg) is HTTPRequest:  # nearly every message: skip the checks below
+            self._dispatch(msg)
+        elif isinstance(msg, Disconnect):
             self._disconnected(msg)
         elif isinstance(msg, Credits):
             with self._lock:
