@@ -43,12 +43,10 @@ class Message:
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """First value of header ``name`` (client names are lowercase)."""
-        value = self.headers.get(name)
-        if value is None:
-            return default
-        if isinstance(value, list):
-            return value[0] if value else default
-        return value
+        value = self.headers.get(name, default)
+        if value is None or isinstance(value, str):
+            return value
+        return value[0] if value else default  # a repeated header
 
     @property
     def method(self) -> str:
