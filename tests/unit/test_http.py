@@ -461,3 +461,13 @@ def test_str_subclass_status_and_headers_frame_like_str() -> None:
     plain = Response("GET", "HTTP/1.1", True).head("200 OK", [("X-S", "v")])
     sub = Response("GET", "HTTP/1.1", True).head(S("200 OK"), [(S("X-S"), S("v"))])
     assert sub == plain
+
+
+def test_header_cache_stays_bounded_under_unique_values() -> None:
+    from m2gate.protocol import http
+
+    for i in range(http._CACHE_MAX + 10):
+        Response("GET", "HTTP/1.1", True).head("200 OK", [("ETag", '"%d"' % i)])
+    assert len(http._HEADER_LINES) <= http._CACHE_MAX
+    lines = head_lines(Response("GET", "HTTP/1.1", True).head("200 OK", [("ETag", '"0"')]))
+    assert lines[:2] == [b"HTTP/1.1 200 OK", b'ETag: "0"']

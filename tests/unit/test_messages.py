@@ -473,3 +473,13 @@ def test_deeply_nested_tnetstring_headers_are_malformed() -> None:
 def test_json_headers_helper_matches_mongrel2_shape() -> None:
     # Guard the helper itself: a plain netstring holding a JSON object.
     assert json_headers({"METHOD": "GET"}) == b'16:{"METHOD":"GET"},'
+
+
+def test_header_name_cache_stays_bounded_under_unique_names() -> None:
+    from m2gate.protocol import messages
+
+    for i in range(1100):
+        msg = parse_message(message(request_headers(**{"x-n%d" % i: "v"})))
+        assert msg.header("x-n%d" % i) == "v"
+    assert len(messages._NAMES) <= 1024
+    assert parse_message(message(request_headers())).header("host") is not None

@@ -59,8 +59,9 @@ def server_address(msg: Message, scheme: str, defaults: EnvironDefaults) -> tupl
     found = _ADDRESSES.get(key)
     if found is None:
         found = _parse_host(host, scheme, defaults)
-        if len(_ADDRESSES) < 1024:  # bounded: Host is client-chosen
-            _ADDRESSES[key] = found
+        if len(_ADDRESSES) >= 1024:
+            _ADDRESSES.clear()  # bounded: Host is client-chosen
+        _ADDRESSES[key] = found
     return found
 
 

@@ -32,8 +32,7 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 SERVER = b"m2gate/" + __version__.encode("ascii")
 _SPECIAL = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
-# Header name -> environ key, "" for names the app must not see. Bounded:
-# names are client-chosen.
+# Header name -> environ key, "" for names the app must not see.
 _ENVIRON_KEYS: dict[str, str] = {}
 _APP_LOG = logging.getLogger("m2gate.app")
 
@@ -43,8 +42,9 @@ def _environ_key(name: str) -> str:
         key = ""
     else:
         key = _SPECIAL.get(name) or "HTTP_" + name.upper().replace("-", "_")
-    if len(_ENVIRON_KEYS) < 4096:
-        _ENVIRON_KEYS[name] = key
+    if len(_ENVIRON_KEYS) >= 4096:
+        _ENVIRON_KEYS.clear()  # bounded: names are client-chosen
+    _ENVIRON_KEYS[name] = key
     return key
 
 

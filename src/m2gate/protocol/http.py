@@ -200,8 +200,9 @@ def _latin1(text: str, what: str) -> bytes:
 
 
 # Apps send the same status lines and headers over and over: validating and
-# encoding each once (bounded, names and values can vary per request) takes
-# a third off Response.head (benchmarks/hotpath.py).
+# encoding each once takes a third off Response.head (benchmarks/hotpath.py).
+# Bounded, and emptied when full, so values that never recur (ETags, cookies)
+# give way again to the ones that do.
 _CACHE_MAX = 4096
 _STATUS_LINES: dict[str, tuple[bytes, int]] = {}
 _HEADER_LINES: dict[tuple[str, str], tuple[bytes, str | None, int | None]] = {}
@@ -213,7 +214,9 @@ def _status_line(status: object) -> tuple[bytes, int]:
     if not isinstance(status, str) or not _STATUS_RE.match(status):
         raise LocalProtocolError("invalid status %r" % (status,))
     result = (b"HTTP/1.1 " + _latin1(status, "status") + b"\r\n", int(status[:3]))
-    if type(status) is str and len(_STATUS_LINES) < _CACHE_MAX:
+    if type(status) is str:
+        if len(_STATUS_LINES) >= _CACHE_MAX:
+            _STATUS_LINES.clear()
         _STATUS_LINES[status] = result
     return result
 
@@ -240,8 +243,9 @@ def _header_line(item: object) -> tuple[bytes, str | None, int | None]:
     result = (line, lower if lower in _SPECIAL else None, number)
     # Only exact str/tuple types: a subclass could hash or compare differently.
     if type(item) is tuple and type(name) is str and type(value) is str:
-        if len(_HEADER_LINES) < _CACHE_MAX:
-            _HEADER_LINES[item] = result
+        if len(_HEADER_LINES) >= _CACHE_MAX:
+            _HEADER_LINES.clear()
+        _HEADER_LINES[item] = result
     return result
 
 

@@ -174,7 +174,7 @@ def _headers_tnet(data: bytes, pos: int, end: int) -> Headers:
 
 def _decode_headers(raw: dict[Any, Any]) -> Headers:
     # One pass that checks and decodes: this runs for every header of every
-    # request, so names seen before skip their decode (bounded: clients pick them).
+    # request, so names seen before skip their decode.
     names = _NAMES
     headers: Headers = {}
     for key, value in raw.items():
@@ -183,8 +183,9 @@ def _decode_headers(raw: dict[Any, Any]) -> Headers:
             if type(key) is not bytes:
                 raise MalformedMessage("tnetstring: dict key is not a string")
             name = key.decode("latin-1")
-            if len(names) < 1024:
-                names[key] = name
+            if len(names) >= 1024:
+                names.clear()  # bounded: clients pick names; the common ones come back
+            names[key] = name
         headers[name] = value.decode("latin-1") if type(value) is bytes else _text(value)
     return headers
 
