@@ -10,13 +10,12 @@ only.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import zmq
 import zmq.asyncio
 
-log = logging.getLogger("m2gate.transport")
+from m2gate.transports.zmq_common import connect_pair, disconnect_pull
 
 
 class AsyncZmqTransport:
@@ -26,15 +25,7 @@ class AsyncZmqTransport:
         self.send_spec = send_spec
         self.recv_spec = recv_spec
         self.ctx = zmq.asyncio.Context()
-        self.pull = self.ctx.socket(zmq.PULL)
-        self.pull.setsockopt(zmq.LINGER, 0)
-        pub = self.ctx.socket(zmq.PUB)
-        pub.setsockopt(zmq.SNDHWM, 0)  # never drop a reply at the high-water mark
-        if identity:
-            self.pull.setsockopt(zmq.IDENTITY, identity.encode("ascii"))
-            pub.setsockopt(zmq.IDENTITY, identity.encode("ascii"))
-        pub.connect(recv_spec)
-        self.pull.connect(send_spec)
+        self.pull, pub = connect_pair(self.ctx, send_spec, recv_spec, identity)
         self._async_pub = pub
         # A blocking shadow of the same socket: PUB sends complete at once,
         # and a plain call needs no future per reply.
@@ -72,10 +63,7 @@ class AsyncZmqTransport:
         """Disconnect the PULL so Mongrel2 pushes new requests elsewhere."""
         if self._receiving:
             self._receiving = False
-            try:
-                self.pull.disconnect(self.send_spec)
-            except zmq.ZMQError as exc:  # already gone: nothing more will come
-                log.debug("disconnect %s: %s", self.send_spec, exc)
+            disconnect_pull(self.pull, self.send_spec)
 
     def close(self, linger_s: float) -> None:
         """Close both sockets, giving queued replies ``linger_s`` to leave."""

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Sequence
 
 import zmq
 
-log = logging.getLogger("m2gate.transport")
+from m2gate.transports.zmq_common import connect_pair, disconnect_pull
 
 
 class ZmqTransport:
@@ -29,17 +28,7 @@ class ZmqTransport:
         self.recv_spec = recv_spec
         self.ctx = self.context_class()
         self._lock = threading.Lock()
-        self.pull = self.ctx.socket(zmq.PULL)
-        self.pull.setsockopt(zmq.LINGER, 0)
-        self.pub = self.ctx.socket(zmq.PUB)
-        # PUB drops silently at the high-water mark; replies are already
-        # coalesced into few large messages, so never drop them.
-        self.pub.setsockopt(zmq.SNDHWM, 0)
-        if identity:
-            self.pull.setsockopt(zmq.IDENTITY, identity.encode("ascii"))
-            self.pub.setsockopt(zmq.IDENTITY, identity.encode("ascii"))
-        self.pub.connect(recv_spec)
-        self.pull.connect(send_spec)
+        self.pull, self.pub = connect_pair(self.ctx, send_spec, recv_spec, identity)
         self._receiving = True
         self._poller = self.poller_class()
         self._poller.register(self.pull, zmq.POLLIN)
@@ -80,10 +69,7 @@ class ZmqTransport:
         """Disconnect the PULL so Mongrel2 pushes new requests elsewhere."""
         if self._receiving:
             self._receiving = False
-            try:
-                self.pull.disconnect(self.send_spec)
-            except zmq.ZMQError as exc:  # already gone: nothing more will come
-                log.debug("disconnect %s: %s", self.send_spec, exc)
+            disconnect_pull(self.pull, self.send_spec)
 
     def close(self, linger_s: float) -> None:
         """Close both sockets, giving queued replies ``linger_s`` to leave."""
