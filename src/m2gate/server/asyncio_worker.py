@@ -49,6 +49,7 @@ from m2gate.protocol.messages import (
     parse_message,
 )
 from m2gate.server.async_output import AsyncConnection, AsyncOutput
+from m2gate.server.connections import ConnectionTable
 from m2gate.server.output import ClientDisconnected
 from m2gate.server.uploads import Upload, UploadRejected, UploadStore, open_upload
 from m2gate.transports.zmq_async import AsyncZmqTransport
@@ -100,8 +101,10 @@ class AsyncioWorker:
         self.access_log = access_log
         self.state: dict[str, Any] = {}
         self.requests = 0
-        self.disconnects = 0
-        self._conns: dict[tuple[str, int], AsyncConnection] = {}
+        self._table: ConnectionTable[AsyncConnection] = ConnectionTable(
+            AsyncConnection, reply_ident
+        )
+        self._conns = self._table.conns
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop: asyncio.Event | None = None
         # Messages dispatched to a task that has not started serving them yet,
@@ -114,6 +117,11 @@ class AsyncioWorker:
     @property
     def stopping(self) -> bool:
         return self._stopping
+
+    @property
+    def disconnects(self) -> int:
+        """Disconnect notices that came while a request was being served."""
+        return self._table.disconnects
 
     def stop(self) -> None:
         """Begin a graceful stop (call from the loop, e.g. a signal handler)."""
@@ -237,15 +245,11 @@ class AsyncioWorker:
         return True
 
     def _disconnected(self, msg: Message) -> None:
-        conn = self._conns.get(msg.key)
-        if conn is None:
-            return  # idle or unknown (e.g. stale from before we started)
-        conn.pending.clear()
+        found = self._table.disconnected(msg.key)
+        if found is None:
+            return
+        conn = found[0]
         self._forget_early(msg.key)
-        if conn.busy:
-            self.disconnects += 1
-        else:
-            del self._conns[msg.key]
         conn.mark_closed()
         log.debug("client %s:%s disconnected", msg.sender, msg.conn_id)
 
@@ -254,17 +258,9 @@ class AsyncioWorker:
             del self._early_done[early]
 
     def _dispatch(self, msg: Message) -> None:
-        conn = self._conns.get(msg.key)
-        if conn is None or (conn.closed and not conn.busy):
-            ident = self.reply_ident or msg.sender.encode("latin-1")
-            conn = self._conns[msg.key] = AsyncConnection(msg.sender, msg.conn_id, ident)
-            credits = msg.header("DOWNLOAD_CREDITS")
-            if credits is not None and credits.isdigit():
-                conn.grant(int(credits))
-        if conn.busy:
-            conn.pending.append(msg)  # pipelined: answer after the one in flight
+        conn, start = self._table.admit(msg)
+        if not start:
             return
-        conn.busy = True
         self._starting[msg.key] = msg
         task = asyncio.create_task(self._serve_connection(conn, msg))
         self._tasks.add(task)
@@ -393,17 +389,8 @@ class AsyncioWorker:
 
     def _done(self, conn: AsyncConnection, keep_alive: bool) -> Message | None:
         if not keep_alive:
-            conn.closed = True
-            conn.pending.clear()
             self._forget_early(conn.key)
-        if conn.pending:
-            return conn.pending.popleft()
-        conn.busy = False
-        # Flow-controlled connections keep their credit count between
-        # keep-alive requests; the disconnect notice removes them.
-        if self._conns.get(conn.key) is conn and (conn.closed or not conn.flow_control):
-            del self._conns[conn.key]
-        return None
+        return self._table.done(conn, keep_alive)[0]
 
 
 def _finish_upload(upload: Upload, msg: UploadDone) -> None:

@@ -29,6 +29,7 @@ from m2gate.protocol.messages import (
     UploadStart,
     parse_message,
 )
+from m2gate.server.connections import ConnectionTable
 from m2gate.server.output import ClientDisconnected, Connection, Flusher, Output
 from m2gate.server.uploads import Upload, UploadRejected, UploadStore, open_upload
 from m2gate.transports.base import ReplySink, RequestSource
@@ -79,8 +80,8 @@ class ThreadedWorker:
         self.on_done = on_done
         self.stopping = threading.Event()
         self.requests = 0
-        self.disconnects = 0
-        self._conns: dict[tuple[str, int], Connection] = {}
+        self._table: ConnectionTable[Connection] = ConnectionTable(Connection, reply_ident)
+        self._conns = self._table.conns
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[tuple[Connection, Message] | None] = queue.SimpleQueue()
         self._flusher = Flusher()
@@ -106,6 +107,11 @@ class ThreadedWorker:
     def stop(self) -> None:
         """Safe from a signal handler: only sets a flag the loop checks."""
         self.stopping.set()
+
+    @property
+    def disconnects(self) -> int:
+        """Disconnect notices that came while a request was being served."""
+        return self._table.disconnects
 
     def feed(self, data: bytes) -> None:
         """Parse one raw message and act on it; bad input is logged and dropped."""
@@ -144,37 +150,23 @@ class ThreadedWorker:
 
     def _disconnected(self, msg: Message) -> None:
         with self._lock:
-            conn = self._conns.get(msg.key)
-            if conn is None:
-                return  # idle or unknown (e.g. stale from before we started)
-            dropped = len(conn.pending)
-            conn.pending.clear()
-            if conn.busy:
-                self.disconnects += 1
-            else:
-                del self._conns[msg.key]
+            found = self._table.disconnected(msg.key)
+        if found is None:
+            return
+        conn, dropped = found
         conn.mark_closed()
         self._report_dropped(conn, dropped)
         log.debug("client %s:%s disconnected", msg.sender, msg.conn_id)
 
     def _dispatch(self, msg: Message) -> None:
         with self._lock:
-            conn = self._conns.get(msg.key)
-            if conn is None or (conn.closed and not conn.busy):
-                ident = self.reply_ident or msg.sender.encode("latin-1")
-                conn = self._conns[msg.key] = Connection(msg.sender, msg.conn_id, ident)
-                credits = msg.header("DOWNLOAD_CREDITS")
-                if credits is not None and credits.isdigit():
-                    conn.grant(int(credits))
+            conn, start = self._table.admit(msg)
             if isinstance(msg, UploadStart) and not msg.body and conn.upload is None:
                 # Registered here, not by the app thread: upload-done can arrive
                 # before a thread (or greenlet) has even started on the request.
                 conn.upload = Upload(msg.upload_path, "", _content_length(msg))
-            if conn.busy:
-                conn.pending.append(msg)  # pipelined: answer after the one in flight
-                return
-            conn.busy = True
-        self._submit(conn, msg)
+        if start:
+            self._submit(conn, msg)
 
     # -- how a unit of work runs (gevent_worker.py overrides these and drain) --
     def _start(self) -> None:
@@ -288,21 +280,11 @@ class ThreadedWorker:
         out.finish(payload, close=True)
 
     def _done(self, conn: Connection, keep_alive: bool) -> Message | None:
-        dropped = 0
         with self._lock:
-            if not keep_alive:
-                conn.closed = True
-                dropped = len(conn.pending)
-                conn.pending.clear()
-            if conn.pending:
-                return conn.pending.popleft()
-            conn.busy = False
-            # Flow-controlled connections keep their credit count between
-            # keep-alive requests; the disconnect notice removes them.
-            if self._conns.get(conn.key) is conn and (conn.closed or not conn.flow_control):
-                del self._conns[conn.key]
-        self._report_dropped(conn, dropped)
-        return None
+            next_msg, dropped = self._table.done(conn, keep_alive)
+        if dropped:
+            self._report_dropped(conn, dropped)
+        return next_msg
 
     def _report_dropped(self, conn: Connection, count: int) -> None:
         """``on_done`` once per pipelined request dropped unserved (closed connection).

@@ -1,0 +1,82 @@
+"""Which client connections a worker is serving, shared by every runtime.
+
+Mongrel2 facts behind it: a client may pipeline requests on a keep-alive
+connection (they must be answered in order, so each waits behind the one in
+flight); a disconnect notice can arrive while a request is being served; with
+``download.flow_control`` a connection's credits outlive one request. The
+threaded worker calls this under its own lock; the asyncio worker, on its
+loop, needs none, so the table has no lock of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from m2gate.protocol.messages import Message
+from m2gate.server.output import Connection
+
+C = TypeVar("C", bound=Connection)
+Key = tuple[str, int]
+
+
+class ConnectionTable(Generic[C]):
+    """Connections with a request in flight, or with flow-control credits to keep."""
+
+    __slots__ = ("_factory", "_reply_ident", "conns", "disconnects")
+
+    def __init__(self, factory: Callable[[str, int, bytes], C], reply_ident: bytes = b"") -> None:
+        self._factory = factory
+        self._reply_ident = reply_ident
+        self.conns: dict[Key, C] = {}
+        self.disconnects = 0  # notices that came while a request was being served
+
+    def admit(self, msg: Message) -> tuple[C, bool]:
+        """The connection for request ``msg``; True if it may start now.
+
+        False: it was queued behind the request in flight on that connection.
+        """
+        conn = self.conns.get(msg.key)
+        if conn is None or (conn.closed and not conn.busy):
+            ident = self._reply_ident or msg.sender.encode("latin-1")
+            conn = self.conns[msg.key] = self._factory(msg.sender, msg.conn_id, ident)
+            credits = msg.header("DOWNLOAD_CREDITS")
+            if credits is not None and credits.isdigit():
+                conn.grant(int(credits))
+        if conn.busy:
+            conn.pending.append(msg)  # pipelined: answer after the one in flight
+            return conn, False
+        conn.busy = True
+        return conn, True
+
+    def disconnected(self, key: Key) -> tuple[C, int] | None:
+        """A disconnect notice: ``(conn, pipelined requests dropped)``, None if unknown.
+
+        The caller marks the connection closed (outside any lock it holds).
+        """
+        conn = self.conns.get(key)
+        if conn is None:
+            return None  # idle or unknown (e.g. stale from before we started)
+        dropped = len(conn.pending)
+        conn.pending.clear()
+        if conn.busy:
+            self.disconnects += 1
+        else:
+            del self.conns[key]
+        return conn, dropped
+
+    def done(self, conn: C, keep_alive: bool) -> tuple[Message | None, int]:
+        """A request on ``conn`` ended: ``(next pipelined request or None, requests dropped)``."""
+        dropped = 0
+        if not keep_alive:
+            conn.closed = True
+            dropped = len(conn.pending)
+            conn.pending.clear()
+        if conn.pending:
+            return conn.pending.popleft(), 0
+        conn.busy = False
+        # Flow-controlled connections keep their credit count between
+        # keep-alive requests; the disconnect notice removes them.
+        if self.conns.get(conn.key) is conn and (conn.closed or not conn.flow_control):
+            del self.conns[conn.key]
+        return None, dropped
