@@ -91,7 +91,6 @@ class AsyncioWorker:
         self.transport = transport
         self.app = app
         self.defaults = defaults
-        self.reply_ident = reply_ident
         self.max_message = max_message
         self.flush_interval = flush_interval
         self.uploads = uploads or UploadStore("")

@@ -72,7 +72,6 @@ class ThreadedWorker:
         self.sink = sink
         self.handler = handler
         self.threads = threads
-        self.reply_ident = reply_ident
         self.max_message = max_message
         self.flush_interval = flush_interval
         self.server_header = server_header
