@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from m2gate.protocol import replies
@@ -214,8 +215,12 @@ class Output:
         self.bytes_sent += len(payload)
         return payload
 
-    def _send_locked(self, block: bool) -> None:
-        """Send the buffer (as credits allow); with ``block``, wait for credits."""
+    def _send_locked(self, block: bool, tail: Sequence[bytes] = ()) -> None:
+        """Send the buffer (as credits allow); with ``block``, wait for credits.
+
+        ``tail`` (e.g. the close reply) follows the buffer, in the same send
+        when there is no flow control; pass it only with ``block``.
+        """
         conn = self.conn
         uuid, conn_id = conn.uuid, conn.conn_id
         if not conn.flow_control:
@@ -223,10 +228,12 @@ class Output:
             while self._buf:
                 msgs.append(replies.reply(uuid, conn_id, self._take_locked(self.max_message)))
             if msgs:
-                self.sink.send(msgs)
                 # Grow messages with the body so a long stream stays far
                 # below Mongrel2's 16 queued replies per connection.
                 self._target = max(self._target, min(self.bytes_sent, self.max_message))
+            msgs += tail
+            if msgs:
+                self.sink.send(msgs)
             return
         while self._buf:
             if conn.closed:
@@ -239,6 +246,8 @@ class Output:
             payload = self._take_locked(min(conn.credits, self.max_message))
             conn.credits -= len(payload)
             self.sink.send([replies.reply(uuid, conn_id, payload)])
+        if tail:
+            self.sink.send(tail)
 
     def credits_arrived(self) -> None:
         """Credits came while data waited: let the flusher send it."""
@@ -261,35 +270,17 @@ class Output:
                     self.sink.send(replies.close(conn.uuid, [conn.conn_id]))
                 return
             self.closing = close
-            if (
-                data
-                and not self._buf
-                and not conn.flow_control
-                and not conn.closed
-                and len(data) <= self.max_message
-            ):
-                # The common case, a whole small response: one reply (and
-                # the close reply) in one send, none of the buffering below.
-                self.done = True
-                if conn.output is self:
-                    conn.output = None
-                self.bytes_sent += len(data)
-                msgs = [replies.reply(conn.uuid, conn.conn_id, data)]
-                if close:
-                    msgs += replies.close(conn.uuid, [conn.conn_id])
-                self.sink.send(msgs)
-                return
+            tail = replies.close(conn.uuid, [conn.conn_id]) if close else []
             try:
                 if data and not conn.closed:
                     self._buf.append(data)
                     self._size += len(data)
                 if not conn.closed:
-                    self._send_locked(block=True)
+                    # A whole small response and its close reply: one send.
+                    self._send_locked(block=True, tail=tail)
             except ClientDisconnected:
                 pass
             finally:
                 self.done = True
                 if conn.output is self:
                     conn.output = None
-            if close and not conn.closed:
-                self.sink.send(replies.close(conn.uuid, [conn.conn_id]))
