@@ -381,16 +381,16 @@ def start_profiler(pid: int, seconds: int, out: Path, rate: int) -> subprocess.P
 STAGES = (
     ("zmq recv + poll (receiving thread)", "ZmqTransport.recv"),
     ("parse_message", "parse_message"),
-    ("dispatch (connection table, lock)", "ThreadedWorker._dispatch"),
-    ("handoff: queue put", "ThreadedWorker._submit"),
-    ("handoff: app thread wake-up (self only)", "ThreadedWorker._work"),
+    ("dispatch (connection table, lock)", "ThreadedRuntime._dispatch"),
+    ("handoff: queue put", "ThreadedRuntime._submit"),
+    ("handoff: app thread wake-up (self only)", "ThreadedRuntime._work"),
     ("WSGIHandler call (all app-side work)", "WSGIHandler.__call__"),
     ("  environ build", "WSGIHandler.environ"),
     ("  the app itself", "application"),
     ("  Response.head", "Response.head"),
     ("  Output.finish (incl. zmq send)", "Output.finish"),
     ("    zmq send (lock + PUB)", "ZmqTransport.send"),
-    ("request bookkeeping (_done)", "ThreadedWorker._done"),
+    ("request bookkeeping (_done)", "ThreadedRuntime._done"),
 )
 
 

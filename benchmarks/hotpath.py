@@ -8,7 +8,7 @@ are the real ones), with the same hello-world app:
 
 - ``parse_message``, the WSGI environ, ``Response.head`` framing, the app;
 - ``Output`` + ``replies.reply`` (a connection's writer, into a null sink);
-- the whole ``WSGIHandler`` call, and ``ThreadedWorker.feed`` end to end with
+- the whole ``WSGIHandler`` call, and ``ThreadedRuntime.feed`` end to end with
   ``--threads 1`` (adds the receive-thread -> app-thread handoff) or inline;
 - raw pyzmq costs: one PULL ``recv`` and one PUB ``send`` of those sizes.
 
@@ -34,11 +34,11 @@ import zmq
 
 from m2gate.adapters.common import EnvironDefaults
 from m2gate.adapters.wsgi import SERVER, WSGIHandler
+from m2gate.conn.connection import Connection, Output
 from m2gate.protocol import replies
 from m2gate.protocol.http import Response, request_framing
 from m2gate.protocol.messages import Message, parse_message
-from m2gate.server.output import Connection, Output
-from m2gate.server.threaded import ThreadedWorker
+from m2gate.runtime.threaded import ThreadedRuntime
 from m2gate.testing.mongrel2 import HandlerSpec, Mongrel2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "apps"))
@@ -109,7 +109,7 @@ def with_conn_id(raw: bytes, conn_id: int) -> bytes:
 def worker_feed_us(
     raw: bytes, handler: WSGIHandler, threads: int, n: int, repeat: int, inline: bool
 ) -> tuple[float, float]:
-    """CPU and wall µs per request through ``ThreadedWorker.feed`` to the sink.
+    """CPU and wall µs per request through ``ThreadedRuntime.feed`` to the sink.
 
     32 connection ids cycle like wrk's 32 connections. ``inline`` serves in
     the feeding thread (no handoff) to isolate the queue's cost.
@@ -119,7 +119,7 @@ def worker_feed_us(
     for _ in range(repeat):
         sink = NullSink()
         sink.expected = n
-        worker = ThreadedWorker(NoSource(), sink, handler, threads=threads)
+        worker = ThreadedRuntime(NoSource(), sink, handler, threads=threads)
         if inline:
             worker._submit = worker._serve_connection  # type: ignore[method-assign]
         worker._start()  # idle when inline, but drain() joins them

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("directory", metavar="DIR", help="the app folder to create")
     add_arguments(init, exclude=("config", "app_dir"))
-    from m2gate.control import add_commands
+    from m2gate.ops.control import add_commands
 
     add_commands(sub)  # status, stop, reload: talk to a running master
     return parser
@@ -53,7 +53,7 @@ def configure(cli: dict[str, Any]) -> Config:
 
 def run_init(cli: dict[str, Any], directory: str) -> int:
     """``m2gate init DIR [APP] [options]``: the options given become m2gate.toml."""
-    from m2gate.service import init_app_dir
+    from m2gate.ops.service import init_app_dir
 
     cfg = load(cli, environ={})  # validates; only the command line goes into the file
     defaults = Config()
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_CONFIG
     if args.command in ("status", "stop", "reload"):
-        from m2gate.control import run_command
+        from m2gate.ops.control import run_command
 
         return run_command(args.command, args)
     cli: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "command"}
@@ -135,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_CONFIG
     try:
         cfg = configure(cli)
-        from m2gate import logs, service
+        from m2gate import logs
+        from m2gate.ops import service
 
         logs.setup_logging(cfg)
         service.detach(cfg)  # --daemon; the rest after the pidfile lock (server.master)
@@ -143,10 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("m2gate: error: %s" % exc, file=sys.stderr)
         return EXIT_CONFIG
     if cfg.worker_class == "gevent":
-        from m2gate.server.gevent_patch import patch
+        from m2gate.runtime.gevent_patch import patch
 
         patch()  # before the server modules (or the app) import socket, ssl, zmq...
-    from m2gate.server.master import serve
+    from m2gate.supervisor.master import serve
 
     try:
         return serve(cfg)

@@ -33,7 +33,7 @@ import zmq
 
 from m2gate.protocol import replies
 from m2gate.protocol.errors import ProtocolError
-from m2gate.protocol.http import Response, request_framing
+from m2gate.protocol.http import SERVER_HEADER, Response, request_framing
 from m2gate.protocol.messages import (
     Credits,
     Disconnect,
@@ -77,8 +77,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("m2gate.handler")
-
-SERVER = b"m2gate"
 
 # What recv() returns besides requests: flow-control credits and unknown control types.
 ControlEvent = Credits | UnknownControl
@@ -317,7 +315,7 @@ class Connection:
         if req.method == "HEAD" and not any(k.lower() == "content-length" for k, _ in items):
             items.append(("Content-Length", str(len(raw))))  # what a GET would carry
         version, keep_alive = request_framing(req.message)
-        resp = Response(req.method, version, keep_alive, SERVER)
+        resp = Response(req.method, version, keep_alive, SERVER_HEADER)
         payload = resp.head("%d %s" % (code, status), items, len(raw)) + resp.body(raw) + resp.end()
         uuid_ = self._uuid(req)
         messages = [replies.reply(uuid_, req.conn_id, payload)]

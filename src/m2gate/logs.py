@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from m2gate.accesslog import AccessLogger
+from m2gate.adapters.accesslog import AccessLogger
 from m2gate.config.settings import Config, ConfigError
 
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"

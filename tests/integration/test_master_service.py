@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from conftest import APPS, m2gate_command
-from m2gate import control
+from m2gate.ops import control
 from m2gate.testing.mongrel2 import Mongrel2
 
 pytestmark = pytest.mark.integration

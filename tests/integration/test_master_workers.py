@@ -21,7 +21,7 @@ import pytest
 import requests
 from loadgen import LoadGenerator
 
-from m2gate import control
+from m2gate.ops import control
 from m2gate.testing.mongrel2 import Mongrel2, free_port
 
 pytestmark = pytest.mark.integration

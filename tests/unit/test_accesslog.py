@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from m2gate.accesslog import ATOMS, COMBINED_FORMAT, AccessLogger, check_format
+from m2gate.adapters.accesslog import ATOMS, COMBINED_FORMAT, AccessLogger, check_format
 from m2gate.protocol.messages import HTTPRequest
 
 

@@ -19,13 +19,13 @@ from m2gate.adapters.asgi import (
     websocket_scope,
 )
 from m2gate.adapters.common import EnvironDefaults
+from m2gate.conn.async_connection import AsyncConnection, AsyncOutput
 from m2gate.protocol.messages import (
     HTTPRequest,
     WebSocketFrame,
     WebSocketHandshake,
     parse_message,
 )
-from m2gate.server.async_output import AsyncConnection, AsyncOutput
 
 from .helpers import SENDER, message, request_headers
 

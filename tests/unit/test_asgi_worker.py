@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from m2gate.adapters.common import EnvironDefaults
-from m2gate.server.asyncio_worker import AsyncioWorker
-from m2gate.server.uploads import UploadStore
+from m2gate.conn.uploads import UploadStore
+from m2gate.runtime.asyncio import AsyncioRuntime
 
 from .helpers import control, message, request_headers
 
@@ -73,7 +73,7 @@ app.seen = []  # type: ignore[attr-defined]
 def serve(incoming: Sequence[bytes], settle: float = 0.3) -> FakeTransport:
     async def go() -> FakeTransport:
         transport = FakeTransport(incoming)
-        worker = AsyncioWorker(transport, app, EnvironDefaults(), flush_interval=0)
+        worker = AsyncioRuntime(transport, app, EnvironDefaults(), flush_interval=0)
         task = asyncio.create_task(worker.run(5.0))
         await asyncio.sleep(settle)
         worker.stop()
@@ -101,7 +101,7 @@ def test_disconnect_reaches_the_app() -> None:
 
     async def go() -> FakeTransport:
         transport = FakeTransport([get("/wait")])
-        worker = AsyncioWorker(transport, app, EnvironDefaults(), flush_interval=0)
+        worker = AsyncioRuntime(transport, app, EnvironDefaults(), flush_interval=0)
         task = asyncio.create_task(worker.run(5.0))
         await asyncio.sleep(0.05)
         transport.queue.put_nowait(control("disconnect"))
@@ -149,7 +149,7 @@ def test_every_real_mongrel2_message_then_a_request() -> None:
 
     async def go() -> FakeTransport:
         transport = FakeTransport(incoming)
-        worker = AsyncioWorker(transport, app, EnvironDefaults(), flush_interval=0)
+        worker = AsyncioRuntime(transport, app, EnvironDefaults(), flush_interval=0)
         task = asyncio.create_task(worker.run(2.0))
         await asyncio.sleep(0.5)
         worker.stop()
@@ -190,7 +190,7 @@ def test_random_websocket_traffic_never_breaks_the_worker(ops: list[int], junk: 
 
     async def go() -> FakeTransport:
         transport = FakeTransport(incoming)
-        worker = AsyncioWorker(
+        worker = AsyncioRuntime(
             transport, echo_ws, EnvironDefaults(), flush_interval=0, ws_close_timeout=0.01
         )
         task = asyncio.create_task(worker.run(1.0))
@@ -225,7 +225,7 @@ def test_upload_done_right_behind_its_start(tmp_path: Path) -> None:
 
     async def go() -> FakeTransport:
         transport = FakeTransport([message(start, path=b"/up"), message(done, path=b"/up")])
-        worker = AsyncioWorker(
+        worker = AsyncioRuntime(
             transport,
             reader,
             EnvironDefaults(),
@@ -256,7 +256,7 @@ def test_graceful_timeout_frees_an_upload_that_never_completes(tmp_path: Path) -
 
     async def go() -> bool:
         transport = FakeTransport([message(start, path=b"/up")])
-        worker = AsyncioWorker(
+        worker = AsyncioRuntime(
             transport, reader, EnvironDefaults(), uploads=UploadStore(str(tmp_path))
         )
         task = asyncio.create_task(worker.run(0.2))

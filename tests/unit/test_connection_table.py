@@ -1,10 +1,10 @@
-"""The connection bookkeeping both runtimes share (server/connections.py)."""
+"""The connection bookkeeping both runtimes share (conn/table.py)."""
 
 from __future__ import annotations
 
+from m2gate.conn.connection import Connection
+from m2gate.conn.table import ConnectionTable
 from m2gate.protocol.messages import Message, parse_message
-from m2gate.server.connections import ConnectionTable
-from m2gate.server.output import Connection
 
 from .helpers import message, request_headers
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from m2gate import control
-from m2gate.server.stats import render_metrics
+from m2gate.ops import control
+from m2gate.ops.stats import render_metrics
 
 
 def test_pidfile_lock_is_exclusive_and_released(tmp_path: Path) -> None:
@@ -21,7 +21,7 @@ def test_pidfile_lock_is_exclusive_and_released(tmp_path: Path) -> None:
     assert control.is_locked(str(path))
     # Another process (flock locks belong to open files, so use a real second process).
     code = (
-        "import sys; from m2gate.control import PidFile, AlreadyRunning\n"
+        "import sys; from m2gate.ops.control import PidFile, AlreadyRunning\n"
         "try:\n    PidFile(sys.argv[1]).acquire()\n"
         "except AlreadyRunning as e:\n    print(e); sys.exit(7)\n"
     )

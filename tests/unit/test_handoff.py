@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from m2gate.protocol.messages import Message, parse_message
-from m2gate.server.handoff import Dispatcher, Drop, Forward, Hold, Reject, WorkerInfo
+from m2gate.supervisor.handoff import Dispatcher, Drop, Forward, Hold, Reject, WorkerInfo
 
 from .helpers import SENDER, control, message, request_headers
 

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from m2gate import cli, service
+from m2gate import cli
 from m2gate.config.loader import load
 from m2gate.config.settings import Config, ConfigError
+from m2gate.ops import service
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -189,7 +190,7 @@ def test_daemonize_detaches(tmp_path: Path) -> None:
     report = tmp_path / "daemon.json"
     code = (
         "import json, os, sys\n"
-        "from m2gate.service import daemonize\n"
+        "from m2gate.ops.service import daemonize\n"
         "parent = os.getpid(); sid = os.getsid(0)\n"
         "daemonize()\n"
         "data = dict(parent=parent, pid=os.getpid(), sid=os.getsid(0), old_sid=sid,\n"

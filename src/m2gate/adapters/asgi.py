@@ -3,7 +3,7 @@
 The scope follows the WSGI environ's mapping rules (:mod:`m2gate.adapters.common`),
 responses go through the same framer (:class:`m2gate.protocol.http.Response`)
 and the same coalescing writer, so an ASGI app gets the keep-alive, chunking
-and HEAD behaviour a WSGI app gets. The runtime (:mod:`m2gate.server.asyncio_worker`)
+and HEAD behaviour a WSGI app gets. The runtime (:mod:`m2gate.runtime.asyncio`)
 owns the connections; this module only speaks ASGI for one of them at a time.
 """
 
@@ -24,13 +24,11 @@ from m2gate.adapters.common import (
     server_address,
     split_path,
 )
-from m2gate.adapters.wsgi import SERVER
+from m2gate.conn.async_connection import AsyncConnection, AsyncOutput, ConnectionGone
 from m2gate.protocol import websocket as ws
-from m2gate.protocol.errors import LocalProtocolError, RemoteProtocolError
-from m2gate.protocol.http import Response, request_framing, simple_response
+from m2gate.protocol.errors import ClientDisconnected, LocalProtocolError, RemoteProtocolError
+from m2gate.protocol.http import SERVER_HEADER, Response, request_framing, simple_response
 from m2gate.protocol.messages import Message, WebSocketFrame, WebSocketHandshake
-from m2gate.server.async_output import AsyncConnection, AsyncOutput, ConnectionGone
-from m2gate.server.output import ClientDisconnected
 
 log = logging.getLogger("m2gate.asgi")
 
@@ -142,7 +140,7 @@ class HTTPCycle:
         self.msg = msg
         self.conn = conn
         self.out = out
-        self.resp = Response(msg.method, version, keep_alive, SERVER)
+        self.resp = Response(msg.method, version, keep_alive, SERVER_HEADER)
         self._inline: bytes | None = body if isinstance(body, bytes) else None
         self._source: BodySource | None = None if isinstance(body, bytes) else body
         self._body_done = False
@@ -222,7 +220,7 @@ class HTTPCycle:
             status[4:].encode("ascii") + b"\n",
             self.resp.version,
             self.resp.keep_alive,
-            SERVER,
+            SERVER_HEADER,
         )
         if self.msg.method == "HEAD":
             payload = payload.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
@@ -463,7 +461,11 @@ class WebSocketSession:
         self.status_code = status
         version, _ = request_framing(self.msg)
         payload, _ = simple_response(
-            _status_line(status), _status_line(status)[4:].encode() + b"\n", version, False, SERVER
+            _status_line(status),
+            _status_line(status)[4:].encode() + b"\n",
+            version,
+            False,
+            SERVER_HEADER,
         )
         self.out.push(payload)
         self._finish_tcp()
@@ -513,7 +515,7 @@ class WebSocketSession:
             if self.state != "connecting" or self._denial is not None:
                 raise RuntimeError("denial response after the handshake")
             version, _ = request_framing(self.msg)
-            self._denial = Response("GET", version, False, SERVER)
+            self._denial = Response("GET", version, False, SERVER_HEADER)
             self.status_code = int(message["status"])
             self._denial_head = (
                 _status_line(int(message["status"])),

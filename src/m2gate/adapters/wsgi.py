@@ -10,8 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import IO, Any
 
-from m2gate import __version__
-from m2gate.accesslog import AccessLogger
+from m2gate.adapters.accesslog import AccessLogger
 from m2gate.adapters.common import (
     EnvironDefaults,
     is_client_header,
@@ -19,10 +18,10 @@ from m2gate.adapters.common import (
     server_address,
     split_path,
 )
-from m2gate.protocol.errors import LocalProtocolError, RemoteProtocolError
-from m2gate.protocol.http import Response, request_framing, simple_response
+from m2gate.conn.connection import Output
+from m2gate.protocol.errors import ClientDisconnected, LocalProtocolError, RemoteProtocolError
+from m2gate.protocol.http import SERVER_HEADER, Response, request_framing, simple_response
 from m2gate.protocol.messages import Message
-from m2gate.server.output import ClientDisconnected, Output
 
 log = logging.getLogger("m2gate.wsgi")
 
@@ -30,7 +29,6 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 StartResponse = Callable[..., Callable[[bytes], None]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
-SERVER = b"m2gate/" + __version__.encode("ascii")
 _SPECIAL = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
 # Header name -> environ key, "" for names the app must not see.
 _ENVIRON_KEYS: dict[str, str] = {}
@@ -111,7 +109,7 @@ class WSGIHandler:
             "wsgi.multiprocess": multiprocess,
             "wsgi.run_once": False,
             "wsgi.file_wrapper": FileWrapper,
-            "SERVER_SOFTWARE": SERVER.decode("ascii"),
+            "SERVER_SOFTWARE": SERVER_HEADER.decode("ascii"),
         }
 
     def environ(self, msg: Message, body: IO[bytes]) -> dict[str, Any]:
@@ -160,7 +158,7 @@ class WSGIHandler:
         """
         started = time.perf_counter()
         version, keep_alive = request_framing(msg)
-        resp = Response(msg.method, version, keep_alive, SERVER)
+        resp = Response(msg.method, version, keep_alive, SERVER_HEADER)
         env = self.environ(msg, body if body is not None else io.BytesIO(msg.body))
         if content_length is not None:
             env["CONTENT_LENGTH"] = str(content_length)
@@ -289,7 +287,7 @@ class _Call:
             status[4:].encode("ascii") + b"\n",
             self.resp.version,
             self.resp.keep_alive,
-            SERVER,
+            SERVER_HEADER,
         )
         if self.resp.method == "HEAD":
             payload = payload.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"

@@ -136,7 +136,7 @@ def _check_log_endpoint(value: str) -> str:
 
 
 def _check_access_format(value: str) -> str:
-    from m2gate.accesslog import check_format
+    from m2gate.adapters.accesslog import check_format
 
     check_format(value)
     return value

@@ -28,3 +28,7 @@ class RemoteProtocolError(ProtocolError):
     def __init__(self, msg: str, status_hint: int = 400) -> None:
         super().__init__(msg)
         self.status_hint = status_hint
+
+
+class ClientDisconnected(Exception):
+    """Mongrel2 told us the client is gone; stop producing the response."""

@@ -12,8 +12,12 @@ import re
 import time
 from email.utils import formatdate
 
+from m2gate import __version__
 from m2gate.protocol.errors import LocalProtocolError
 from m2gate.protocol.messages import Message
+
+# The one Server header value every response carries unless the app sets one.
+SERVER_HEADER = b"m2gate/" + __version__.encode("ascii")
 
 _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE_RE = re.compile(r"[\r\n\x00]")

@@ -19,19 +19,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from m2gate.protocol import replies
+from m2gate.protocol.errors import ClientDisconnected
 
 if TYPE_CHECKING:
+    from m2gate.conn.uploads import Upload
     from m2gate.protocol.messages import Message
-    from m2gate.server.uploads import Upload
     from m2gate.transports.base import ReplySink
 
 log = logging.getLogger("m2gate.output")
 
 MIN_MESSAGE = 64 * 1024
-
-
-class ClientDisconnected(Exception):
-    """Mongrel2 told us the client is gone; stop producing the response."""
 
 
 class Connection:

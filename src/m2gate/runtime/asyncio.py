@@ -1,6 +1,6 @@
 """The asyncio runtime for ASGI apps: one receiving task, a task per connection.
 
-It keeps the threaded worker's rules (:mod:`m2gate.server.threaded`) on an
+It keeps the threaded worker's rules (:mod:`m2gate.runtime.threaded`) on an
 event loop: a single task owns the PULL socket, pipelined requests for a
 connection wait behind the one in flight so replies go out in request order,
 websocket frames go to the connection's session, and a disconnect notice
@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 from m2gate import logs
-from m2gate.accesslog import AccessLogger
+from m2gate.adapters.accesslog import AccessLogger
 from m2gate.adapters.asgi import (
     ASGIApp,
     HTTPCycle,
@@ -32,10 +32,12 @@ from m2gate.adapters.asgi import (
     websocket_scope,
 )
 from m2gate.adapters.common import EnvironDefaults
-from m2gate.adapters.wsgi import SERVER
+from m2gate.conn.async_connection import AsyncConnection, AsyncOutput
+from m2gate.conn.table import ConnectionTable
+from m2gate.conn.uploads import Upload, UploadRejected, UploadStore, open_upload
 from m2gate.protocol import replies
-from m2gate.protocol.errors import ProtocolError
-from m2gate.protocol.http import request_framing, simple_response
+from m2gate.protocol.errors import ClientDisconnected, ProtocolError
+from m2gate.protocol.http import SERVER_HEADER, request_framing, simple_response
 from m2gate.protocol.messages import (
     Credits,
     Disconnect,
@@ -48,10 +50,6 @@ from m2gate.protocol.messages import (
     WebSocketHandshake,
     parse_message,
 )
-from m2gate.server.async_output import AsyncConnection, AsyncOutput
-from m2gate.server.connections import ConnectionTable
-from m2gate.server.output import ClientDisconnected
-from m2gate.server.uploads import Upload, UploadRejected, UploadStore, open_upload
 from m2gate.transports.zmq_async import AsyncZmqTransport
 
 log = logging.getLogger("m2gate.worker")
@@ -71,7 +69,7 @@ class AsyncTransport(Protocol):
     def stop_receiving(self) -> None: ...
 
 
-class AsyncioWorker:
+class AsyncioRuntime:
     """Serves an ASGI app for the messages ``transport`` receives."""
 
     def __init__(
@@ -367,7 +365,9 @@ class AsyncioWorker:
         if out.done:
             return
         version, _ = request_framing(msg)
-        payload, _ = simple_response("400 Bad Request", b"Bad Request\n", version, False, SERVER)
+        payload, _ = simple_response(
+            "400 Bad Request", b"Bad Request\n", version, False, SERVER_HEADER
+        )
         await out.afinish(payload, close=True)
 
     async def _unsupported(self, msg: Message, out: AsyncOutput) -> None:
@@ -383,7 +383,9 @@ class AsyncioWorker:
             status,
         )
         version, _ = request_framing(msg)
-        payload, _ = simple_response(status, status[4:].encode() + b"\n", version, False, SERVER)
+        payload, _ = simple_response(
+            status, status[4:].encode() + b"\n", version, False, SERVER_HEADER
+        )
         await out.afinish(payload, close=True)
 
     def _done(self, conn: AsyncConnection, keep_alive: bool) -> Message | None:
@@ -431,7 +433,7 @@ async def _main(cfg: Any, app: ASGIApp) -> int:
     await lifespan.startup()
     defaults = EnvironDefaults(cfg.server_name, cfg.server_port, cfg.trust_x_forwarded_for)
     transport = AsyncZmqTransport(cfg.send_spec, cfg.recv_spec, cfg.send_ident)
-    worker = AsyncioWorker(
+    worker = AsyncioRuntime(
         transport,
         app,
         defaults,

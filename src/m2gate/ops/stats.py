@@ -15,7 +15,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from m2gate.server.listener import Listener
+from m2gate.ops.listener import Listener
 
 log = logging.getLogger("m2gate.stats")
 

@@ -14,13 +14,20 @@ import logging
 import os
 import stat
 import threading
+from typing import Protocol
 
-from m2gate.protocol.errors import RemoteProtocolError
-from m2gate.server.output import ClientDisconnected, Connection
+from m2gate.protocol.errors import ClientDisconnected, RemoteProtocolError
 
 log = logging.getLogger("m2gate.uploads")
 
 WAIT_S = 0.05
+
+
+class Closable(Protocol):
+    """The one thing an upload reader asks of its connection: is the client gone?"""
+
+    @property
+    def closed(self) -> bool: ...
 
 
 class UploadRejected(RemoteProtocolError):
@@ -74,7 +81,7 @@ class Upload:
             )
         self.done.set()
 
-    def wait_done(self, conn: Connection) -> None:
+    def wait_done(self, conn: Closable) -> None:
         while not self.done.wait(WAIT_S):
             if conn.closed:
                 raise ClientDisconnected()
@@ -98,7 +105,7 @@ class UploadReader(io.RawIOBase):
     the finished file.
     """
 
-    def __init__(self, upload: Upload, conn: Connection) -> None:
+    def __init__(self, upload: Upload, conn: Closable) -> None:
         super().__init__()
         self.upload = upload
         self.conn = conn
@@ -144,6 +151,6 @@ class UploadReader(io.RawIOBase):
         super().close()
 
 
-def open_upload(upload: Upload, conn: Connection) -> io.BufferedReader:
+def open_upload(upload: Upload, conn: Closable) -> io.BufferedReader:
     """The binary file object an app reads an upload from."""
     return io.BufferedReader(UploadReader(upload, conn), 256 * 1024)

@@ -17,8 +17,11 @@ import time
 from collections.abc import Callable
 from typing import IO, Protocol
 
-from m2gate.protocol.errors import ProtocolError
-from m2gate.protocol.http import request_framing, simple_response
+from m2gate.conn.connection import Connection, Flusher, Output
+from m2gate.conn.table import ConnectionTable
+from m2gate.conn.uploads import Upload, UploadRejected, UploadStore, open_upload
+from m2gate.protocol.errors import ClientDisconnected, ProtocolError
+from m2gate.protocol.http import SERVER_HEADER, request_framing, simple_response
 from m2gate.protocol.messages import (
     Credits,
     Disconnect,
@@ -29,9 +32,6 @@ from m2gate.protocol.messages import (
     UploadStart,
     parse_message,
 )
-from m2gate.server.connections import ConnectionTable
-from m2gate.server.output import ClientDisconnected, Connection, Flusher, Output
-from m2gate.server.uploads import Upload, UploadRejected, UploadStore, open_upload
 from m2gate.transports.base import ReplySink, RequestSource
 
 log = logging.getLogger("m2gate.worker")
@@ -52,7 +52,7 @@ class RequestHandler(Protocol):
 POLL_MS = 100
 
 
-class ThreadedWorker:
+class ThreadedRuntime:
     """Receives from ``source``, runs ``handler`` on ``threads`` threads."""
 
     def __init__(
@@ -64,7 +64,7 @@ class ThreadedWorker:
         reply_ident: bytes = b"",
         max_message: int = 4 * 1024 * 1024,
         flush_interval: float = 0.005,
-        server_header: bytes = b"m2gate",
+        server_header: bytes = SERVER_HEADER,
         uploads: UploadStore | None = None,
         on_done: Callable[[Connection], None] | None = None,
     ) -> None:
@@ -167,7 +167,7 @@ class ThreadedWorker:
         if start:
             self._submit(conn, msg)
 
-    # -- how a unit of work runs (gevent_worker.py overrides these and drain) --
+    # -- how a unit of work runs (gevent.py overrides these and drain) --
     def _start(self) -> None:
         for t in self._workers:
             t.start()

@@ -1,12 +1,12 @@
 """The gevent worker: one greenlet per request, many slow requests per process.
 
-Only *how* a unit of work runs differs from :class:`ThreadedWorker`: a
+Only *how* a unit of work runs differs from :class:`ThreadedRuntime`: a
 greenlet from a bounded pool instead of one of N threads. What happens to a
 request (pipelined requests answered in order, disconnect notices, uploads,
-coalesced :class:`~m2gate.server.output.Output`, graceful drain) is the
+coalesced :class:`~m2gate.conn.connection.Output`, graceful drain) is the
 threaded worker's code, unchanged. That code uses ``threading`` and ``time``,
 which become cooperative once the process is monkey-patched: call
-:func:`~m2gate.server.gevent_patch.patch` before the app, or anything it
+:func:`~m2gate.runtime.gevent_patch.patch` before the app, or anything it
 imports, is loaded (the CLI does it first thing). The flusher
 thread then is a greenlet and its Condition a gevent one.
 """
@@ -23,10 +23,10 @@ import gevent
 import gevent.pool
 import zmq.green
 
+from m2gate.conn.connection import Connection
 from m2gate.protocol.messages import Message
-from m2gate.server.gevent_patch import patch
-from m2gate.server.output import Connection
-from m2gate.server.threaded import RequestHandler, ThreadedWorker
+from m2gate.runtime.gevent_patch import patch
+from m2gate.runtime.threaded import RequestHandler, ThreadedRuntime
 from m2gate.transports.base import ReplySink, RequestSource
 from m2gate.transports.zmq_sync import ZmqTransport
 
@@ -44,7 +44,7 @@ class GreenZmqTransport(ZmqTransport):
     blocking_recv = False
 
 
-class GeventWorker(ThreadedWorker):
+class GeventRuntime(ThreadedRuntime):
     """Serves each connection's requests on a greenlet, at most ``connections`` at once.
 
     The receiving loop never blocks on a full pool (it must keep reading
@@ -125,4 +125,4 @@ def install_signals(handler: SignalHandler, signums: tuple[int, ...]) -> None:
         gevent.signal_handler(signum, call, signum)
 
 
-__all__ = ["GeventWorker", "GreenZmqTransport", "install_signals", "patch"]
+__all__ = ["GeventRuntime", "GreenZmqTransport", "install_signals", "patch"]

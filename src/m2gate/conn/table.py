@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from m2gate.conn.connection import Connection
 from m2gate.protocol.messages import Message
-from m2gate.server.output import Connection
 
 C = TypeVar("C", bound=Connection)
 Key = tuple[str, int]

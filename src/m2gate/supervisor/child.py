@@ -1,4 +1,4 @@
-"""One worker process under the master: the ThreadedWorker fed by a DEALER.
+"""One worker process under the master: the ThreadedRuntime fed by a DEALER.
 
 After ``fork`` the worker makes its own ZeroMQ context (contexts never
 survive a fork), connects a DEALER to the master's ROUTER for requests and a
@@ -39,11 +39,11 @@ import zmq
 
 from m2gate import logs
 from m2gate.config.settings import Config
+from m2gate.conn.connection import Connection
 from m2gate.loading import AppLoadError, load_app
 from m2gate.protocol import replies
-from m2gate.server.output import Connection
-from m2gate.server.run import worker_options, wsgi_handler
-from m2gate.server.threaded import ThreadedWorker
+from m2gate.runtime.single import worker_options, wsgi_handler
+from m2gate.runtime.threaded import ThreadedRuntime
 
 log = logging.getLogger("m2gate.worker")
 
@@ -173,7 +173,7 @@ class MasterLink:
         self._lock = threading.Lock()
         self._done_socks: list[zmq.Socket[Any]] = []
         self._closed = False
-        self.worker: ThreadedWorker | None = None
+        self.worker: ThreadedRuntime | None = None
         self.sink: PubSink | None = None
         self.exceptions: ExceptionCounter | None = None
         self.ready = False
@@ -197,7 +197,7 @@ class MasterLink:
 
     def attach(
         self,
-        worker: ThreadedWorker,
+        worker: ThreadedRuntime,
         sink: PubSink,
         probe_uuid: bytes,
         base: int,
@@ -381,7 +381,7 @@ def _run(spec: WorkerSpec) -> int:
     logging.getLogger("m2gate.wsgi").addFilter(counter)
     handler = wsgi_handler(cfg, app, multithread=cfg.threads > 1, multiprocess=cfg.processes > 1)
     sink = PubSink(ctx, cfg.recv_spec, b"%s-%s" % (cfg.send_ident.encode("ascii"), spec.wid))
-    worker = ThreadedWorker(link, sink, handler, on_done=link.done, **worker_options(cfg))
+    worker = ThreadedRuntime(link, sink, handler, on_done=link.done, **worker_options(cfg))
     link.attach(worker, sink, reply_uuid(cfg), probe_base(spec.serial), counter)
     if cfg.reload_on_change:
         link.send(LOADED, json.dumps(app_source_files()).encode())

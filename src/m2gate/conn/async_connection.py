@@ -1,4 +1,4 @@
-"""The coalescing writer of :mod:`m2gate.server.output`, driven by an event loop.
+"""The coalescing writer of :mod:`m2gate.conn.connection`, driven by an event loop.
 
 The merging rules (message size growing with the body, ``max_message``,
 flow-control credits) are the threaded writer's own: this subclass only
@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from m2gate.conn.connection import Connection, Output
 from m2gate.protocol import replies
-from m2gate.server.output import ClientDisconnected, Connection, Output
+from m2gate.protocol.errors import ClientDisconnected
 from m2gate.transports.base import ReplySink
 
 

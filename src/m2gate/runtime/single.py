@@ -12,11 +12,12 @@ from typing import Any
 from m2gate import logs
 from m2gate.adapters.asgi import resolve_interface
 from m2gate.adapters.common import EnvironDefaults
-from m2gate.adapters.wsgi import SERVER, WSGIApp, WSGIHandler
+from m2gate.adapters.wsgi import WSGIApp, WSGIHandler
 from m2gate.config.settings import Config, ConfigError
+from m2gate.conn.uploads import UploadStore
 from m2gate.loading import load_app
-from m2gate.server.threaded import ThreadedWorker
-from m2gate.server.uploads import UploadStore
+from m2gate.protocol.http import SERVER_HEADER
+from m2gate.runtime.threaded import ThreadedRuntime
 from m2gate.transports.zmq_sync import ZmqTransport
 
 log = logging.getLogger("m2gate")
@@ -38,13 +39,13 @@ def wsgi_handler(cfg: Config, app: WSGIApp, multithread: bool, multiprocess: boo
 
 
 def worker_options(cfg: Config) -> dict[str, Any]:
-    """The :class:`ThreadedWorker` arguments that come straight from the settings."""
+    """The :class:`ThreadedRuntime` arguments that come straight from the settings."""
     return {
         "threads": cfg.threads,
         "reply_ident": cfg.recv_ident.encode("ascii"),
         "max_message": cfg.max_message,
         "flush_interval": cfg.flush_interval,
-        "server_header": SERVER,
+        "server_header": SERVER_HEADER,
         "uploads": UploadStore(cfg.upload_dir, cfg.mongrel2_chroot),
     }
 
@@ -55,10 +56,10 @@ def serve(cfg: Config) -> int:
     if green and cfg.interface == "asgi":
         raise ConfigError(_GEVENT_WSGI_ONLY)
     if green:
-        from m2gate.server.gevent_patch import patch
+        from m2gate.runtime.gevent_patch import patch
 
         patch()  # before the app, or anything it imports, is loaded (no-op after the CLI's)
-        from m2gate.server import gevent_worker
+        from m2gate.runtime import gevent as gevent_worker
     # A single process has nothing to reload into: SIGHUP (sent by habit, or
     # by logrotate scripts) must not kill it. Reloads need the master.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -67,15 +68,15 @@ def serve(cfg: Config) -> int:
     if resolve_interface(cfg.interface, app) == "asgi":
         if green:
             raise ConfigError(_GEVENT_WSGI_ONLY)
-        from m2gate.server.asyncio_worker import serve_asgi
+        from m2gate.runtime.asyncio import serve_asgi
 
         return serve_asgi(cfg, app)
     handler = wsgi_handler(cfg, app, multithread=cfg.threads > 1 or green, multiprocess=False)
     transport_class: type[ZmqTransport] = ZmqTransport
-    worker_class: Callable[..., ThreadedWorker] = ThreadedWorker
+    worker_class: Callable[..., ThreadedRuntime] = ThreadedRuntime
     if green:
         transport_class = gevent_worker.GreenZmqTransport
-        worker_class = partial(gevent_worker.GeventWorker, connections=cfg.gevent_connections)
+        worker_class = partial(gevent_worker.GeventRuntime, connections=cfg.gevent_connections)
     transport = transport_class(cfg.send_spec, cfg.recv_spec, cfg.send_ident)
     worker = worker_class(transport, transport, handler, **worker_options(cfg))
 

@@ -25,9 +25,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from m2gate.server.listener import Listener
+from m2gate.ops.listener import Listener
 
-log = logging.getLogger("m2gate.control")
+log = logging.getLogger("m2gate.ops.control")
 
 MAX_REQUEST = 64 * 1024
 EXIT_NOT_RUNNING = 1

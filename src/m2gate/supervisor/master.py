@@ -5,7 +5,7 @@ disconnects loses what Mongrel2 already pushed down its pipe, and disconnect
 notices ride PUSH round-robin, so they rarely reach the process serving the
 connection. So the master holds the only PULL on ``send_spec`` and hands each
 message to a worker over its own ROUTER (the policy is
-:class:`~m2gate.server.handoff.Dispatcher`); workers reply to Mongrel2
+:class:`~m2gate.supervisor.handoff.Dispatcher`); workers reply to Mongrel2
 directly on their own PUBs. The master knows, at every moment, which
 connection each worker is serving: that is what makes reloads lose nothing,
 and what lets it answer 504 for a request whose worker it had to kill.
@@ -37,18 +37,16 @@ from typing import Any
 import zmq
 
 from m2gate import __version__, logs
-from m2gate.adapters.wsgi import SERVER
 from m2gate.config.settings import Config, ConfigError
-from m2gate.control import AlreadyRunning, ControlServer, PidFile, control_path_for
 from m2gate.loading import AppLoadError, load_app
+from m2gate.ops.control import AlreadyRunning, ControlServer, PidFile, control_path_for
+from m2gate.ops.stats import PROMETHEUS_TYPE, DocumentServer, render_metrics
 from m2gate.protocol import replies
 from m2gate.protocol.errors import ProtocolError
-from m2gate.protocol.http import request_framing, simple_response
+from m2gate.protocol.http import SERVER_HEADER, request_framing, simple_response
 from m2gate.protocol.messages import Credits, Disconnect, Message, UnknownControl, parse_message
-from m2gate.server import workerproc
-from m2gate.server.handoff import Dispatcher, Drop, Forward, Hold, InFlight, Reject, WorkerInfo
-from m2gate.server.stats import PROMETHEUS_TYPE, DocumentServer, render_metrics
-from m2gate.server.workerproc import (
+from m2gate.supervisor import child as workerproc
+from m2gate.supervisor.child import (
     DONE,
     EXIT_APP_LOAD,
     FATAL,
@@ -62,6 +60,7 @@ from m2gate.server.workerproc import (
     probe_base,
     probe_slot,
 )
+from m2gate.supervisor.handoff import Dispatcher, Drop, Forward, Hold, InFlight, Reject, WorkerInfo
 
 log = logging.getLogger("m2gate.master")
 
@@ -766,7 +765,9 @@ class Master:
     def _answer(self, sender: str, conn_id: int, status: str, msg: Message | None = None) -> None:
         """Answer for a worker that cannot (killed, or none free), then close."""
         version = request_framing(msg)[0] if msg is not None else "HTTP/1.1"
-        payload, _ = simple_response(status, status[4:].encode() + b"\n", version, False, SERVER)
+        payload, _ = simple_response(
+            status, status[4:].encode() + b"\n", version, False, SERVER_HEADER
+        )
         uuid = (self.cfg.recv_ident or sender).encode("latin-1")
         try:
             self.pub.send_multipart([replies.reply(uuid, conn_id, payload)])
@@ -1067,10 +1068,10 @@ def serve(cfg: Config) -> int:
     the requests of a master with one worker, each request crossing two
     processes there (docs/operations.md).
     """
-    from m2gate import service
+    from m2gate.ops import service
 
     if not needs_master(cfg):
-        from m2gate.server.run import serve as serve_single
+        from m2gate.runtime.single import serve as serve_single
 
         service.start_single(cfg)  # chroot, user, app environment, SIGUSR1
         return serve_single(cfg)
