@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from m2gate.runtime.gevent_patch import patch
 
         patch()  # before the server modules (or the app) import socket, ssl, zmq...
-    from m2gate.supervisor.master import serve
+    from m2gate.supervisor.serve import serve
 
     try:
         return serve(cfg)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from m2gate.protocol.messages import Message, parse_message
-from m2gate.supervisor.handoff import Dispatcher, Drop, Forward, Hold, Reject, WorkerInfo
+from m2gate.supervisor.handoff import Dispatcher, Drop, Forward, Hold, Reject
+from m2gate.supervisor.state import Worker
 
 from .helpers import SENDER, control, message, request_headers
 
@@ -23,7 +24,7 @@ def notice(kind: str, conn_id: int, **extra: str) -> tuple[Message, bytes]:
 def dispatcher(*capacities: int, prefetch: int = 0, queue_size: int = 100) -> Dispatcher:
     d = Dispatcher(queue_size, prefetch)
     for i, cap in enumerate(capacities):
-        d.add_worker(WorkerInfo(b"w%d" % i, 1000 + i, 1, cap))
+        d.add_worker(Worker(b"w%d" % i, 1000 + i, 1, cap))
         d.mark_ready(b"w%d" % i)
     return d
 
@@ -34,7 +35,7 @@ def assign(d: Dispatcher, pair: tuple[Message, bytes], now: float = 0.0) -> obje
 
 def test_nothing_goes_to_a_worker_before_it_is_ready() -> None:
     d = Dispatcher()
-    d.add_worker(WorkerInfo(b"w0", 1, 1, 4))
+    d.add_worker(Worker(b"w0", 1, 1, 4))
     assert assign(d, req(1)) == Hold()
     d.mark_ready(b"w0")
     assert [(wid, q.msg.conn_id) for wid, q in d.dispatch_queued(1.0)] == [(b"w0", 1)]

@@ -9,13 +9,7 @@ id with a disconnect notice, which arrives at the master's PULL. Only then
 does the master route requests here (ZeroMQ silently drops what a fresh PUB
 sends before it has connected).
 
-Wire between master and worker (multipart frames, the ROUTER adds the id):
-
-- master -> worker: ``RAW`` (one frame: a Mongrel2 message), or an empty
-  frame then ``ready`` / ``stop``
-- worker -> master: ``hello JSON``, ``d "SENDER CONN_ID"`` (one per request
-  accepted, served or dropped), ``hb JSON`` (every second), ``loaded JSON``
-  (app source files, for reload-on-change), ``fatal TEXT`` (app load failed)
+The wire (frames, probe ids) is :mod:`m2gate.supervisor.wire`.
 """
 
 from __future__ import annotations
@@ -44,45 +38,24 @@ from m2gate.loading import AppLoadError, load_app
 from m2gate.protocol import replies
 from m2gate.runtime.single import worker_options, wsgi_handler
 from m2gate.runtime.threaded import ThreadedRuntime
+from m2gate.supervisor.watch import app_source_files
+from m2gate.supervisor.wire import (
+    DONE,
+    EXIT_APP_LOAD,
+    FATAL,
+    HEARTBEAT,
+    HEARTBEAT_INTERVAL,
+    HELLO,
+    LOADED,
+    PROBE_INTERVAL,
+    PROBE_SPAN,
+    READY,
+    STOP,
+    probe_base,
+    reply_uuid,
+)
 
 log = logging.getLogger("m2gate.worker")
-
-EXIT_APP_LOAD = 3  # the master's crash-loop guard: this worker can never serve
-
-# Probe connection ids: far above any id Mongrel2 hands out (they count up
-# from 1 per start) and below 2**31, which Mongrel2 parses as a C int.
-PROBE_BASE = 1_500_000_000
-PROBE_SPAN = 100  # ids per process: base + attempt % PROBE_SPAN
-PROBE_SLOTS = 6_000_000  # PROBE_BASE + PROBE_SLOTS * PROBE_SPAN < 2**31
-PROBE_INTERVAL = 0.05
-HEARTBEAT_INTERVAL = 1.0
-
-# Frames
-READY = b"ready"
-STOP = b"stop"
-HELLO = b"hello"
-DONE = b"d"
-HEARTBEAT = b"hb"
-LOADED = b"loaded"
-FATAL = b"fatal"
-
-
-def probe_base(serial: int) -> int:
-    return PROBE_BASE + (serial % PROBE_SLOTS) * PROBE_SPAN
-
-
-def is_probe(conn_id: int) -> bool:
-    return PROBE_BASE <= conn_id < PROBE_BASE + PROBE_SLOTS * PROBE_SPAN
-
-
-def probe_slot(conn_id: int) -> int:
-    """The ``probe_base`` a probe connection id belongs to."""
-    return PROBE_BASE + (conn_id - PROBE_BASE) // PROBE_SPAN * PROBE_SPAN
-
-
-def reply_uuid(cfg: Config) -> bytes:
-    """What replies start with: Mongrel2's SUB only takes ``recv_ident`` if set."""
-    return (cfg.recv_ident or cfg.send_ident or "m2gate").encode("ascii")
 
 
 def rss_bytes() -> int:
@@ -101,24 +74,6 @@ def die_with_parent(signum: int) -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signum, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
-def app_source_files(exclude_prefixes: Sequence[str] = ()) -> list[str]:
-    """Source files of imported modules outside the stdlib and site-packages."""
-    skip = {sys.prefix, sys.base_prefix, sys.exec_prefix, *exclude_prefixes}
-    skip.add(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # m2gate itself
-    files: set[str] = set()
-    for module in list(sys.modules.values()):
-        path = getattr(module, "__file__", None)
-        if not isinstance(path, str) or not path.endswith(".py"):
-            continue
-        path = os.path.abspath(path)
-        if "site-packages" in path or "dist-packages" in path:
-            continue
-        if any(path.startswith(p.rstrip("/") + "/") for p in skip if p):
-            continue
-        files.add(path)
-    return sorted(files)
 
 
 class ExceptionCounter(logging.Filter):

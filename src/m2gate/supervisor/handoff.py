@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict, deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 from m2gate.protocol.messages import (
     Credits,
@@ -33,52 +31,10 @@ from m2gate.protocol.messages import (
     UnknownControl,
     UploadDone,
 )
-
-Key = tuple[str, int]
-WorkerState = Literal["starting", "ready", "retiring"]
+from m2gate.supervisor.state import InFlight, Key, Worker, WorkerState
 
 # Idle keep-alive connections remembered for their notices (credits, disconnect).
 LAST_SERVED_MAX = 65536
-
-
-@dataclass
-class InFlight:
-    """One request handed to a worker and not reported done yet."""
-
-    key: Key
-    started: float  # when the worker could start it (after the ones before it)
-    pipelined: bool
-    what: str = ""  # "METHOD PATH", for status
-
-
-@dataclass
-class WorkerInfo:
-    """What the master knows about one worker process."""
-
-    wid: bytes  # ROUTER identity
-    pid: int
-    generation: int
-    capacity: int  # its thread count
-    state: WorkerState = "starting"
-    inflight: dict[Key, deque[InFlight]] = field(default_factory=dict)
-    requests: int = 0
-    busy_time: float = 0.0  # total seconds of served requests
-    last_time: float = 0.0  # duration of the last request
-    last_done: float = 0.0  # clock of the last done report
-
-    @property
-    def load(self) -> int:
-        """Connections being served: each occupies one app thread."""
-        return len(self.inflight)
-
-    @property
-    def pending(self) -> int:
-        """Every request handed over and not done, pipelined ones included."""
-        return sum(len(q) for q in self.inflight.values())
-
-    def entries(self) -> Iterator[InFlight]:
-        for q in self.inflight.values():
-            yield from q
 
 
 @dataclass
@@ -124,7 +80,7 @@ class Dispatcher:
         # next request is there when a thread frees up instead of one master
         # round trip later.
         self.prefetch = prefetch
-        self.workers: dict[bytes, WorkerInfo] = {}
+        self.workers: dict[bytes, Worker] = {}
         self.owner: dict[Key, bytes] = {}
         self.last: OrderedDict[Key, bytes] = OrderedDict()
         self.queue: deque[Queued] = deque()
@@ -133,19 +89,22 @@ class Dispatcher:
         self._order: dict[bytes, int] = {}
 
     # -- workers -----------------------------------------------------------
-    def add_worker(self, info: WorkerInfo) -> None:
+    def add_worker(self, info: Worker) -> None:
         self.workers[info.wid] = info
 
     def mark_ready(self, wid: bytes) -> None:
         w = self.workers.get(wid)
-        if w is not None and w.state == "starting":
-            w.state = "ready"
+        if w is not None and w.state is WorkerState.STARTING:
+            w.to(WorkerState.READY)
 
     def retire(self, wid: bytes) -> None:
-        """No new work for ``wid``; its connections in flight stay with it."""
+        """No new work for ``wid``; its connections in flight stay with it.
+
+        A worker already leaving (stopping, dumping, killed) stays as it is.
+        """
         w = self.workers.get(wid)
-        if w is not None:
-            w.state = "retiring"
+        if w is not None and w.state in (WorkerState.STARTING, WorkerState.READY):
+            w.to(WorkerState.RETIRING)
 
     def remove_worker(self, wid: bytes) -> list[InFlight]:
         """Forget a worker that is gone; returns what it had in flight (to answer)."""
@@ -160,9 +119,11 @@ class Dispatcher:
             self.last.pop(key, None)
         return lost
 
-    def idle_retiring(self) -> list[WorkerInfo]:
+    def idle_retiring(self) -> list[Worker]:
         """Retiring workers with nothing left in flight: they may exit now."""
-        return [w for w in self.workers.values() if w.state == "retiring" and not w.inflight]
+        return [
+            w for w in self.workers.values() if w.state is WorkerState.RETIRING and not w.inflight
+        ]
 
     # -- messages ----------------------------------------------------------
     def assign(self, msg: Message, raw: bytes, now: float) -> Decision:
@@ -196,18 +157,18 @@ class Dispatcher:
         self._add(w, key, now, False, msg)
         return Forward(w.wid)
 
-    def pick(self) -> WorkerInfo | None:
+    def pick(self) -> Worker | None:
         """The least loaded ready worker with room (round robin on ties).
 
         Room is a free thread, or one of ``prefetch`` queue slots once every
         worker's threads are all busy (least loaded first, so a queue slot is
         only used when no thread is free anywhere).
         """
-        best: WorkerInfo | None = None
+        best: Worker | None = None
         best_rank: tuple[int, int] = (0, 0)
         extra = self.prefetch
         for w in self.workers.values():
-            if w.state != "ready" or w.load >= w.capacity + extra:
+            if w.state is not WorkerState.READY or w.load >= w.capacity + extra:
                 continue
             rank = (w.load, self._order.get(w.wid, 0))
             if best is None or rank < best_rank:
@@ -228,7 +189,6 @@ class Dispatcher:
         w.requests += 1
         w.last_time = max(0.0, now - entry.started)
         w.busy_time += w.last_time
-        w.last_done = now
         if entries:
             entries[0].started = now  # the next pipelined request starts now
         else:
@@ -268,9 +228,9 @@ class Dispatcher:
             out.append(self._pop_queue())
         return out
 
-    def overdue(self, now: float, limit: float) -> list[tuple[WorkerInfo, InFlight]]:
+    def overdue(self, now: float, limit: float) -> list[tuple[Worker, InFlight]]:
         """Requests running longer than ``limit`` seconds (harakiri)."""
-        out: list[tuple[WorkerInfo, InFlight]] = []
+        out: list[tuple[Worker, InFlight]] = []
         for w in self.workers.values():
             for q in w.inflight.values():
                 if q and now - q[0].started > limit:
@@ -291,7 +251,7 @@ class Dispatcher:
                     del self.owner[key]
 
     # -- internals ---------------------------------------------------------
-    def _add(self, w: WorkerInfo, key: Key, now: float, pipelined: bool, msg: Message) -> None:
+    def _add(self, w: Worker, key: Key, now: float, pipelined: bool, msg: Message) -> None:
         q = w.inflight.get(key)
         if q is None:
             q = w.inflight[key] = deque()

@@ -1,0 +1,277 @@
+"""Mongrel2's messages to the workers, the workers' frames back, the master's own answers.
+
+The policy (who gets what) is :class:`~m2gate.supervisor.handoff.Dispatcher`;
+this is its I/O: the PULL from Mongrel2, the ROUTER to the workers and the
+master's PUB, on which it answers for workers that cannot: 503 (no worker
+took it in time, queue full, stopping, graceful timeout), 504 (harakiri), 502
+(a worker died with it). What a frame means for a worker's life goes to the
+:class:`~m2gate.supervisor.lifecycle.Lifecycle`; the actions it returns go to
+``run`` (the master carries them out).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from m2gate.config.settings import Config
+from m2gate.protocol import replies
+from m2gate.protocol.errors import ProtocolError
+from m2gate.protocol.http import SERVER_HEADER, request_framing, simple_response
+from m2gate.protocol.messages import Credits, Disconnect, Message, UnknownControl, parse_message
+from m2gate.supervisor.actions import Action
+from m2gate.supervisor.handoff import Dispatcher, Drop, Forward, Hold, Reject
+from m2gate.supervisor.lifecycle import Lifecycle
+from m2gate.supervisor.state import Worker, WorkerState
+from m2gate.supervisor.watch import Watcher
+from m2gate.supervisor.wire import (
+    DONE,
+    FATAL,
+    HEARTBEAT,
+    HELLO,
+    LOADED,
+    PROBE_SPAN,
+    is_probe,
+    probe_base,
+    probe_slot,
+    reply_uuid,
+)
+
+log = logging.getLogger("m2gate.master")
+S = WorkerState
+
+BATCH = 256  # messages handled per socket before looking at the others
+PUB_PROBE_INTERVAL = 0.05
+
+
+class Router:
+    """Moves messages between Mongrel2, the workers and the dispatcher."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        disp: Dispatcher,
+        life: Lifecycle,
+        watcher: Watcher,
+        sockets: tuple[zmq.Socket[Any], zmq.Socket[Any], zmq.Socket[Any]],
+        run: Callable[[list[Action]], None],
+    ) -> None:
+        self.cfg = cfg
+        self.disp = disp
+        self.life = life
+        self.watcher = watcher
+        self.pull, self.router, self.pub = sockets
+        self.run = run
+        self.by_probe: dict[int, bytes] = {}  # probe_base -> worker id
+        self.rejected = 0
+        self.pub_ready_at: float | None = None  # the master's own reply path proven
+        self._pub_probe = 0
+        self._next_pub_probe = 0.0
+        self._queue_warned = 0.0
+
+    # -- Mongrel2 -> workers --------------------------------------------------
+    def on_pull(self, now: float) -> None:
+        for _ in range(BATCH):
+            try:
+                raw = self.pull.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.on_message(raw, now)
+
+    def on_message(self, raw: bytes, now: float) -> None:
+        try:
+            msg = parse_message(raw)
+        except ProtocolError as exc:
+            log.warning("dropped malformed message (%d bytes): %s", len(raw), exc)
+            return
+        if isinstance(msg, Disconnect) and is_probe(msg.conn_id):
+            self._on_probe(msg.conn_id, now)
+            return
+        if (
+            self.life.stopping
+            and not isinstance(msg, (Disconnect, Credits, UnknownControl))
+            and msg.key not in self.disp.owner
+        ):
+            self.rejected += 1
+            self.answer(msg.sender, msg.conn_id, "503 Service Unavailable", msg)
+            return
+        decision = self.disp.assign(msg, raw, now)
+        if isinstance(decision, Forward):
+            if not self.send(decision.wid, raw):
+                self.disp.unroute(decision.wid, msg.key)
+                self.disp.retire(decision.wid)
+                self.on_message(raw, now)  # to another worker, or the queue
+        elif isinstance(decision, Hold):
+            if now - self._queue_warned > 5.0:
+                self._queue_warned = now
+                log.warning(
+                    "every worker thread is busy: %d request(s) wait in the master",
+                    len(self.disp.queue),
+                )
+        elif isinstance(decision, Reject):
+            self.rejected += 1
+            log.error(
+                "master queue full (%d): 503 for %s:%s",
+                self.cfg.queue_size,
+                msg.sender,
+                msg.conn_id,
+            )
+            self.answer(msg.sender, msg.conn_id, "503 Service Unavailable", msg)
+        else:
+            assert isinstance(decision, Drop)
+
+    def _on_probe(self, conn_id: int, now: float) -> None:
+        slot = probe_slot(conn_id)
+        if slot == probe_base(0):
+            if self.pub_ready_at is None:
+                self.pub_ready_at = now
+                log.debug("master reply path proven")
+            return
+        wid = self.by_probe.get(slot)
+        w = self.life.workers.get(wid) if wid is not None else None
+        if w is not None and w.ready_at is None and w.state is not WorkerState.KILLED:
+            self.run(self.life.on_ready(w, now))
+            self.dispatch_queued(now)
+
+    def probe_pub(self, now: float) -> None:
+        """Until Mongrel2 answers the master's own PUB, probe it (every 50 ms)."""
+        if self.pub_ready_at is not None or now < self._next_pub_probe:
+            return
+        self._next_pub_probe = now + PUB_PROBE_INTERVAL
+        probe = probe_base(0) + self._pub_probe % PROBE_SPAN
+        self._pub_probe += 1
+        with contextlib.suppress(zmq.ZMQError):
+            self.pub.send(replies.close(reply_uuid(self.cfg), [probe])[0])
+
+    def send(self, wid: bytes, *frames: bytes) -> bool:
+        try:
+            self.router.send_multipart([wid, *frames], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:
+            log.warning("worker %s unreachable: %s", wid.decode(), exc)
+            return False
+
+    def dispatch_queued(self, now: float) -> None:
+        for wid, item in self.disp.dispatch_queued(now):
+            if not self.send(wid, item.raw):
+                self.disp.unroute(wid, item.msg.key)
+                self.disp.retire(wid)
+                self.on_message(item.raw, now)
+
+    def expire_queued(self, now: float, timeout: float) -> None:
+        """503 for the requests that waited ``timeout`` seconds (-1: every one)."""
+        for q in self.disp.expire_queued(now, timeout):
+            if timeout >= 0:
+                self.rejected += 1
+                log.error("no worker took %s:%s for %ss: 503", q.msg.sender, q.msg.conn_id, timeout)
+            self.answer(q.msg.sender, q.msg.conn_id, "503 Service Unavailable", q.msg)
+
+    def answer(self, sender: str, conn_id: int, status: str, msg: Message | None = None) -> None:
+        """Answer for a worker that cannot (killed, or none free), then close."""
+        version = request_framing(msg)[0] if msg is not None else "HTTP/1.1"
+        payload, _ = simple_response(
+            status, status[4:].encode() + b"\n", version, False, SERVER_HEADER
+        )
+        uuid = (self.cfg.recv_ident or sender).encode("latin-1")
+        try:
+            self.pub.send_multipart([replies.reply(uuid, conn_id, payload)])
+            for m in replies.close(uuid, [conn_id]):
+                self.pub.send(m)
+        except (zmq.ZMQError, ValueError) as exc:
+            log.warning("could not answer %s to %s:%s: %s", status, sender, conn_id, exc)
+
+    # -- workers -> master ----------------------------------------------------
+    def on_router(self, now: float) -> None:
+        freed = False
+        for _ in range(BATCH * 4):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            freed = self.on_frames(frames, now) or freed
+        if freed:
+            self.dispatch_queued(now)
+
+    def on_frames(self, frames: list[bytes], now: float) -> bool:
+        """One message from a worker; True if it freed a thread."""
+        if len(frames) < 2:
+            return False
+        wid, kind = frames[0], frames[1]
+        if b"." in wid:  # an app thread's own socket: WID.N
+            wid = wid.split(b".", 1)[0]
+        w = self.life.workers.get(wid)
+        if w is None:
+            return False
+        if kind == DONE:
+            sender, _, conn_id = frames[2].rpartition(b" ") if len(frames) > 2 else (b"", b"", b"")
+            if not conn_id.isdigit() or not self.disp.on_done(
+                wid, (sender.decode("latin-1"), int(conn_id)), now
+            ):
+                return False
+            self.run(self.life.on_done(w, now))
+            return True
+        if kind == HEARTBEAT:
+            self._on_heartbeat(w, frames[2] if len(frames) > 2 else b"{}", now)
+        elif kind == FATAL:
+            w.fatal = frames[2].decode("utf-8", "replace") if len(frames) > 2 else ""
+        elif kind == LOADED and len(frames) > 2:
+            self.watcher.add_files(frames[2])
+        elif kind != HELLO:
+            log.debug("unknown frame %r from worker %s", kind[:20], wid.decode())
+        return False
+
+    def _on_heartbeat(self, w: Worker, data: bytes, now: float) -> None:
+        try:
+            beat = json.loads(data)
+            w.rss = int(beat.get("rss", 0))
+            w.exceptions = int(beat.get("exceptions", 0))
+            w.disconnects = int(beat.get("disconnects", 0))
+        except (ValueError, TypeError, AttributeError):
+            return
+        self.run(self.life.on_heartbeat(w, now))
+
+    def late_fatal(self, wid: bytes, clock: Callable[[], float]) -> str:
+        """The ``fatal`` frame of a worker that already exited, if it is still on its way."""
+        deadline = clock() + 0.5
+        while clock() < deadline:
+            if not self.router.poll(50):
+                continue
+            frames = self.router.recv_multipart()
+            if len(frames) > 2 and frames[0] == wid and frames[1] == FATAL:
+                return frames[2].decode("utf-8", "replace")
+            self.on_frames(frames, clock())
+        return ""
+
+    def worker_gone(self, w: Worker, code: int, now: float) -> None:
+        """``w`` exited: answer what it had in flight, hand its queue on."""
+        self.by_probe.pop(w.probe, None)
+        lost = self.disp.remove_worker(w.wid)
+        expected = w.state is WorkerState.STOPPING and code == 0
+        how = "exited with %d" % code if code >= 0 else "killed by signal %d" % -code
+        if lost:
+            keys = list(dict.fromkeys(e.key for e in lost))
+            log.warning(
+                "worker %s (pid %d) %s with %d request(s) in flight: answering %s",
+                w.wid.decode(),
+                w.pid,
+                how,
+                len(lost),
+                w.answer,
+            )
+            for key in keys:
+                self.answer(key[0], key[1], w.answer)
+        elif expected:
+            log.info(
+                "worker %s (pid %d) exited after %d request(s)", w.wid.decode(), w.pid, w.requests
+            )
+        else:
+            quiet = w.state in (S.KILLED, S.RETIRING, S.STOPPING, S.DUMPING)
+            (log.info if quiet else log.warning)(
+                "worker %s (pid %d) %s", w.wid.decode(), w.pid, how
+            )
+        self.dispatch_queued(now)

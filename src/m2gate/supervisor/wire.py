@@ -1,0 +1,60 @@
+"""The wire between the master and its workers: frame names and probe ids.
+
+Shared by both sides (``master``/``router`` and ``child``), so neither has to
+import the other's process code.
+
+Multipart frames, the master's ROUTER adds the worker's id:
+
+- master -> worker: ``RAW`` (one frame: a Mongrel2 message), or an empty
+  frame then ``ready`` / ``stop``
+- worker -> master: ``hello JSON``, ``d "SENDER CONN_ID"`` (one per request
+  accepted, served or dropped), ``hb JSON`` (every second), ``loaded JSON``
+  (app source files, for reload-on-change), ``fatal TEXT`` (app load failed)
+
+Probe ids: a process proves its reply path by publishing a close to a
+connection id Mongrel2 never uses; Mongrel2 answers it with a disconnect
+notice on the master's PULL. Each process owns ``PROBE_SPAN`` ids from its
+``probe_base`` (serial 0 is the master itself).
+"""
+
+from __future__ import annotations
+
+from m2gate.config.settings import Config
+
+EXIT_APP_LOAD = 3  # the master's crash-loop guard: this worker can never serve
+
+# Probe connection ids: far above any id Mongrel2 hands out (they count up
+# from 1 per start) and below 2**31, which Mongrel2 parses as a C int.
+PROBE_BASE = 1_500_000_000
+PROBE_SPAN = 100  # ids per process: base + attempt % PROBE_SPAN
+PROBE_SLOTS = 6_000_000  # PROBE_BASE + PROBE_SLOTS * PROBE_SPAN < 2**31
+PROBE_INTERVAL = 0.05
+HEARTBEAT_INTERVAL = 1.0
+
+# Frames
+READY = b"ready"
+STOP = b"stop"
+HELLO = b"hello"
+DONE = b"d"
+HEARTBEAT = b"hb"
+LOADED = b"loaded"
+FATAL = b"fatal"
+
+
+def probe_base(serial: int) -> int:
+    """The first probe id of process ``serial`` (0: the master)."""
+    return PROBE_BASE + (serial % PROBE_SLOTS) * PROBE_SPAN
+
+
+def is_probe(conn_id: int) -> bool:
+    return PROBE_BASE <= conn_id < PROBE_BASE + PROBE_SLOTS * PROBE_SPAN
+
+
+def probe_slot(conn_id: int) -> int:
+    """The ``probe_base`` a probe connection id belongs to."""
+    return PROBE_BASE + (conn_id - PROBE_BASE) // PROBE_SPAN * PROBE_SPAN
+
+
+def reply_uuid(cfg: Config) -> bytes:
+    """What replies start with: Mongrel2's SUB only takes ``recv_ident`` if set."""
+    return (cfg.recv_ident or cfg.send_ident or "m2gate").encode("ascii")
