@@ -89,8 +89,8 @@ class Dispatcher:
         self._order: dict[bytes, int] = {}
 
     # -- workers -----------------------------------------------------------
-    def add_worker(self, info: Worker) -> None:
-        self.workers[info.wid] = info
+    def add_worker(self, w: Worker) -> None:
+        self.workers[w.wid] = w
 
     def mark_ready(self, wid: bytes) -> None:
         w = self.workers.get(wid)

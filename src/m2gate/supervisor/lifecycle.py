@@ -182,42 +182,11 @@ class Lifecycle:
         requests past the harakiri limit (``Dispatcher.overdue``).
         """
         for w, entry in overdue:
-            if w.state in (S.READY, S.RETIRING, S.STOPPING):
+            if w.state in (S.READY, S.RETIRING, S.STOPPING):  # not dumped or killed yet
                 self._harakiri(w, entry, now)
         for w in list(self.workers.values()):
-            if w.state is S.DUMPING:
-                if w.deadline is not None and now >= w.deadline:
-                    self._kill(w, w.answer)
-            elif (
-                w.ready_at is None
-                and pub_ready_at is not None
-                and now - max(w.started, pub_ready_at) > READY_TIMEOUT
-                and w.state is not S.KILLED
-            ):
-                log.error(
-                    "worker %s (pid %d) not ready after %ss: killing it",
-                    w.wid.decode(),
-                    w.pid,
-                    READY_TIMEOUT,
-                )
-                self._kill(w, "502 Bad Gateway")
-            elif (
-                w.state in (S.RETIRING, S.STOPPING) and w.deadline is not None and now > w.deadline
-            ):
-                log.warning(
-                    "worker %s (pid %d) still busy after the graceful timeout (%ss): killing it",
-                    w.wid.decode(),
-                    w.pid,
-                    self.cfg.graceful_timeout,
-                )
-                self._kill(w, "503 Service Unavailable")
-        if self.respawn_at:
-            due = [g for t, g in self.respawn_at if t <= now]
-            self.respawn_at = [(t, g) for t, g in self.respawn_at if t > now]
-            for gen in due:
-                if not self.stopping:
-                    self.restarts += 1
-                    self._spawn(max(gen, self.generation), now)
+            self._check_deadlines(w, now, pub_ready_at)
+        self._respawn_due(now)
         if self.stopping:
             if not self.disp.queue:
                 for w in list(self.workers.values()):
@@ -261,6 +230,44 @@ class Lifecycle:
         self.disp.add_worker(w)
         self._out.append(Spawn(w))
         return w
+
+    def _check_deadlines(self, w: Worker, now: float, pub_ready_at: float | None) -> None:
+        """SIGKILL after the harakiri grace, the ready timeout or the graceful timeout."""
+        if w.state is S.DUMPING:
+            if w.deadline is not None and now >= w.deadline:
+                self._kill(w, w.answer)
+        elif (
+            w.ready_at is None
+            and pub_ready_at is not None  # Mongrel2 answers us: the worker itself is stuck
+            and now - max(w.started, pub_ready_at) > READY_TIMEOUT
+            and w.state is not S.KILLED
+        ):
+            log.error(
+                "worker %s (pid %d) not ready after %ss: killing it",
+                w.wid.decode(),
+                w.pid,
+                READY_TIMEOUT,
+            )
+            self._kill(w, "502 Bad Gateway")
+        elif w.state in (S.RETIRING, S.STOPPING) and w.deadline is not None and now > w.deadline:
+            log.warning(
+                "worker %s (pid %d) still busy after the graceful timeout (%ss): killing it",
+                w.wid.decode(),
+                w.pid,
+                self.cfg.graceful_timeout,
+            )
+            self._kill(w, "503 Service Unavailable")
+
+    def _respawn_due(self, now: float) -> None:
+        """Start the workers whose crash back-off is over."""
+        if not self.respawn_at:
+            return
+        due = [g for t, g in self.respawn_at if t <= now]
+        self.respawn_at = [(t, g) for t, g in self.respawn_at if t > now]
+        for gen in due:
+            if not self.stopping:
+                self.restarts += 1
+                self._spawn(max(gen, self.generation), now)
 
     def _retire(self, w: Worker, now: float) -> None:
         """No new requests for ``w``; it exits once its requests in flight are done."""
