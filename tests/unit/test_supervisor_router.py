@@ -1,0 +1,153 @@
+"""The master's message routing over real in-process ZeroMQ sockets (supervisor/router.py).
+
+Mongrel2 is a PUSH into the router's PULL, one worker is a DEALER on its
+ROUTER, and the master's "PUB" is a PUSH whose PULL end the test reads (same
+send calls, without a SUB's subscription race).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import zmq
+
+from m2gate.config.settings import Config
+from m2gate.supervisor.actions import Action, Send, Spawn
+from m2gate.supervisor.handoff import Dispatcher
+from m2gate.supervisor.lifecycle import Lifecycle
+from m2gate.supervisor.router import Router
+from m2gate.supervisor.state import Worker, WorkerState
+from m2gate.supervisor.watch import Watcher
+from m2gate.supervisor.wire import DONE, READY, probe_base
+
+from .helpers import SENDER, control, message, request_headers
+
+_names = itertools.count()
+
+
+@dataclass
+class Rig:
+    router: Router
+    life: Lifecycle
+    worker: Worker
+    dealer: zmq.Socket[Any]  # the worker's end
+    mongrel2: zmq.Socket[Any]  # pushes into the router's PULL
+    replies: zmq.Socket[Any]  # what the master published
+    ran: list[Action]
+
+    def deliver(self, raw: bytes) -> None:
+        self.mongrel2.send(raw)
+        assert self.router.pull.poll(1000)
+        self.router.on_pull(1.0)
+
+    def to_worker(self) -> list[bytes]:
+        assert self.dealer.poll(1000), "nothing reached the worker"
+        frames: list[bytes] = self.dealer.recv_multipart()
+        return frames
+
+    def published(self) -> bytes:
+        assert self.replies.poll(1000), "the master published nothing"
+        data: bytes = self.replies.recv()
+        return data
+
+    def answer(self) -> bytes:
+        """The master's own answer: the response, then the close (an empty reply)."""
+        reply = self.published()
+        close = self.published()
+        assert close.endswith(b", ") and close.split(b" ")[0] == reply.split(b" ")[0]
+        return reply
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    ctx: zmq.Context[Any] = zmq.Context()
+    n = next(_names)
+    pull, mongrel2 = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    pull.bind("inproc://m2-%d" % n)
+    mongrel2.connect("inproc://m2-%d" % n)
+    router_sock = ctx.socket(zmq.ROUTER)
+    router_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    router_sock.bind("inproc://workers-%d" % n)
+    pub, replies = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    replies.bind("inproc://pub-%d" % n)
+    pub.connect("inproc://pub-%d" % n)
+    cfg = Config(processes=1, threads=1, send_ident="m2gate-test", recv_ident="")
+    disp = Dispatcher(queue_size=1)
+    life = Lifecycle(cfg, disp, pid=42)
+    ran: list[Action] = []
+    router = Router(cfg, disp, life, Watcher(cfg), (pull, router_sock, pub), ran.extend)
+    (spawn,) = life.start(0.0)
+    assert isinstance(spawn, Spawn)
+    w = spawn.worker
+    router.by_probe[w.probe] = w.wid
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.IDENTITY, w.wid)
+    dealer.connect("inproc://workers-%d" % n)
+    dealer.send_multipart([b"hello", b"{}"])  # the ROUTER learns the worker's id
+    assert router_sock.poll(1000)
+    router.on_router(0.5)
+    yield Rig(router, life, w, dealer, mongrel2, replies, ran)
+    ctx.destroy(linger=0)
+
+
+def request(conn_id: int) -> bytes:
+    return message(request_headers("GET", "/x"), conn_id=conn_id)
+
+
+def test_nothing_reaches_a_worker_before_its_probe_comes_back(rig: Rig) -> None:
+    rig.deliver(request(1))
+    assert len(rig.router.disp.queue) == 1 and not rig.dealer.poll(50)
+    rig.deliver(control("disconnect", conn_id=probe_base(rig.worker.serial) + 3))
+    assert rig.worker.state is WorkerState.READY
+    assert Send(rig.worker, READY) in rig.ran
+    assert rig.to_worker() == [request(1)]  # the queued request follows
+
+
+def test_the_masters_own_probe_proves_its_reply_path(rig: Rig) -> None:
+    assert rig.router.pub_ready_at is None
+    rig.router.probe_pub(1.0)
+    assert rig.published().startswith(b"m2gate-test ")
+    rig.deliver(control("disconnect", conn_id=probe_base(0) + 1))
+    assert rig.router.pub_ready_at == 1.0
+
+
+def ready(rig: Rig) -> None:
+    rig.deliver(control("disconnect", conn_id=probe_base(rig.worker.serial)))
+    assert rig.worker.state is WorkerState.READY
+
+
+def test_done_frees_the_thread_for_the_next_queued_request(rig: Rig) -> None:
+    ready(rig)
+    rig.deliver(request(1))
+    rig.deliver(request(2))
+    assert rig.to_worker() == [request(1)] and len(rig.router.disp.queue) == 1
+    rig.dealer.send_multipart([DONE, SENDER + b" 1"])
+    assert rig.router.router.poll(1000)
+    rig.router.on_router(2.0)
+    assert rig.to_worker() == [request(2)]
+    assert rig.worker.requests == 1
+
+
+def test_a_full_queue_and_a_stopping_master_answer_503(rig: Rig) -> None:
+    rig.deliver(request(1))  # queued (the worker is not ready)
+    rig.deliver(request(2))  # the queue holds one: 503
+    assert b"503 Service Unavailable" in rig.answer()
+    assert rig.router.rejected == 1
+    rig.life.begin_stop("test", 2.0)
+    rig.deliver(request(3))
+    assert b"503 Service Unavailable" in rig.answer()
+    assert rig.router.rejected == 2
+
+
+def test_a_worker_gone_with_requests_in_flight_gets_them_answered(rig: Rig) -> None:
+    ready(rig)
+    rig.deliver(request(5))
+    rig.worker.answer = "504 Gateway Timeout"
+    rig.router.worker_gone(rig.worker, -9, 3.0)
+    reply = rig.answer()
+    assert b" 1:5, HTTP/1.1 504 Gateway Timeout\r\n" in reply
+    assert rig.router.disp.owner == {}
