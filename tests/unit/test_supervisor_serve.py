@@ -1,0 +1,37 @@
+"""One process or a master (supervisor/serve.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from m2gate.config.settings import Config, ConfigError
+from m2gate.supervisor.serve import needs_master, serve
+
+
+def test_plain_settings_run_one_process() -> None:
+    assert not needs_master(Config())
+    assert not needs_master(Config(processes=1, threads=8))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"processes": 2},
+        {"preload": True},
+        {"pidfile": "/tmp/m2gate.pid"},
+        {"harakiri": 30.0},
+        {"max_requests": 1000},
+        {"reload_on_rss": 200},
+        {"touch_reload": "/tmp/reload"},
+        {"reload_on_change": True},
+        {"stats": "127.0.0.1:9191"},
+        {"metrics": "127.0.0.1:9192"},
+    ],
+)
+def test_master_only_settings_need_the_master(settings: dict[str, object]) -> None:
+    assert needs_master(Config(**settings))  # type: ignore[arg-type]
+
+
+def test_worker_processes_refuse_asgi_before_forking_anything() -> None:
+    with pytest.raises(ConfigError, match="threaded WSGI apps only"):
+        serve(Config(processes=2, interface="asgi"))
