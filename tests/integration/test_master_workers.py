@@ -21,7 +21,8 @@ import pytest
 import requests
 from loadgen import LoadGenerator
 
-from m2gate.ops import control
+from m2gate.cli import control as client
+from m2gate.ops.pidfile import control_path_for
 from m2gate.testing.mongrel2 import Mongrel2, free_port
 
 pytestmark = pytest.mark.integration
@@ -54,10 +55,10 @@ class Served:
     def __init__(self, server: Any, pidfile: Path) -> None:
         self.server = server
         self.pidfile = pidfile
-        self.sock = control.control_path_for(str(pidfile))
+        self.sock = control_path_for(str(pidfile))
 
     def status(self) -> dict[str, Any]:
-        return control.request(self.sock, "status", timeout=10)
+        return client.request(self.sock, "status", timeout=10)
 
     def worker_pids(self) -> set[int]:
         return {w["pid"] for w in self.status()["workers"]}

@@ -39,7 +39,8 @@ import zmq
 from m2gate import __version__, logs
 from m2gate.config.settings import Config, ConfigError
 from m2gate.loading import AppLoadError, load_app
-from m2gate.ops.control import AlreadyRunning, ControlServer, PidFile, control_path_for
+from m2gate.ops.control import ControlServer
+from m2gate.ops.pidfile import AlreadyRunning, PidFile, control_path_for
 from m2gate.ops.stats import PROMETHEUS_TYPE, DocumentServer, render_metrics
 from m2gate.protocol import replies
 from m2gate.protocol.errors import ProtocolError
@@ -1068,7 +1069,7 @@ def serve(cfg: Config) -> int:
     the requests of a master with one worker, each request crossing two
     processes there (docs/operations.md).
     """
-    from m2gate.ops import service
+    from m2gate.ops import confine as service
 
     if not needs_master(cfg):
         from m2gate.runtime.single import serve as serve_single
