@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import APPS, m2gate_command
 from m2gate.ops.pidfile import is_locked, pidfile_for_app_dir, read_pid
 from m2gate.testing.mongrel2 import Mongrel2
+from support import APPS, m2gate_command
 
 pytestmark = pytest.mark.integration
 

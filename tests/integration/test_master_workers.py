@@ -24,29 +24,11 @@ from loadgen import LoadGenerator
 from m2gate.cli import control as client
 from m2gate.ops.pidfile import control_path_for
 from m2gate.testing.mongrel2 import Mongrel2, free_port
+from support import pid_alive, wait_until
 
 pytestmark = pytest.mark.integration
 
 Factory = Callable[..., Any]
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for %s" % (what or check))
-        time.sleep(0.05)
 
 
 class Served:
@@ -467,7 +449,7 @@ def test_status_stop_reload_commands(
 
 
 def test_commands_report_nothing_running(tmp_path: Path) -> None:
-    from conftest import m2gate_command
+    from support import m2gate_command
 
     pidfile = tmp_path / "stale.pid"
     pidfile.write_text("999999\n")
