@@ -13,7 +13,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,11 +21,9 @@ from typing import Any
 import pytest
 
 from m2gate.testing.mongrel2 import HandlerSpec, Mongrel2
+from support import APPS, ROOT, m2gate_command
 
 log = logging.getLogger(__name__)
-
-ROOT = Path(__file__).resolve().parents[1]
-APPS = Path(__file__).resolve().parent / "apps"
 
 # Safety net for an interpreter that dies between start and teardown.
 _LIVE_M2GATE: dict[int, subprocess.Popen[bytes]] = {}
@@ -92,12 +89,6 @@ def mongrel2(request: pytest.FixtureRequest, mongrel2_factory: Mongrel2Factory) 
 
 class ServerError(RuntimeError):
     """An ``m2gate serve`` subprocess died or never answered."""
-
-
-def m2gate_command() -> list[str]:
-    """The installed console script next to this interpreter, else ``-m m2gate``."""
-    script = Path(sys.executable).with_name("m2gate")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "m2gate"]
 
 
 def probe(m2: Mongrel2, path: str, timeout: float) -> bool:

@@ -14,6 +14,7 @@ import pytest
 from wsgi_http import RawClient, read_events
 
 from m2gate.testing.mongrel2 import HandlerSpec, Mongrel2
+from support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -39,15 +40,6 @@ def asgi(m2gate_server: Any, state: Path) -> Callable[..., Any]:
         return m2gate_server(kwargs.pop("app", APP), *args, env=env, **kwargs)
 
     return start
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return check()
 
 
 def test_routes_and_scope(mongrel2: Mongrel2, asgi: Any) -> None:
@@ -179,7 +171,7 @@ def test_sse_stops_when_client_goes_away(mongrel2: Mongrel2, asgi: Any, state: P
             if len(seen) == 3:
                 break
     # The client is gone: the generator must end, not run forever.
-    assert wait_until(lambda: "stopped" in read_events(log)), read_events(log)
+    wait_until(lambda: "stopped" in read_events(log), "the generator to stop", timeout=10)
     sent = [e for e in read_events(log) if e.startswith("sent")]
     time.sleep(0.3)
     assert [e for e in read_events(log) if e.startswith("sent")] == sent
@@ -247,7 +239,7 @@ def test_upload_streams_from_the_temp_store(mongrel2: Mongrel2, asgi: Any) -> No
     assert resp.status_code == 200
     assert resp.json()["sha256"] == hashlib.sha256(body).hexdigest()
     assert resp.json()["size"] == len(body)
-    assert wait_until(lambda: not list(mongrel2.upload_dir.iterdir()))  # temp file removed
+    wait_until(lambda: not list(mongrel2.upload_dir.iterdir()), "temp file removed", timeout=10)
 
 
 def test_chunked_upload(mongrel2: Mongrel2, asgi: Any) -> None:

@@ -9,16 +9,9 @@ import pytest
 import requests
 
 from m2gate.testing.mongrel2 import Mongrel2
+from support import pid_alive
 
 pytestmark = pytest.mark.integration
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_serves_basic_app_and_stops(mongrel2: Mongrel2, m2gate_server: Callable[..., Any]) -> None:

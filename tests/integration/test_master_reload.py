@@ -13,14 +13,15 @@ import pytest
 import requests
 from loadgen import LoadGenerator
 
-from m2gate.ops import control
+from m2gate.cli import control as client
+from m2gate.ops.pidfile import control_path_for
 from m2gate.testing.mongrel2 import Mongrel2
 
 pytestmark = pytest.mark.integration
 
 
 def status(sock: str) -> dict[str, Any]:
-    return control.request(sock, "status", timeout=10)
+    return client.request(sock, "status", timeout=10)
 
 
 def wait_generation(sock: str, generation: int, timeout: float = 30.0) -> dict[str, Any]:
@@ -49,7 +50,7 @@ def reload_under_load(
     server = m2gate_server(
         "master_app:application", "-p", "2", "--threads", "4", "--pidfile", str(pidfile)
     )
-    sock = control.control_path_for(str(pidfile))
+    sock = control_path_for(str(pidfile))
     first = status(sock)
     pids = {w["pid"] for w in first["workers"]}
     paths = ["/", "/sleep?s=0.02", "/pid", "/sleep?s=0.2"]
@@ -113,7 +114,7 @@ def test_reload_picks_up_new_code(
     assert requests.get(mongrel2.url + "/", timeout=5).text == "one"
     app.write_text(_versioned("two"))
     server.signal(signal.SIGHUP)
-    wait_generation(control.control_path_for(str(pidfile)), 2)
+    wait_generation(control_path_for(str(pidfile)), 2)
     assert requests.get(mongrel2.url + "/", timeout=5).text == "two"
 
 
@@ -135,7 +136,7 @@ def test_reload_with_broken_code_keeps_the_old_generation(
     server = m2gate_server(
         "fragile:application", "-p", "2", "--pidfile", str(pidfile), cwd=app.parent
     )
-    sock = control.control_path_for(str(pidfile))
+    sock = control_path_for(str(pidfile))
     app.write_text("raise ImportError('half-deployed')\n")
     out = subprocess.run(
         [*server.args[:1], "reload", "--wait", "--pidfile", str(pidfile)],

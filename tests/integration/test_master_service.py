@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import APPS, m2gate_command
-from m2gate.ops import control
+from m2gate.ops.pidfile import is_locked, pidfile_for_app_dir, read_pid
 from m2gate.testing.mongrel2 import Mongrel2
+from support import APPS, m2gate_command
 
 pytestmark = pytest.mark.integration
 
@@ -44,15 +44,15 @@ def test_daemon_app_dir_commands(mongrel2: Mongrel2, tmp_path: Path) -> None:
         env=env,
     )
     assert made.returncode == 0, made.stderr
-    pidfile = control.pidfile_for_app_dir(str(site))
+    pidfile = pidfile_for_app_dir(str(site))
     started = run("serve", "--app-dir", str(site), "--daemon", env=env)
     try:
         assert started.returncode == 0, started.stderr
         deadline = time.monotonic() + 20
-        while not (os.path.exists(pidfile) and control.is_locked(pidfile)):
+        while not (os.path.exists(pidfile) and is_locked(pidfile)):
             assert time.monotonic() < deadline, "no master came up"
             time.sleep(0.05)
-        master = control.read_pid(pidfile)
+        master = read_pid(pidfile)
         assert master is not None
         status = run("status", "--app-dir", str(site))
         deadline = time.monotonic() + 20
@@ -70,7 +70,7 @@ def test_daemon_app_dir_commands(mongrel2: Mongrel2, tmp_path: Path) -> None:
         log_text = (site / "logs" / "m2gate.log").read_text()
         assert "reload done: generation 2 serving" in log_text
     finally:
-        pid = control.read_pid(pidfile) if os.path.exists(pidfile) else None
-        if pid is not None and control.is_locked(pidfile):
+        pid = read_pid(pidfile) if os.path.exists(pidfile) else None
+        if pid is not None and is_locked(pidfile):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)  # its workers follow (PR_SET_PDEATHSIG)

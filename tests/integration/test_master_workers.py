@@ -21,31 +21,14 @@ import pytest
 import requests
 from loadgen import LoadGenerator
 
-from m2gate.ops import control
+from m2gate.cli import control as client
+from m2gate.ops.pidfile import control_path_for
 from m2gate.testing.mongrel2 import Mongrel2, free_port
+from support import pid_alive, wait_until
 
 pytestmark = pytest.mark.integration
 
 Factory = Callable[..., Any]
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for %s" % (what or check))
-        time.sleep(0.05)
 
 
 class Served:
@@ -54,10 +37,10 @@ class Served:
     def __init__(self, server: Any, pidfile: Path) -> None:
         self.server = server
         self.pidfile = pidfile
-        self.sock = control.control_path_for(str(pidfile))
+        self.sock = control_path_for(str(pidfile))
 
     def status(self) -> dict[str, Any]:
-        return control.request(self.sock, "status", timeout=10)
+        return client.request(self.sock, "status", timeout=10)
 
     def worker_pids(self) -> set[int]:
         return {w["pid"] for w in self.status()["workers"]}
@@ -466,7 +449,7 @@ def test_status_stop_reload_commands(
 
 
 def test_commands_report_nothing_running(tmp_path: Path) -> None:
-    from conftest import m2gate_command
+    from support import m2gate_command
 
     pidfile = tmp_path / "stale.pid"
     pidfile.write_text("999999\n")

@@ -13,17 +13,9 @@ import requests
 import zmq
 
 from m2gate.testing.mongrel2 import HandlerSpec, Mongrel2, Mongrel2Error, free_port
+from support import pid_alive
 
 pytestmark = pytest.mark.integration
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 class NaiveHandler(threading.Thread):

@@ -23,6 +23,7 @@ import requests
 import zmq
 
 from m2gate.testing.mongrel2 import HandlerSpec, Mongrel2, free_port
+from support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -44,15 +45,6 @@ def answered(url: str) -> bool:
     except requests.RequestException:
         return False
     return not resp.headers.get("Server", "").startswith("Mongrel2")
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 class Proc:

@@ -5,30 +5,17 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from wsgi_http import RawClient, probe_servers, raw_get
+from wsgi_http import RawClient, raw_get
 
 from m2gate.testing.mongrel2 import HandlerSpec, Mongrel2
 
 pytestmark = pytest.mark.integration
 
 Start = Any  # the ``wsgi`` fixture's factory
-
-
-@pytest.fixture
-def events(tmp_path: Path) -> Path:
-    """File the probe app appends its start/close events to."""
-    return tmp_path / "events.log"
-
-
-@pytest.fixture
-def wsgi(m2gate_server: Any, events: Path) -> Iterator[Start]:
-    """Start the validated probe app (see wsgi_http.probe_servers)."""
-    yield from probe_servers(m2gate_server, events)
 
 
 def test_get_query_string_and_percent_encoded_path(mongrel2: Mongrel2, wsgi: Start) -> None:

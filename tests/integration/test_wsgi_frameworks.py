@@ -7,14 +7,12 @@ proves SCRIPT_NAME and PATH_INFO are right, not just our reading of them.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from wsgi_http import RawClient, probe_servers
+from wsgi_http import RawClient
 
 from m2gate.testing.mongrel2 import HandlerSpec, Mongrel2
 
@@ -24,17 +22,6 @@ pytestmark = [
 ]
 
 Start = Any
-
-
-@pytest.fixture
-def events(tmp_path: Path) -> Path:
-    return tmp_path / "events.log"
-
-
-@pytest.fixture
-def wsgi(m2gate_server: Any, events: Path) -> Iterator[Start]:
-    """m2gate_server with the validator-complaint check at teardown."""
-    yield from probe_servers(m2gate_server, events)
 
 
 @pytest.fixture

@@ -8,14 +8,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 import zmq
-from wsgi_http import RawClient, probe_servers, raw_get, wait_for_event
+from wsgi_http import RawClient, raw_get, wait_for_event
 
 from m2gate.testing.mongrel2 import Mongrel2, free_port
 
@@ -24,18 +23,6 @@ pytestmark = pytest.mark.integration
 Start = Any
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ROOT / "tests" / "apps"
-
-
-@pytest.fixture
-def events(tmp_path: Path) -> Path:
-    """File the probe app appends its start/close events to."""
-    return tmp_path / "events.log"
-
-
-@pytest.fixture
-def wsgi(m2gate_server: Any, events: Path) -> Iterator[Start]:
-    """Start the validated probe app (see wsgi_http.probe_servers)."""
-    yield from probe_servers(m2gate_server, events)
 
 
 # -- graceful stop ---------------------------------------------------------------

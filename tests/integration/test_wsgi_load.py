@@ -6,31 +6,18 @@ import hashlib
 import http.client
 import socket
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from wsgi_http import RawClient, expected_digest, probe_servers, wait_for_event
+from wsgi_http import RawClient, expected_digest, wait_for_event
 
 from m2gate.testing.mongrel2 import Mongrel2
 
 pytestmark = pytest.mark.integration
 
 Start = Any
-
-
-@pytest.fixture
-def events(tmp_path: Path) -> Path:
-    """File the probe app appends its start/close events to."""
-    return tmp_path / "events.log"
-
-
-@pytest.fixture
-def wsgi(m2gate_server: Any, events: Path) -> Iterator[Start]:
-    """Start the validated probe app (see wsgi_http.probe_servers)."""
-    yield from probe_servers(m2gate_server, events)
 
 
 def _one_request(port: int, request_id: int) -> tuple[int, int, bytes]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,6 @@ import pytest
 import requests
 from wsgi_http import (
     RawClient,
-    probe_servers,
     raw_get,
     read_events,
     wait_for_event,
@@ -23,18 +21,6 @@ from m2gate.testing.mongrel2 import Mongrel2
 pytestmark = pytest.mark.integration
 
 Start = Any
-
-
-@pytest.fixture
-def events(tmp_path: Path) -> Path:
-    """File the probe app appends its start/close events to."""
-    return tmp_path / "events.log"
-
-
-@pytest.fixture
-def wsgi(m2gate_server: Any, events: Path) -> Iterator[Start]:
-    """Start the validated probe app (see wsgi_http.probe_servers)."""
-    yield from probe_servers(m2gate_server, events)
 
 
 STREAM_BODY = b"".join(b"chunk %d;" % i for i in range(5))

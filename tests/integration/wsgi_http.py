@@ -11,7 +11,6 @@ import hashlib
 import json
 import socket
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,29 +235,6 @@ def wait_for_event(path: Path, event: str, timeout: float = 10.0, prefix: bool =
 def validator_complaints(log_text: str) -> list[str]:
     """Lines of a server log that show wsgiref's validator objecting."""
     return [line for line in log_text.splitlines() if any(m in line for m in VALIDATOR_MARKS)]
-
-
-def probe_servers(m2gate_server: Any, events: Path) -> Iterator[Callable[..., Any]]:
-    """Body of each test module's ``wsgi`` fixture (a generator fixture).
-
-    ``wsgi("--threads", "4")`` serves ``wsgi_probe:application`` through the
-    ``m2gate_server`` fixture; ``app=`` picks another app. The server log is
-    checked at teardown, as the validator's complaints about iterables that
-    were never closed only show up there.
-    """
-    started: list[Any] = []
-
-    def start(*args: str, app: str = "wsgi_probe:application", **kwargs: Any) -> Any:
-        env = {"M2GATE_TEST_EVENTS": str(events), **kwargs.pop("env", {})}
-        server = m2gate_server(app, *args, env=env, **kwargs)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-        complaints = validator_complaints(server.output)
-        assert not complaints, "wsgiref.validate objected:\n" + server.output
 
 
 def expected_digest(total: int, chunk: int) -> str:

@@ -469,19 +469,36 @@ def test_lifespan_unsupported_is_tolerated(raise_at: str) -> None:
     assert asyncio.run(go()) is False
 
 
-def test_hanging_lifespan_shutdown_is_bounded() -> None:
+def test_hanging_lifespan_shutdown_is_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    cancelled: list[bool] = []
+
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await receive()
         await send({"type": "lifespan.startup.complete"})
         await receive()
-        await asyncio.sleep(60)
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
 
-    async def go() -> None:
+    async def go() -> float:
         life = Lifespan(app)
         await life.startup()
-        await life.shutdown(0.05)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        # The outer bound turns a shutdown that ignores its timeout into a failure, not a hang.
+        await asyncio.wait_for(life.shutdown(0.05), 5)
+        elapsed = loop.time() - started
+        for _ in range(3):
+            await asyncio.sleep(0)  # let the cancelled app task run its except clause
+        return elapsed
 
-    asyncio.run(go())
+    with caplog.at_level("WARNING", logger="m2gate.asgi"):
+        elapsed = asyncio.run(go())
+    assert 0.04 <= elapsed < 2.0  # the app would sleep 60 s
+    assert cancelled == [True]  # by shutdown itself, before asyncio.run cleans up
+    assert "lifespan shutdown did not finish" in caplog.text
 
 
 def test_http_request_type_is_used() -> None:

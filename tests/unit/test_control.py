@@ -1,4 +1,4 @@
-"""Pidfile lock, control socket round trip, status text and metrics text, without a master."""
+"""Pidfile lock, control socket (server and client), status and metrics text, without a master."""
 
 from __future__ import annotations
 
@@ -10,18 +10,20 @@ from typing import Any
 
 import pytest
 
-from m2gate.ops import control
+from m2gate.cli import control as client
+from m2gate.ops import pidfile
+from m2gate.ops.control import ControlServer
 from m2gate.ops.stats import render_metrics
 
 
 def test_pidfile_lock_is_exclusive_and_released(tmp_path: Path) -> None:
     path = tmp_path / "m.pid"
-    first = control.PidFile(str(path)).acquire()
+    first = pidfile.PidFile(str(path)).acquire()
     assert path.read_text() == "%d\n" % os.getpid()
-    assert control.is_locked(str(path))
+    assert pidfile.is_locked(str(path))
     # Another process (flock locks belong to open files, so use a real second process).
     code = (
-        "import sys; from m2gate.ops.control import PidFile, AlreadyRunning\n"
+        "import sys; from m2gate.ops.pidfile import PidFile, AlreadyRunning\n"
         "try:\n    PidFile(sys.argv[1]).acquire()\n"
         "except AlreadyRunning as e:\n    print(e); sys.exit(7)\n"
     )
@@ -31,20 +33,20 @@ def test_pidfile_lock_is_exclusive_and_released(tmp_path: Path) -> None:
     assert out.returncode == 7
     assert "locked by a running m2gate (pid %d)" % os.getpid() in out.stdout
     first.release()
-    assert not path.exists() and not control.is_locked(str(path))
+    assert not path.exists() and not pidfile.is_locked(str(path))
 
 
 def test_locate_says_why_nothing_runs(tmp_path: Path) -> None:
-    with pytest.raises(control.NotRunning, match="no pidfile"):
-        control.locate(str(tmp_path / "none.pid"), "", "")
+    with pytest.raises(client.NotRunning, match="no pidfile"):
+        client.locate(str(tmp_path / "none.pid"), "", "")
     stale = tmp_path / "stale.pid"
     stale.write_text("4242\n")
-    with pytest.raises(control.NotRunning, match=r"stale pidfile .*pid 4242"):
-        control.locate(str(stale), "", "")
-    with pytest.raises(control.NotRunning, match="pass --pidfile"):
-        control.locate("", "", "")
-    assert control.control_path_for("/run/x/m2gate.pid") == "/run/x/m2gate.sock"
-    assert control.pidfile_for_app_dir("/srv/site") == "/srv/site/run/m2gate.pid"
+    with pytest.raises(client.NotRunning, match=r"stale pidfile .*pid 4242"):
+        client.locate(str(stale), "", "")
+    with pytest.raises(client.NotRunning, match="pass --pidfile"):
+        client.locate("", "", "")
+    assert pidfile.control_path_for("/run/x/m2gate.pid") == "/run/x/m2gate.sock"
+    assert pidfile.pidfile_for_app_dir("/srv/site") == "/srv/site/run/m2gate.pid"
 
 
 def test_control_server_round_trip(tmp_path: Path) -> None:
@@ -55,16 +57,16 @@ def test_control_server_round_trip(tmp_path: Path) -> None:
         return {"ok": True, "echo": request["command"]}
 
     path = str(tmp_path / "c.sock")
-    server = control.ControlServer(path, handle).start()
+    server = ControlServer(path, handle).start()
     try:
-        assert control.request(path, "status", timeout=5) == {"ok": True, "echo": "status"}
+        assert client.request(path, "status", timeout=5) == {"ok": True, "echo": "status"}
         assert os.stat(path).st_mode & 0o077 == 0  # only our user may command the master
     finally:
         server.close()
     assert seen == [{"command": "status"}]
     assert not os.path.exists(path)
-    with pytest.raises(control.NotRunning, match="no answer"):
-        control.request(path, "status", timeout=1)
+    with pytest.raises(client.NotRunning, match="no answer"):
+        client.request(path, "status", timeout=1)
 
 
 def _doc() -> dict[str, Any]:
@@ -83,7 +85,7 @@ def _doc() -> dict[str, Any]:
 
 
 def test_status_text_shows_what_each_worker_does() -> None:
-    text = control.format_status(_doc())
+    text = client.format_status(_doc())
     assert "m2gate master pid 10, generation 2, 1 worker(s), 3 request(s) queued" in text
     assert "w1" in text and "busy" in text and "conn 7 1.2s" in text and "30.0MB" in text
 

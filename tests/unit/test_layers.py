@@ -32,7 +32,7 @@ LAYERS: dict[str, int] = {
     "m2gate.runtime": 6,  # threaded, gevent and asyncio runtimes; one process
     "m2gate.ops": 6,  # pidfile, control and stats servers, OS confinement
     "m2gate.supervisor": 7,  # the master, worker processes, hand-off
-    "m2gate.cli": 8,
+    "m2gate.cli": 8,  # argument parsing and dispatch; status/stop/reload (cli.control)
     "m2gate.__main__": 9,
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,11 +120,24 @@ def test_zeromq_handler_makes_its_socket_after_fork() -> None:
         ctx.term()
 
 
-def test_zeromq_handler_never_blocks_without_collector() -> None:
+def test_zeromq_handler_never_blocks_without_collector(monkeypatch: pytest.MonkeyPatch) -> None:
     handler = logs.ZeroMQHandler("tcp://127.0.0.1:%d" % free_port(), hwm=2)
-    try:
+    errors: list[logging.LogRecord] = []
+    monkeypatch.setattr(handler, "handleError", errors.append)
+
+    def flood() -> None:
         for i in range(50):
             emit(handler, "lost %d" % i)  # queued up to the HWM, then dropped
+
+    # In a thread, so a blocking send fails the test in seconds instead of hanging it.
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    thread.join(5)
+    assert not thread.is_alive(), "emit blocked while no collector listens"
+    try:
+        assert errors == []  # dropped quietly, not reported as logging errors
+        # The queue is full at the HWM: the other records were dropped, not queued.
+        assert not handler._sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT
     finally:
         handler._sock.setsockopt(zmq.LINGER, 0)
         handler.close()

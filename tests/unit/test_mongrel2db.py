@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from m2gate.cli import resolve_specs
 from m2gate.config import mongrel2db
+from m2gate.config.resolve import resolve_specs
 from m2gate.config.settings import Config, ConfigError
 from m2gate.testing.mongrel2 import HandlerSpec, Mongrel2
 

@@ -18,7 +18,7 @@ import pytest
 from m2gate import cli
 from m2gate.config.loader import load
 from m2gate.config.settings import Config, ConfigError
-from m2gate.ops import service
+from m2gate.ops import appdir, confine
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -68,16 +68,16 @@ def test_toml_round_trip() -> None:
         "daemon": True,
         "env": ["A=1", "B=two words"],
     }
-    assert tomllib.loads(service.render_toml(values)) == values
+    assert tomllib.loads(appdir.render_toml(values)) == values
 
 
 def test_init_creates_layout_and_config(tmp_path: Path) -> None:
-    path = service.init_app_dir(str(tmp_path / "site"), {"threads": 2})
+    path = appdir.init_app_dir(str(tmp_path / "site"), {"threads": 2})
     for sub in ("app", "logs", "run"):
         assert (tmp_path / "site" / sub).is_dir()
     assert tomllib.loads(Path(path).read_text()) == {"threads": 2}
     with pytest.raises(ConfigError, match="already exists"):
-        service.init_app_dir(str(tmp_path / "site"), {})
+        appdir.init_app_dir(str(tmp_path / "site"), {})
 
 
 def test_init_command_writes_only_given_non_default_options(
@@ -129,7 +129,7 @@ def test_init_writes_paths_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         "app": "hello:app",  # a module name, not a path
         "server_name": "example.com",
     }
-    path = service.init_app_dir("site", values)
+    path = appdir.init_app_dir("site", values)
     assert tomllib.loads(Path(path).read_text()) == {
         "virtualenv": str(tmp_path / "venv"),
         "pythonpath": [str(tmp_path / "lib"), "/abs/lib"],
@@ -149,11 +149,11 @@ def test_env_and_pythonpath(tmp_path: Path, clean_env: None) -> None:
     first.mkdir()
     second.mkdir()
     cfg = Config(env=["M2GATE_TEST_A=x=y", "M2GATE_TEST_B="], pythonpath=[str(first), str(second)])
-    service.prepare_app_environment(cfg)
+    confine.prepare_app_environment(cfg)
     assert os.environ["M2GATE_TEST_A"] == "x=y" and os.environ["M2GATE_TEST_B"] == ""
     assert sys.path[:2] == [str(first), str(second)]
     with pytest.raises(ConfigError, match=r"pythonpath: .*missing is not a directory"):
-        service.add_pythonpath([str(tmp_path / "missing")])
+        confine.add_pythonpath([str(tmp_path / "missing")])
 
 
 def test_virtualenv_site_packages_come_first(tmp_path: Path, clean_env: None) -> None:
@@ -163,7 +163,7 @@ def test_virtualenv_site_packages_come_first(tmp_path: Path, clean_env: None) ->
     )
     site_packages = venv / "lib" / ("python%d.%d" % sys.version_info[:2]) / "site-packages"
     (site_packages / "only_in_venv_m2gate.py").write_text("WHERE = 'venv'\n")
-    service.activate_virtualenv(str(venv))
+    confine.activate_virtualenv(str(venv))
     assert sys.path[0] == str(site_packages)
     assert os.environ["VIRTUAL_ENV"] == str(venv)
     assert os.environ["PATH"].startswith(str(venv / "bin"))
@@ -175,12 +175,12 @@ def test_virtualenv_site_packages_come_first(tmp_path: Path, clean_env: None) ->
 
 def test_virtualenv_errors(tmp_path: Path, clean_env: None) -> None:
     with pytest.raises(ConfigError, match=r"virtualenv: .* is not a directory"):
-        service.activate_virtualenv(str(tmp_path / "none"))
+        confine.activate_virtualenv(str(tmp_path / "none"))
     (tmp_path / "old" / "lib" / "python2.7" / "site-packages").mkdir(parents=True)
     with pytest.raises(
         ConfigError, match=r"has no lib/python3\.\d+/site-packages \(found: python2\.7\)"
     ):
-        service.activate_virtualenv(str(tmp_path / "old"))
+        confine.activate_virtualenv(str(tmp_path / "old"))
 
 
 # -- daemon, chroot, privileges ------------------------------------------------------
@@ -190,7 +190,7 @@ def test_daemonize_detaches(tmp_path: Path) -> None:
     report = tmp_path / "daemon.json"
     code = (
         "import json, os, sys\n"
-        "from m2gate.ops.service import daemonize\n"
+        "from m2gate.ops.confine import daemonize\n"
         "parent = os.getpid(); sid = os.getsid(0)\n"
         "daemonize()\n"
         "data = dict(parent=parent, pid=os.getpid(), sid=os.getsid(0), old_sid=sid,\n"
@@ -218,7 +218,7 @@ def test_drop_privileges_and_chown(tmp_path: Path) -> None:
     owned.write_text("")
 
     def drop() -> list[int]:
-        service.drop_privileges("nobody", "", chown=[str(owned), "-", ""])
+        confine.drop_privileges("nobody", "", chown=[str(owned), "-", ""])
         return [os.getuid(), os.geteuid(), os.getgid(), os.getegid(), *os.getgroups()]
 
     result = in_child(drop)
@@ -229,7 +229,7 @@ def test_drop_privileges_and_chown(tmp_path: Path) -> None:
 @root_only
 def test_drop_to_numeric_ids_and_group() -> None:
     def drop() -> list[int]:
-        service.drop_privileges("65534", "0")
+        confine.drop_privileges("65534", "0")
         return [os.getuid(), os.getgid()]
 
     assert in_child(drop) == {"ok": [65534, 0]}
@@ -239,16 +239,16 @@ def test_drop_to_numeric_ids_and_group() -> None:
 def test_drop_privileges_needs_root() -> None:
     def drop() -> None:
         os.setuid(65534)
-        service.drop_privileges("root", "")
+        confine.drop_privileges("root", "")
 
     assert "needs root" in in_child(drop)["error"]
 
 
 def test_unknown_user_and_group() -> None:
     with pytest.raises(ConfigError, match="no such user"):
-        service.resolve_ids("no-such-user-m2gate", "")
+        confine.resolve_ids("no-such-user-m2gate", "")
     with pytest.raises(ConfigError, match="no such group"):
-        service.resolve_ids("", "no-such-group-m2gate")
+        confine.resolve_ids("", "no-such-group-m2gate")
 
 
 @root_only
@@ -267,7 +267,7 @@ def test_chroot_rewrites_paths_inside(tmp_path: Path, monkeypatch: pytest.Monkey
     )
 
     def enter() -> dict[str, Any]:
-        service.enter_chroot(cfg)
+        confine.enter_chroot(cfg)
         return {
             "marker": Path("/marker").read_text(),
             "cwd": os.getcwd(),
@@ -290,5 +290,5 @@ def test_chroot_rewrites_paths_inside(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_chroot_failure_is_a_config_error(tmp_path: Path) -> None:
-    result = in_child(lambda: service.enter_chroot(Config(chroot=str(tmp_path / "missing"))))
+    result = in_child(lambda: confine.enter_chroot(Config(chroot=str(tmp_path / "missing"))))
     assert "ConfigError: chroot: cannot enter" in result["error"]

@@ -40,7 +40,8 @@ import zmq
 from m2gate import __version__, logs
 from m2gate.config.settings import Config, ConfigError
 from m2gate.loading import load_app
-from m2gate.ops.control import ControlServer, PidFile, control_path_for
+from m2gate.ops.control import ControlServer
+from m2gate.ops.pidfile import PidFile, control_path_for
 from m2gate.ops.stats import PROMETHEUS_TYPE, DocumentServer, render_metrics
 from m2gate.supervisor import status, workers
 from m2gate.supervisor.actions import Action, Dump, Fatal, Kill, Notify, Send, Spawn

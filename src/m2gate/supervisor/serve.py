@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from m2gate.config.settings import Config, ConfigError
-from m2gate.ops.control import AlreadyRunning, PidFile
+from m2gate.ops.pidfile import AlreadyRunning, PidFile
 from m2gate.supervisor.master import Master
 
 
@@ -33,12 +33,12 @@ def serve(cfg: Config) -> int:
     the requests of a master with one worker, each request crossing two
     processes there (docs/operations.md).
     """
-    from m2gate.ops import service
+    from m2gate.ops import confine
 
     if not needs_master(cfg):
         from m2gate.runtime.single import serve as serve_single
 
-        service.start_single(cfg)  # chroot, user, app environment, SIGUSR1
+        confine.start_single(cfg)  # chroot, user, app environment, SIGUSR1
         return serve_single(cfg)
     if cfg.worker_class != "threads" or cfg.interface == "asgi":
         raise ConfigError(
@@ -54,7 +54,7 @@ def serve(cfg: Config) -> int:
             raise ConfigError(str(exc)) from None
     try:
         # after the pidfile lock, before any app code: chroot, user, app environment
-        service.confine(cfg, chown=[cfg.pidfile])
+        confine.confine(cfg, chown=[cfg.pidfile])
         if pidfile is not None:
             pidfile.path = os.path.abspath(cfg.pidfile)  # as seen after a chroot
         return Master(cfg, pidfile).run()

@@ -1,21 +1,23 @@
-"""The ``m2gate`` command: argument parsing is generated from the settings."""
+"""The ``m2gate`` command: argument parsing (generated from the settings) and dispatch.
+
+What the arguments mean is decided below the CLI: m2gate.config.resolve turns
+them into a Config, m2gate.ops does the OS work, m2gate.supervisor serves;
+``status|stop|reload`` are in m2gate.cli.control.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import uuid
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from m2gate import __version__
-from m2gate.config import mongrel2db
-from m2gate.config.loader import add_arguments, load
-from m2gate.config.settings import SPEC_ACCEPTED, Config, ConfigError, settings, split_spec
+from m2gate.cli.control import add_commands, run_command
+from m2gate.config.loader import add_arguments
+from m2gate.config.resolve import configure, init_values
+from m2gate.config.settings import ConfigError
 from m2gate.loading import AppLoadError
-
-log = logging.getLogger("m2gate")
 
 EXIT_CONFIG = 2
 EXIT_APP_LOAD = 3
@@ -40,80 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("directory", metavar="DIR", help="the app folder to create")
     add_arguments(init, exclude=("config", "app_dir"))
-    from m2gate.ops.control import add_commands
-
     add_commands(sub)  # status, stop, reload: talk to a running master
     return parser
 
 
-def configure(cli: dict[str, Any]) -> Config:
-    """Settings from every source, then --mongrel2-db and the spec defaults."""
-    return resolve_specs(mongrel2db.apply(load(cli)))
-
-
 def run_init(cli: dict[str, Any], directory: str) -> int:
     """``m2gate init DIR [APP] [options]``: the options given become m2gate.toml."""
-    from m2gate.ops.service import init_app_dir
+    from m2gate.ops.appdir import init_app_dir
 
-    cfg = load(cli, environ={})  # validates; only the command line goes into the file
-    defaults = Config()
-    names = [f.name for f, _, _ in settings()]
-    values = {
-        name: getattr(cfg, name)
-        for name in names
-        if name in cli and getattr(cfg, name) != getattr(defaults, name)
-    }
-    path = init_app_dir(directory, values)
+    path = init_app_dir(directory, init_values(cli))
     print(
         "created %s; put the app in %s/app and run: m2gate serve --app-dir %s"
         % (path, directory.rstrip("/"), directory)
     )
     return 0
-
-
-def resolve_specs(cfg: Config) -> Config:
-    """Fill send/recv specs and identity from --zeromq, IDENT@ and m2wsgi's default."""
-    if cfg.zeromq:
-        parts = [p.strip() for p in cfg.zeromq.split(",")]
-        if len(parts) != 2 or not all(parts):
-            raise ConfigError(
-                "--zeromq: invalid value %r; accepted: SEND_SPEC,RECV_SPEC" % cfg.zeromq
-            )
-        for part in parts:
-            try:
-                split_spec(part)
-            except ValueError:
-                raise ConfigError(
-                    "--zeromq: invalid spec %r; accepted: %s" % (part, SPEC_ACCEPTED)
-                ) from None
-        cfg.send_spec = cfg.send_spec or parts[0]
-        cfg.recv_spec = cfg.recv_spec or parts[1]
-    if not cfg.send_spec:
-        raise ConfigError("send_spec: missing; pass --send-spec SPEC (or --zeromq SEND,RECV)")
-    cfg.send_spec, ident = split_spec(cfg.send_spec)
-    if ident and not cfg.send_ident:
-        cfg.send_ident = ident
-    if not cfg.recv_spec:
-        if not cfg.send_spec.startswith("tcp://"):
-            raise ConfigError("recv_spec: missing; it can only be derived from a tcp send_spec")
-        host, port = cfg.send_spec.rsplit(":", 1)
-        cfg.recv_spec = "%s:%d" % (host, int(port) - 1)
-        log.info("recv_spec not given: using %s (send port - 1)", cfg.recv_spec)
-    else:
-        cfg.recv_spec, recv_ident = split_spec(cfg.recv_spec)
-        if recv_ident and not cfg.recv_ident:
-            cfg.recv_ident = recv_ident
-    if not cfg.send_ident:
-        cfg.send_ident = str(uuid.uuid4())
-    return cfg
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,8 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_CONFIG
     if args.command in ("status", "stop", "reload"):
-        from m2gate.ops.control import run_command
-
         return run_command(args.command, args)
     cli: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "command"}
     if args.command == "init":
@@ -136,10 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = configure(cli)
         from m2gate import logs
-        from m2gate.ops import service
+        from m2gate.ops import confine
 
         logs.setup_logging(cfg)
-        service.detach(cfg)  # --daemon; the rest after the pidfile lock (server.master)
+        confine.detach(cfg)  # --daemon; the rest after the pidfile lock (supervisor.master)
     except ConfigError as exc:
         print("m2gate: error: %s" % exc, file=sys.stderr)
         return EXIT_CONFIG
