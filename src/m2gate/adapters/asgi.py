@@ -319,8 +319,8 @@ class WebSocketSession:
         conn: AsyncConnection,
         out: AsyncOutput,
         close_timeout: float = 5.0,
-        access_log: AccessLogger | None = None,
         max_message: int = 16 * 1024 * 1024,
+        access_log: AccessLogger | None = None,
     ) -> None:
         self.access_log = access_log
         self.msg = msg

@@ -220,7 +220,9 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
     async def _serve_websocket(
         self, conn: AsyncConnection, msg: WebSocketHandshake, out: AsyncOutput
     ) -> None:
-        session = WebSocketSession(msg, conn, out, self.ws_close_timeout, self.access_log)
+        session = WebSocketSession(
+            msg, conn, out, self.ws_close_timeout, access_log=self.access_log
+        )
         self._websockets[conn.key] = session
         try:
             await session.serve(self.app, websocket_scope(msg, self.defaults, self.state))
