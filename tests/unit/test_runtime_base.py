@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -10,15 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
 from m2gate.adapters.common import EnvironDefaults
 from m2gate.adapters.wsgi import WSGIHandler
 from m2gate.conn.async_connection import AsyncOutput
 from m2gate.conn.connection import Output, OutputBuffer
 from m2gate.conn.uploads import UploadStore
+from m2gate.protocol.intake import parse_or_drop
 from m2gate.runtime.asyncio import AsyncioRuntime
 from m2gate.runtime.base import Runtime
 from m2gate.runtime.threaded import ThreadedRuntime
+from m2gate.transports.zmq_common import PubSink, open_pub
 
 from .helpers import control, message, request_headers
 from .test_asgi_worker import FakeTransport
@@ -213,3 +217,38 @@ def test_malformed_is_dropped_and_serving_goes_on(
     assert data(7).endswith(b"/ok")
     assert "dropped malformed message (7 bytes)" in caplog.text
     assert len(on_done) == 1
+
+
+# -- the shared rules below the runtimes -----------------------------------------
+def test_parse_or_drop_logs_once_and_returns_none(caplog: pytest.LogCaptureFixture) -> None:
+    log = logging.getLogger("m2gate.test")
+    assert parse_or_drop(b"garbage", log) is None
+    assert caplog.text.count("dropped malformed message (7 bytes)") == 1
+    msg = parse_or_drop(get("/ok"), log)
+    assert msg is not None and msg.path == "/ok"
+
+
+def test_pub_sink_sends_whole_messages_in_order() -> None:
+    ctx: zmq.Context[Any] = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    port = sub.bind_to_random_port("tcp://127.0.0.1")
+    sink = PubSink(open_pub(ctx, "tcp://127.0.0.1:%d" % port, b"ident-1"))
+    try:
+        assert sink.pub.getsockopt(zmq.SNDHWM) == 0
+        for _ in range(100):  # until the subscription has reached the PUB
+            sink.send([b"hello"])
+            if sub.poll(50):
+                break
+        while sub.poll(50):
+            sub.recv()
+        big = b"x" * 70000  # above COPY_BELOW: sent without a copy
+        sink.send([b"a", big, b"c"])
+        got = []
+        while len(got) < 3 and sub.poll(2000):
+            got.append(sub.recv())
+        assert got == [b"a", big, b"c"]
+    finally:
+        sink.close(0.1)
+        sub.close(linger=0)
+        ctx.term()
