@@ -33,10 +33,10 @@ from typing import Any
 import zmq
 
 from m2gate.adapters.common import EnvironDefaults
-from m2gate.adapters.wsgi import SERVER, WSGIHandler
+from m2gate.adapters.wsgi import WSGIHandler
 from m2gate.conn.connection import Connection, Output
 from m2gate.protocol import replies
-from m2gate.protocol.http import Response, request_framing
+from m2gate.protocol.http import SERVER_HEADER, Response, request_framing
 from m2gate.protocol.messages import Message, parse_message
 from m2gate.runtime.threaded import ThreadedRuntime
 from m2gate.testing.mongrel2 import HandlerSpec, Mongrel2
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def framing() -> bytes:
         version, keep = request_framing(msg)
-        resp = Response(msg.method, version, keep, SERVER)
+        resp = Response(msg.method, version, keep, SERVER_HEADER)
         return resp.head(status, headers) + resp.body(b"Hello, world!\n") + resp.end()
 
     def app_only() -> object:

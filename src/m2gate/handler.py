@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,8 +31,8 @@ from typing import Any
 import zmq
 
 from m2gate.protocol import replies
-from m2gate.protocol.errors import ProtocolError
 from m2gate.protocol.http import SERVER_HEADER, Response, request_framing
+from m2gate.protocol.intake import parse_or_drop
 from m2gate.protocol.messages import (
     Credits,
     Disconnect,
@@ -44,7 +43,6 @@ from m2gate.protocol.messages import (
     UploadStart,
     WebSocketFrame,
     WebSocketHandshake,
-    parse_message,
 )
 from m2gate.protocol.websocket import (
     NORMAL,
@@ -61,6 +59,7 @@ from m2gate.protocol.websocket import (
     encode_frame,
     handshake_response,
 )
+from m2gate.transports.zmq_common import PubSink, open_pub
 
 __all__ = [
     "OP_BINARY",
@@ -219,17 +218,14 @@ class Connection:
         self.reply_ident = _ident(recv_ident) if recv_ident else None
         self._own_context = context is None
         self.context: zmq.Context[Any] = context if context is not None else zmq.Context()
-        self._lock = threading.Lock()
         self._assemblers: dict[tuple[str, int], MessageAssembler] = {}
-        self.reqs = self.context.socket(zmq.PULL)
-        self.resp = self.context.socket(zmq.PUB)
         identity = _ident(self.ident)
-        for sock in (self.reqs, self.resp):
-            sock.setsockopt(zmq.IDENTITY, identity)
-            sock.setsockopt(zmq.LINGER, 1000)
-        self.resp.setsockopt(zmq.SNDHWM, 0)  # a PUB at its limit drops replies silently
         # PUB first: a request we receive must find our reply path connected.
-        self.resp.connect(recv_spec)
+        self.resp = open_pub(self.context, recv_spec, identity, linger=1000)
+        self._sink = PubSink(self.resp)
+        self.reqs = self.context.socket(zmq.PULL)
+        self.reqs.setsockopt(zmq.IDENTITY, identity)
+        self.reqs.setsockopt(zmq.LINGER, 1000)
         self.reqs.connect(send_spec)
         self.closed = False
 
@@ -246,11 +242,8 @@ class Connection:
                 left_ms = max(0, int((deadline - time.monotonic()) * 1000))
                 if not self.reqs.poll(left_ms):
                     return None
-            data: bytes = self.reqs.recv()
-            try:
-                msg = parse_message(data)
-            except ProtocolError as exc:
-                log.warning("dropped malformed message (%d bytes): %s", len(data), exc)
+            msg = parse_or_drop(self.reqs.recv(), log)
+            if msg is None:
                 continue
             if isinstance(msg, (Credits, UnknownControl)):
                 return msg
@@ -280,12 +273,10 @@ class Connection:
     # -- sending --------------------------------------------------------------
     def send(self, messages: Sequence[bytes]) -> None:
         """Publish already-encoded reply messages (see :mod:`m2gate.protocol.replies`)."""
-        with self._lock:
-            for msg in messages:
-                self.resp.send(msg)
+        self._sink.send(messages)
 
     def _uuid(self, req: Request) -> bytes:
-        return self.reply_ident or _ident(req.sender)
+        return replies.check_uuid(replies.reply_uuid(self.reply_ident or b"", req.sender))
 
     def reply(self, req: Request, data: Data) -> None:
         """Send raw bytes to the request's client (``str`` goes as UTF-8).
@@ -414,9 +405,8 @@ class Connection:
         if self.closed:
             return
         self.closed = True
-        with self._lock:
-            self.reqs.close(linger=0)
-            self.resp.close(linger=int(linger * 1000))
+        self.reqs.close(linger=0)
+        self._sink.close(linger)
         if self._own_context:
             self.context.term()
 

@@ -6,7 +6,9 @@ import pytest
 
 from m2gate.protocol.errors import LocalProtocolError
 from m2gate.protocol.http import (
+    SERVER_HEADER,
     Response,
+    error_response,
     http_date,
     request_framing,
     request_keep_alive,
@@ -471,3 +473,35 @@ def test_header_cache_stays_bounded_under_unique_values() -> None:
     assert len(http._HEADER_LINES) <= http._CACHE_MAX
     lines = head_lines(Response("GET", "HTTP/1.1", True).head("200 OK", [("ETag", '"0"')]))
     assert lines[:2] == [b"HTTP/1.1 200 OK", b'ETag: "0"']
+
+
+# --- error_response / Response.error -----------------------------------------------
+
+
+def test_error_response_matches_simple_response_with_the_reason_as_body() -> None:
+    data, keep = error_response("503 Service Unavailable", "HTTP/1.1")
+    expected, _ = simple_response(
+        "503 Service Unavailable", b"Service Unavailable\n", "HTTP/1.1", False, SERVER_HEADER
+    )
+    assert (data, keep) == (expected, False)
+
+
+def test_error_response_to_head_is_the_head_only() -> None:
+    data, keep = error_response("500 Internal Server Error", "HTTP/1.1", True, "HEAD")
+    assert data.endswith(b"\r\n\r\n") and b"Content-Length: 22\r\n" in data
+    assert data.count(b"\r\n\r\n") == 1 and keep
+
+
+def test_response_error_before_the_head_replaces_the_response() -> None:
+    resp = Response("GET", "HTTP/1.1", True, b"srv")
+    payload = resp.error("400 Bad Request")
+    assert payload is not None and payload.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert payload.endswith(b"\r\n\r\nBad Request\n")
+    assert resp.status_code == 400 and resp.keep_alive
+
+
+def test_response_error_after_the_head_means_cut() -> None:
+    resp = Response("GET", "HTTP/1.1", True, b"srv")
+    resp.head("200 OK", [])
+    assert resp.error("500 Internal Server Error") is None
+    assert resp.status_code == 200 and not resp.keep_alive

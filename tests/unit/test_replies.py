@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from m2gate.protocol import tnetstring
+from m2gate.protocol import replies, tnetstring
 from m2gate.protocol.replies import MAX_TARGETS, check_uuid, close, ctl, deliver, reply
 
 UUID = b"f400bf85-4538-4f7a-8908-67e313d515c2"
@@ -130,3 +130,13 @@ def test_check_uuid_accepts(uuid: bytes) -> None:
 def test_check_uuid_refuses(uuid: bytes) -> None:
     with pytest.raises(ValueError):
         check_uuid(uuid)
+
+
+# --- reply_uuid -----------------------------------------------------------------
+
+
+def test_reply_uuid_is_recv_ident_when_set_else_the_sender() -> None:
+    assert replies.reply_uuid("", "f400-sender") == b"f400-sender"
+    assert replies.reply_uuid(b"", "f400-sender") == b"f400-sender"
+    assert replies.reply_uuid("recv-1", "f400-sender") == b"recv-1"
+    assert replies.reply_uuid(b"recv-1", "f400-sender") == b"recv-1"

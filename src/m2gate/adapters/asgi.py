@@ -13,10 +13,12 @@ import asyncio
 import functools
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import Any, Literal
 
+from m2gate.adapters.accesslog import AccessLogger
 from m2gate.adapters.common import (
     EnvironDefaults,
     client_headers,
@@ -27,7 +29,7 @@ from m2gate.adapters.common import (
 from m2gate.conn.async_connection import AsyncConnection, AsyncOutput, ConnectionGone
 from m2gate.protocol import websocket as ws
 from m2gate.protocol.errors import ClientDisconnected, LocalProtocolError, RemoteProtocolError
-from m2gate.protocol.http import SERVER_HEADER, Response, request_framing, simple_response
+from m2gate.protocol.http import SERVER_HEADER, Response, error_response, request_framing
 from m2gate.protocol.messages import Message, WebSocketFrame, WebSocketHandshake
 
 log = logging.getLogger("m2gate.asgi")
@@ -127,6 +129,7 @@ class HTTPCycle:
 
     ``body`` is the inline body Mongrel2 sent, or an async iterator of chunks
     (an upload read from Mongrel2's temp store while it is being written).
+    The access log line is written here, as the WSGI adapter does.
     """
 
     def __init__(
@@ -135,6 +138,7 @@ class HTTPCycle:
         conn: AsyncConnection,
         out: AsyncOutput,
         body: bytes | BodySource,
+        access_log: AccessLogger | None = None,
     ) -> None:
         version, keep_alive = request_framing(msg)
         self.msg = msg
@@ -149,47 +153,51 @@ class HTTPCycle:
         self.complete = False
         self._ended = asyncio.Event()
         self.nbytes = 0  # body bytes sent, for the access log
-        self.error_status = 0  # status of an error response m2gate sent itself
+        self.access_log = access_log
 
     @property
     def status_code(self) -> int:
-        return self.error_status or self.resp.status_code
+        return self.resp.status_code
 
     # -- what the runtime sees --------------------------------------------
     def client_gone(self) -> None:
         self._ended.set()
 
-    @property
-    def keep_alive(self) -> bool:
-        return self.complete and not self.out.closing and not self.conn.closed
-
     async def run(self, app: ASGIApp, scope: Scope) -> None:
         """Call ``app``; always finishes the response (500 or a cut connection)."""
-        self.conn.session = self
+        started = time.perf_counter()
+        conn = self.conn
+        conn.on_close = self.client_gone
         try:
-            await app(scope, self.receive, self.send)
-        except ClientDisconnected:
-            log.info("client %s:%s went away", self.msg.sender, self.msg.conn_id)
-        except asyncio.CancelledError:
-            log.warning("request %s %s cancelled", self.msg.method, self.msg.path)
-            await self._cut()
-            raise
-        except Exception as exc:
-            if self.conn.closed:
-                log.info("client %s:%s went away (%r)", self.msg.sender, self.msg.conn_id, exc)
-            else:
-                self._log_error(exc)
-                await self._fail(exc)
+            try:
+                await app(scope, self.receive, self.send)
+            except ClientDisconnected:
+                log.info("client %s:%s went away", self.msg.sender, self.msg.conn_id)
+            except asyncio.CancelledError:
+                log.warning("request %s %s cancelled", self.msg.method, self.msg.path)
+                await self._cut()
+                raise
+            except Exception as exc:
+                if conn.closed:
+                    log.info("client %s:%s went away (%r)", self.msg.sender, self.msg.conn_id, exc)
+                else:
+                    self._log_error(exc)
+                    await self._fail(exc)
+            finally:
+                self._ended.set()
+                conn.on_close = None  # one request at a time: nothing else set it meanwhile
+            if not self.complete and not self.out.done:
+                if self._status is None:
+                    log.error(
+                        "app returned without a response for %s %s",
+                        self.msg.method,
+                        self.msg.path,
+                    )
+                await self._fail(None)
         finally:
-            self._ended.set()
-            if self.conn.session is self:
-                self.conn.session = None
-        if not self.complete and not self.out.done:
-            if self._status is None:
-                log.error(
-                    "app returned without a response for %s %s", self.msg.method, self.msg.path
-                )
-            await self._fail(None)
+            if self.access_log is not None:
+                duration = time.perf_counter() - started
+                self.access_log.log(self.msg, self.status_code, self.nbytes, duration)
 
     def _log_error(self, exc: Exception) -> None:
         if isinstance(exc, RemoteProtocolError):
@@ -208,24 +216,16 @@ class HTTPCycle:
         """500 (400 for a bad request) if nothing went out yet, else cut."""
         if self.out.done:
             return
-        if self.resp.head_sent:
-            await self._cut()
-            return
         status = "500 Internal Server Error"
         if isinstance(exc, RemoteProtocolError):
             status = _status_line(exc.status_hint)
-        self.error_status = int(status[:3])
-        payload, keep_alive = simple_response(
-            status,
-            status[4:].encode("ascii") + b"\n",
-            self.resp.version,
-            self.resp.keep_alive,
-            SERVER_HEADER,
-        )
-        if self.msg.method == "HEAD":
-            payload = payload.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+        payload = self.resp.error(status)
         self.complete = True
-        await self.out.afinish(payload, close=not keep_alive or self._body_pending())
+        if payload is None:
+            await self.out.afinish(close=True)  # the head went out: cut the connection
+            return
+        close = not self.resp.keep_alive or self._body_pending()
+        await self.out.afinish(payload, close=close)
 
     def _body_pending(self) -> bool:
         """An unread streamed body means the connection cannot carry another request."""
@@ -320,7 +320,9 @@ class WebSocketSession:
         out: AsyncOutput,
         close_timeout: float = 5.0,
         max_message: int = 16 * 1024 * 1024,
+        access_log: AccessLogger | None = None,
     ) -> None:
+        self.access_log = access_log
         self.msg = msg
         self.conn = conn
         self.out = out
@@ -420,9 +422,20 @@ class WebSocketSession:
             self.out.close_now()
 
     # -- app side -------------------------------------------------------------
+    async def serve(self, app: ASGIApp, scope: Scope) -> None:
+        """:meth:`run`, then wait for the TCP connection to close; one access log line."""
+        started = time.perf_counter()
+        try:
+            await self.run(app, scope)
+            await self.wait_closed()  # the client's close frame, or a timeout
+        finally:
+            if self.access_log is not None:
+                duration = time.perf_counter() - started
+                self.access_log.log(self.msg, self.status_code, 0, duration)
+
     async def run(self, app: ASGIApp, scope: Scope) -> None:
         """Call ``app``; whatever it does, the connection ends up answered and closed."""
-        self.conn.session = self
+        self.conn.on_close = self.client_gone
         try:
             await app(scope, self.receive, self.send)
         except asyncio.CancelledError:
@@ -460,14 +473,7 @@ class WebSocketSession:
     def _reject(self, status: int) -> None:
         self.status_code = status
         version, _ = request_framing(self.msg)
-        payload, _ = simple_response(
-            _status_line(status),
-            _status_line(status)[4:].encode() + b"\n",
-            version,
-            False,
-            SERVER_HEADER,
-        )
-        self.out.push(payload)
+        self.out.push(error_response(_status_line(status), version)[0])
         self._finish_tcp()
 
     async def receive(self) -> ASGIMessage:

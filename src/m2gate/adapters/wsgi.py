@@ -20,7 +20,7 @@ from m2gate.adapters.common import (
 )
 from m2gate.conn.connection import Output
 from m2gate.protocol.errors import ClientDisconnected, LocalProtocolError, RemoteProtocolError
-from m2gate.protocol.http import SERVER_HEADER, Response, request_framing, simple_response
+from m2gate.protocol.http import SERVER_HEADER, Response, request_framing
 from m2gate.protocol.messages import Message
 
 log = logging.getLogger("m2gate.wsgi")
@@ -276,19 +276,9 @@ class _Call:
                 log.error("error in app for %s %s", msg.method, msg.path, exc_info=sys.exc_info())
         if self.out.done:
             return
-        if self.resp.head_sent:
-            self.resp.abort()
-            self.out.finish(close=True)
+        payload = self.resp.error(status)  # sets status_code, for the access log
+        if payload is None:
+            self.out.finish(close=True)  # the head went out: cut the connection
             return
-        self.resp.status_code = int(status[:3])  # for the access log
         self.nbytes = 0 if self.resp.method == "HEAD" else len(status) - 3
-        payload, keep_alive = simple_response(
-            status,
-            status[4:].encode("ascii") + b"\n",
-            self.resp.version,
-            self.resp.keep_alive,
-            SERVER_HEADER,
-        )
-        if self.resp.method == "HEAD":
-            payload = payload.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
-        self.out.finish(payload, close=not keep_alive)
+        self.out.finish(payload, close=not self.resp.keep_alive)

@@ -1,17 +1,19 @@
 """The coalescing writer of :mod:`m2gate.conn.connection`, driven by an event loop.
 
 The merging rules (message size growing with the body, ``max_message``,
-flow-control credits) are the threaded writer's own: this subclass only
-replaces its blocking waits with awaits and its flusher thread with
-``loop.call_later``, so both runtimes put the same bytes on the wire.
+flow-control credits) are :class:`~m2gate.conn.connection.OutputBuffer`'s,
+shared with the threaded writer, so both runtimes put the same bytes on the
+wire. :class:`AsyncOutput` adds only awaits and ``loop.call_later`` timers:
+it does not inherit the threaded writer's blocking ``write``/``finish``,
+which would wait on a Condition inside the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from collections.abc import Callable
 
-from m2gate.conn.connection import Connection, Output
+from m2gate.conn.connection import Connection, OutputBuffer
 from m2gate.protocol import replies
 from m2gate.protocol.errors import ClientDisconnected
 from m2gate.transports.base import ReplySink
@@ -21,31 +23,29 @@ class ConnectionGone(ClientDisconnected, OSError):
     """Raised by ASGI ``send`` once the client is gone (ASGI 2.4 wants an OSError)."""
 
 
-class Session(Protocol):
-    """What serves a connection right now (an HTTP cycle or a websocket)."""
-
-    def client_gone(self) -> None: ...
-
-
 class AsyncConnection(Connection):
-    """A :class:`Connection` that also tells its current session when it closes."""
+    """A :class:`Connection` that wakes its writer and calls ``on_close`` when it closes.
 
-    __slots__ = ("session",)
+    ``on_close`` is set by whatever serves the connection right now (the
+    ASGI adapter sets it for a request or a websocket) and cleared after.
+    """
+
+    __slots__ = ("on_close",)
 
     def __init__(self, sender: str, conn_id: int, uuid: bytes) -> None:
         super().__init__(sender, conn_id, uuid)
-        self.session: Session | None = None
+        self.on_close: Callable[[], None] | None = None
 
     def mark_closed(self) -> None:
         super().mark_closed()
         out = self.output
         if isinstance(out, AsyncOutput):
             out.wake()
-        if self.session is not None:
-            self.session.client_gone()
+        if self.on_close is not None:
+            self.on_close()
 
 
-class AsyncOutput(Output):
+class AsyncOutput(OutputBuffer):
     """Writes one response (or one websocket's frames) without blocking the loop."""
 
     __slots__ = ("_draining", "_timer", "_wake")
@@ -81,12 +81,12 @@ class AsyncOutput(Output):
             return
         self._buf.append(data)
         self._size += len(data)
-        self._send_locked(block=False)
+        self._send_ready_locked()
 
     def _on_timer(self) -> None:
         self._timer = None
         if not self.done and not self.conn.closed and not self._draining:
-            self._send_locked(block=False)
+            self._send_ready_locked()
 
     async def _drain(self) -> None:
         """Send everything; with flow control, wait for the credits it needs."""
@@ -95,8 +95,7 @@ class AsyncOutput(Output):
             while True:
                 if self.conn.closed:
                     raise ConnectionGone()
-                self._send_locked(block=False)
-                if not self._buf:
+                if self._send_ready_locked():
                     return
                 self._wake.clear()
                 await self._wake.wait()
@@ -110,7 +109,7 @@ class AsyncOutput(Output):
         """Credits came: a waiting writer resumes, or data held back leaves now."""
         self._wake.set()
         if self._buf and not self.done and not self._draining and not self.conn.closed:
-            self._send_locked(block=False)
+            self._send_ready_locked()
 
     async def afinish(self, data: bytes = b"", close: bool = False) -> None:
         """Send what is left (and the close reply if the connection must end)."""
@@ -143,7 +142,7 @@ class AsyncOutput(Output):
         """End the connection at once, after what was already sent."""
         conn = self.conn
         if not self._draining and self._buf and not conn.closed:
-            self._send_locked(block=False)
+            self._send_ready_locked()
         self.done = True
         if self._timer is not None:
             self._timer.cancel()

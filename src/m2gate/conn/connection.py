@@ -70,7 +70,7 @@ class Connection:
         self.flow_control = False
         self.credits = 0
         self.max_credit_message = 0
-        self.output: Output | None = None
+        self.output: OutputBuffer | None = None
         self.upload: Upload | None = None
         self.pending: deque[Message] = deque()
 
@@ -138,13 +138,15 @@ class Flusher:
                 log.exception("timed flush failed")
 
 
-class Output:
-    """Writes one response to one connection, merging chunks into few messages.
+class OutputBuffer:
+    """The merging rules every response writer shares, and nothing that waits.
 
-    Without flow control nothing here blocks. With it, a writer waits until
-    Mongrel2 has granted credits for what it sends, so a slow client holds
-    back the app instead of filling memory; the flusher thread only ever
-    sends what credits allow, never waits.
+    Chunks queue in a buffer and leave as messages whose size grows with what
+    was already sent, capped by ``max_message`` and, with flow control, by
+    the connection's credits. :meth:`_send_ready_locked` sends what may leave
+    *now* and never blocks: how to wait (a Condition in :class:`Output`,
+    an awaited event in :class:`~m2gate.conn.async_connection.AsyncOutput`)
+    is the subclass's business, so a blocking wait cannot reach an event loop.
     """
 
     __slots__ = (
@@ -162,6 +164,8 @@ class Output:
         "sink",
     )
 
+    # One __init__ for both writers (no super() layer per response): the
+    # flusher is the threaded writer's timer, None for the asyncio one.
     def __init__(
         self,
         conn: Connection,
@@ -173,6 +177,7 @@ class Output:
         self.conn = conn
         self.sink = sink
         self.flusher = flusher
+        self._scheduled = False
         self.max_message = max_message
         if conn.flow_control:
             self.max_message = min(max_message, conn.max_credit_message)
@@ -180,26 +185,13 @@ class Output:
         self._buf: list[bytes] = []
         self._size = 0
         self._target = min(MIN_MESSAGE, self.max_message)
-        self._scheduled = False
         self.bytes_sent = 0
         self.done = False
         self.closing = False
         conn.output = self
 
-    def write(self, data: bytes) -> None:
-        """Queue ``data``; it leaves at once if large, else within flush_interval."""
-        if self.conn.closed:
-            raise ClientDisconnected()
-        if not data:
-            return
-        with self.conn.lock:
-            self._buf.append(data)
-            self._size += len(data)
-            if self._size >= self._target or self.flusher is None or self.flush_interval <= 0:
-                self._send_locked(block=True)
-            elif not self._scheduled:
-                self._scheduled = True
-                self.flusher.schedule(self, time.monotonic() + self.flush_interval)
+    def credits_arrived(self) -> None:
+        """Called by :meth:`Connection.add_credits` while this response is written."""
 
     def _take_locked(self, limit: int) -> bytes:
         payload = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
@@ -212,11 +204,12 @@ class Output:
         self.bytes_sent += len(payload)
         return payload
 
-    def _send_locked(self, block: bool, tail: Sequence[bytes] = ()) -> None:
-        """Send the buffer (as credits allow); with ``block``, wait for credits.
+    def _send_ready_locked(self, tail: Sequence[bytes] = ()) -> bool:
+        """Send the buffer as far as credits allow; True once it is empty.
 
         ``tail`` (e.g. the close reply) follows the buffer, in the same send
-        when there is no flow control; pass it only with ``block``.
+        when there is no flow control; it is only sent once the buffer is
+        empty (call again with it after waiting for credits).
         """
         conn = self.conn
         uuid, conn_id = conn.uuid, conn.conn_id
@@ -231,20 +224,53 @@ class Output:
             msgs += tail
             if msgs:
                 self.sink.send(msgs)
-            return
+            return True
         while self._buf:
             if conn.closed:
                 raise ClientDisconnected()
             if conn.credits <= 0:
-                if not block:
-                    return
-                conn.wait_locked(1.0)
-                continue
+                return False
             payload = self._take_locked(min(conn.credits, self.max_message))
             conn.credits -= len(payload)
             self.sink.send([replies.reply(uuid, conn_id, payload)])
         if tail:
             self.sink.send(tail)
+        return True
+
+
+class Output(OutputBuffer):
+    """Writes one response to one connection from an app thread (or greenlet).
+
+    Without flow control nothing here blocks. With it, a writer waits until
+    Mongrel2 has granted credits for what it sends, so a slow client holds
+    back the app instead of filling memory; the flusher thread only ever
+    sends what credits allow, never waits.
+    """
+
+    __slots__ = ()
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data``; it leaves at once if large, else within flush_interval."""
+        if self.conn.closed:
+            raise ClientDisconnected()
+        if not data:
+            return
+        with self.conn.lock:
+            self._buf.append(data)
+            self._size += len(data)
+            if self._size >= self._target or self.flusher is None or self.flush_interval <= 0:
+                if not self._send_ready_locked():
+                    self._wait_send_locked(())
+            elif not self._scheduled:
+                self._scheduled = True
+                self.flusher.schedule(self, time.monotonic() + self.flush_interval)
+
+    def _wait_send_locked(self, tail: Sequence[bytes]) -> None:
+        """Flow control: wait for credits until the buffer (then ``tail``) is sent."""
+        while True:
+            self.conn.wait_locked(1.0)
+            if self._send_ready_locked(tail):
+                return
 
     def credits_arrived(self) -> None:
         """Credits came while data waited: let the flusher send it."""
@@ -255,7 +281,7 @@ class Output:
         with self.conn.lock:
             self._scheduled = False
             if not self.done and not self.conn.closed:
-                self._send_locked(block=False)
+                self._send_ready_locked()
 
     def finish(self, data: bytes = b"", close: bool = False) -> None:
         """Send what is left (and the close reply if the connection must end)."""
@@ -272,9 +298,9 @@ class Output:
                 if data and not conn.closed:
                     self._buf.append(data)
                     self._size += len(data)
-                if not conn.closed:
-                    # A whole small response and its close reply: one send.
-                    self._send_locked(block=True, tail=tail)
+                # A whole small response and its close reply: one send.
+                if not conn.closed and not self._send_ready_locked(tail):
+                    self._wait_send_locked(tail)
             except ClientDisconnected:
                 pass
             finally:

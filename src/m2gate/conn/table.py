@@ -15,6 +15,7 @@ from typing import Generic, TypeVar
 
 from m2gate.conn.connection import Connection
 from m2gate.protocol.messages import Message
+from m2gate.protocol.replies import reply_uuid
 
 C = TypeVar("C", bound=Connection)
 Key = tuple[str, int]
@@ -38,8 +39,8 @@ class ConnectionTable(Generic[C]):
         """
         conn = self.conns.get(msg.key)
         if conn is None or (conn.closed and not conn.busy):
-            ident = self._reply_ident or msg.sender.encode("latin-1")
-            conn = self.conns[msg.key] = self._factory(msg.sender, msg.conn_id, ident)
+            uuid = reply_uuid(self._reply_ident, msg.sender)
+            conn = self.conns[msg.key] = self._factory(msg.sender, msg.conn_id, uuid)
             credits = msg.header("DOWNLOAD_CREDITS")
             if credits is not None and credits.isdigit():
                 conn.grant(int(credits))

@@ -195,6 +195,22 @@ class Response:
         """The response broke after its head: the connection cannot be reused."""
         self.keep_alive = False
 
+    def error(self, status: str) -> bytes | None:
+        """The error response that replaces this one, or None: cut the connection.
+
+        Before the head went out, the client gets ``status`` instead (head
+        only for HEAD) and :attr:`status_code` / :attr:`keep_alive` describe
+        it; after, nothing can be said any more and the connection must end.
+        """
+        if self.head_sent:
+            self.abort()
+            return None
+        payload, self.keep_alive = error_response(
+            status, self.version, self.keep_alive, self.method, self.server
+        )
+        self.status_code = int(status[:3])
+        return payload
+
 
 def _latin1(text: str, what: str) -> bytes:
     try:
@@ -260,3 +276,22 @@ def simple_response(
     resp = Response("GET", version, keep_alive, server)
     head = resp.head(status, [("Content-Type", "text/plain; charset=utf-8")], len(body))
     return head + resp.body(body) + resp.end(), resp.keep_alive
+
+
+def error_response(
+    status: str,
+    version: str,
+    keep_alive: bool = False,
+    method: str = "GET",
+    server: bytes = SERVER_HEADER,
+) -> tuple[bytes, bool]:
+    """The response m2gate sends itself (500, 400, 413, 503): the reason as body.
+
+    A HEAD request gets the head only. Returns ``(bytes, keep_alive)``.
+    """
+    payload, keep_alive = simple_response(
+        status, status[4:].encode("ascii") + b"\n", version, keep_alive, server
+    )
+    if method == "HEAD":
+        payload = payload.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+    return payload, keep_alive

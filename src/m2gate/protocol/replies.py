@@ -25,6 +25,19 @@ def check_uuid(uuid: bytes) -> bytes:
     return uuid
 
 
+def reply_uuid(recv_ident: str | bytes, sender: str) -> bytes:
+    """What a reply to ``sender``'s request starts with.
+
+    Mongrel2's SUB only takes replies prefixed with its handler's
+    ``recv_ident`` when that is set, else with the request's sender (the
+    handler's ``send_ident``). Replies that answer no request (probes) pass
+    the handler's own ``send_ident`` as ``sender``.
+    """
+    if recv_ident:
+        return recv_ident if isinstance(recv_ident, bytes) else recv_ident.encode("latin-1")
+    return sender.encode("latin-1")
+
+
 def reply(uuid: bytes, conn_id: int, body: bytes) -> bytes:
     """One reply to one connection (the hot path). ``body`` must not be empty."""
     if not body:

@@ -1,10 +1,10 @@
 """The asyncio runtime for ASGI apps: one receiving task, a task per connection.
 
-It keeps the threaded worker's rules (:mod:`m2gate.runtime.threaded`) on an
-event loop: a single task owns the PULL socket, pipelined requests for a
-connection wait behind the one in flight so replies go out in request order,
-websocket frames go to the connection's session, and a disconnect notice
-reaches whatever serves the connection (``http.disconnect`` /
+It keeps the runtime contract (:mod:`m2gate.runtime.base`) on an event loop:
+a single task owns the PULL socket, pipelined requests for a connection wait
+behind the one in flight so replies go out in request order, websocket
+frames go to the connection's session, and a disconnect notice reaches
+whatever serves the connection (``http.disconnect`` /
 ``websocket.disconnect``). Stopping is graceful: stop receiving, serve what
 Mongrel2 already pushed, close websockets with 1001, wait at most
 ``graceful_timeout`` for the rest, then run the lifespan shutdown.
@@ -16,7 +16,6 @@ import asyncio
 import logging
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
@@ -33,23 +32,18 @@ from m2gate.adapters.asgi import (
 )
 from m2gate.adapters.common import EnvironDefaults
 from m2gate.conn.async_connection import AsyncConnection, AsyncOutput
-from m2gate.conn.table import ConnectionTable
 from m2gate.conn.uploads import Upload, UploadRejected, UploadStore, open_upload
 from m2gate.protocol import replies
-from m2gate.protocol.errors import ClientDisconnected, ProtocolError
-from m2gate.protocol.http import SERVER_HEADER, request_framing, simple_response
+from m2gate.protocol.errors import ClientDisconnected
 from m2gate.protocol.messages import (
-    Credits,
-    Disconnect,
     HTTPRequest,
     Message,
-    UnknownControl,
     UploadDone,
     UploadStart,
     WebSocketFrame,
     WebSocketHandshake,
-    parse_message,
 )
+from m2gate.runtime.base import Runtime
 from m2gate.transports.zmq_async import AsyncZmqTransport
 
 log = logging.getLogger("m2gate.worker")
@@ -69,7 +63,7 @@ class AsyncTransport(Protocol):
     def stop_receiving(self) -> None: ...
 
 
-class AsyncioRuntime:
+class AsyncioRuntime(Runtime[AsyncConnection]):
     """Serves an ASGI app for the messages ``transport`` receives."""
 
     def __init__(
@@ -86,50 +80,31 @@ class AsyncioRuntime:
         on_done: Callable[[AsyncConnection], None] | None = None,
         access_log: AccessLogger | None = None,
     ) -> None:
+        super().__init__(AsyncConnection, reply_ident, uploads, on_done)
         self.transport = transport
         self.app = app
         self.defaults = defaults
         self.max_message = max_message
         self.flush_interval = flush_interval
-        self.uploads = uploads or UploadStore("")
         self.ws_close_timeout = ws_close_timeout
         self.idle_keepalive = idle_keepalive
-        self.on_done = on_done
         self.access_log = access_log
         self.state: dict[str, Any] = {}
-        self.requests = 0
-        self._table: ConnectionTable[AsyncConnection] = ConnectionTable(
-            AsyncConnection, reply_ident
-        )
-        self._conns = self._table.conns
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop: asyncio.Event | None = None
-        # Messages dispatched to a task that has not started serving them yet,
-        # and upload-done notices that came before their upload was set up.
-        self._starting: dict[tuple[str, int], Message] = {}
-        self._early_done: dict[tuple[tuple[str, int], str], UploadDone] = {}
-        self._stopping = False
+        self._websockets: dict[tuple[str, int], WebSocketSession] = {}
 
     # -- lifecycle ---------------------------------------------------------
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
-    @property
-    def disconnects(self) -> int:
-        """Disconnect notices that came while a request was being served."""
-        return self._table.disconnects
-
     def stop(self) -> None:
         """Begin a graceful stop (call from the loop, e.g. a signal handler)."""
-        self._stopping = True
+        super().stop()
         if self._stop is not None:
             self._stop.set()
 
     async def run(self, graceful_timeout: float) -> bool:
         """Serve until :meth:`stop`; True if every request finished in time."""
         self._stop = asyncio.Event()
-        if self._stopping:
+        if self.stopping.is_set():
             self._stop.set()
         receiver = asyncio.create_task(self._receive_loop())
         background = [receiver]
@@ -161,16 +136,18 @@ class AsyncioRuntime:
         """Reset Mongrel2's idle timers (limits.min_ping) for connections in use.
 
         A quiet websocket, a long poll or a stream between events sends
-        nothing for a while; Mongrel2 would kill it as idle.
+        nothing for a while; Mongrel2 would kill it as idle. In use: the
+        adapter is serving it (it set the close hook); a websocket only
+        while open.
         """
         while True:
             await asyncio.sleep(interval)
             targets: dict[bytes, list[int]] = {}
             for conn in self._conns.values():
-                session = conn.session
-                if session is None or conn.closed:
+                if conn.on_close is None or conn.closed:
                     continue
-                if isinstance(session, WebSocketSession) and session.state != "open":
+                session = self._websockets.get(conn.key)
+                if session is not None and session.state != "open":
                     continue
                 targets.setdefault(conn.uuid, []).append(conn.conn_id)
             for uuid, conn_ids in targets.items():
@@ -178,9 +155,8 @@ class AsyncioRuntime:
 
     async def drain(self, timeout: float) -> bool:
         """Close websockets (1001), let requests finish, cancel what outlives ``timeout``."""
-        for conn in list(self._conns.values()):
-            if isinstance(conn.session, WebSocketSession):
-                conn.session.shutdown()
+        for session in list(self._websockets.values()):
+            session.shutdown()
         if not self._tasks:
             return True
         _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
@@ -193,72 +169,14 @@ class AsyncioRuntime:
         return False
 
     # -- receiving ---------------------------------------------------------
-    def feed(self, data: bytes) -> None:
-        """Parse one raw message and act on it; bad input is logged and dropped."""
-        try:
-            msg = parse_message(data)
-        except ProtocolError as exc:
-            log.warning("dropped malformed message (%d bytes): %s", len(data), exc)
-            return
-        if isinstance(msg, Disconnect):
-            self._disconnected(msg)
-        elif isinstance(msg, Credits):
-            conn = self._conns.get(msg.key)
-            if conn is not None:
-                conn.add_credits(msg.amount)
-        elif isinstance(msg, UnknownControl):
-            log.debug("ignored control message of type %s", msg.type)
-        elif isinstance(msg, WebSocketFrame):
-            conn = self._conns.get(msg.key)
-            if conn is not None and isinstance(conn.session, WebSocketSession):
-                conn.session.feed(msg)
-            else:
-                log.debug("websocket frame for %s:%s without a session", msg.sender, msg.conn_id)
-        elif isinstance(msg, UploadDone) and self._upload_done(msg):
-            return
+    def _frame(self, msg: WebSocketFrame) -> None:
+        session = self._websockets.get(msg.key)
+        if session is not None:
+            session.feed(msg)
         else:
-            self._dispatch(msg)
+            log.debug("websocket frame for %s:%s without a session", msg.sender, msg.conn_id)
 
-    def _upload_done(self, msg: UploadDone) -> bool:
-        """Complete the upload in flight; False if there is none (forged: 400).
-
-        A small upload's done notice can arrive before the task serving its
-        upload-start has even begun: it is kept for that task then.
-        """
-        conn = self._conns.get(msg.key)
-        if conn is None:
-            return False
-        upload = conn.upload
-        if upload is None:
-            waiting = [m for m in conn.pending if isinstance(m, UploadStart)]
-            current = self._starting.get(msg.key)
-            if isinstance(current, UploadStart):
-                waiting.append(current)
-            if not any(m.upload_path == msg.start_path for m in waiting):
-                return False
-            self._early_done[(msg.key, msg.start_path)] = msg
-            return True
-        _finish_upload(upload, msg)
-        return True
-
-    def _disconnected(self, msg: Message) -> None:
-        found = self._table.disconnected(msg.key)
-        if found is None:
-            return
-        conn = found[0]
-        self._forget_early(msg.key)
-        conn.mark_closed()
-        log.debug("client %s:%s disconnected", msg.sender, msg.conn_id)
-
-    def _forget_early(self, key: tuple[str, int]) -> None:
-        for early in [k for k in self._early_done if k[0] == key]:
-            del self._early_done[early]
-
-    def _dispatch(self, msg: Message) -> None:
-        conn, start = self._table.admit(msg)
-        if not start:
-            return
-        self._starting[msg.key] = msg
+    def _submit(self, conn: AsyncConnection, msg: Message) -> None:
         task = asyncio.create_task(self._serve_connection(conn, msg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -270,32 +188,19 @@ class AsyncioRuntime:
             keep = await self._serve(conn, next_msg)
             next_msg = self._done(conn, keep)
 
-    def _output(self, conn: AsyncConnection) -> AsyncOutput:
-        return AsyncOutput(conn, self.transport, self.max_message, self.flush_interval)
-
     async def _serve(self, conn: AsyncConnection, msg: Message) -> bool:
-        self._starting.pop(conn.key, None)
-        out = self._output(conn)
+        out = AsyncOutput(conn, self.transport, self.max_message, self.flush_interval)
         try:
             if isinstance(msg, HTTPRequest):
-                cycle = HTTPCycle(msg, conn, out, msg.body)
-                await self.app_call(cycle, http_scope(msg, self.defaults, self.state))
+                cycle = HTTPCycle(msg, conn, out, msg.body, self.access_log)
+                await cycle.run(self.app, http_scope(msg, self.defaults, self.state))
             elif isinstance(msg, WebSocketHandshake):
-                session = WebSocketSession(msg, conn, out, self.ws_close_timeout)
-                started = time.perf_counter()
-                try:
-                    await session.run(self.app, websocket_scope(msg, self.defaults, self.state))
-                    await session.wait_closed()  # the client's close frame, or a timeout
-                finally:
-                    conn.session = None
-                    if self.access_log is not None:
-                        duration = time.perf_counter() - started
-                        self.access_log.log(msg, session.status_code, 0, duration)
+                await self._serve_websocket(conn, msg, out)
                 return False
             elif isinstance(msg, (UploadStart, UploadDone)):
                 await self._serve_upload(conn, msg, out)
             else:
-                await self._unsupported(msg, out)
+                await out.afinish(self._refusal(msg), close=True)
         except asyncio.CancelledError:
             out.close_now()
             conn.mark_closed()  # also ends upload reads waiting in threads
@@ -312,43 +217,35 @@ class AsyncioRuntime:
             await out.afinish(close=True)
         return not out.closing and not conn.closed
 
-    async def app_call(self, cycle: HTTPCycle, scope: dict[str, Any]) -> None:
-        started = time.perf_counter()
+    async def _serve_websocket(
+        self, conn: AsyncConnection, msg: WebSocketHandshake, out: AsyncOutput
+    ) -> None:
+        session = WebSocketSession(
+            msg, conn, out, self.ws_close_timeout, access_log=self.access_log
+        )
+        self._websockets[conn.key] = session
         try:
-            await cycle.run(self.app, scope)
+            await session.serve(self.app, websocket_scope(msg, self.defaults, self.state))
         finally:
-            if self.access_log is not None:
-                duration = time.perf_counter() - started
-                self.access_log.log(cycle.msg, cycle.status_code, cycle.nbytes, duration)
+            conn.on_close = None
+            self._websockets.pop(conn.key, None)
 
     async def _serve_upload(
         self, conn: AsyncConnection, msg: UploadStart | UploadDone, out: AsyncOutput
     ) -> None:
         """Run the app on a body Mongrel2 is still writing to its temp store."""
-        if isinstance(msg, UploadDone) or msg.body:
-            # Real upload-done only follows an upload-start we serve; a real
-            # upload-start has an empty body. Anything else is forged.
-            await self._reject(msg, out, "upload headers on an ordinary request")
-            return
         try:
-            real = self.uploads.resolve(msg.upload_path)
+            upload = self._start_upload(conn, msg)
         except UploadRejected as exc:
             await self._reject(msg, out, str(exc))
             return
-        length_raw = msg.header("content-length")
-        length = int(length_raw) if length_raw and length_raw.isdigit() else None
-        upload = Upload(msg.upload_path, real, length)
-        conn.upload = upload
-        early = self._early_done.pop((conn.key, msg.upload_path), None)
-        if early is not None:
-            _finish_upload(upload, early)
         try:
-            if length is None:
+            if upload.length is None:
                 # Chunked upload: no length to promise the app until it is done.
                 await asyncio.to_thread(upload.wait_done, conn)
-                upload.length = length = os.path.getsize(real)
-            cycle = HTTPCycle(msg, conn, out, _upload_chunks(upload, conn))
-            await self.app_call(cycle, http_scope(msg, self.defaults, self.state))
+                upload.length = os.path.getsize(upload.path)
+            cycle = HTTPCycle(msg, conn, out, _upload_chunks(upload, conn), self.access_log)
+            await cycle.run(self.app, http_scope(msg, self.defaults, self.state))
             if not upload.done.is_set():
                 await out.afinish(close=True)  # the rest of the body is still coming: end here
         except UploadRejected as exc:
@@ -356,48 +253,12 @@ class AsyncioRuntime:
         except ClientDisconnected:
             await out.afinish(close=True)
         finally:
-            conn.upload = None
-            self._early_done.pop((conn.key, msg.upload_path), None)
-            upload.remove()
+            self._end_upload(conn, upload)
 
     async def _reject(self, msg: Message, out: AsyncOutput, reason: str) -> None:
-        log.warning("400 for %s:%s: %s", msg.sender, msg.conn_id, reason)
-        if out.done:
-            return
-        version, _ = request_framing(msg)
-        payload, _ = simple_response(
-            "400 Bad Request", b"Bad Request\n", version, False, SERVER_HEADER
-        )
-        await out.afinish(payload, close=True)
-
-    async def _unsupported(self, msg: Message, out: AsyncOutput) -> None:
-        """Answer the message kinds this worker cannot serve, instead of hanging."""
-        status = (
-            "413 Content Too Large" if type(msg).__name__ == "UploadStream" else ("400 Bad Request")
-        )
-        log.warning(
-            "%s from %s:%s not supported here: %s",
-            type(msg).__name__,
-            msg.sender,
-            msg.conn_id,
-            status,
-        )
-        version, _ = request_framing(msg)
-        payload, _ = simple_response(
-            status, status[4:].encode() + b"\n", version, False, SERVER_HEADER
-        )
-        await out.afinish(payload, close=True)
-
-    def _done(self, conn: AsyncConnection, keep_alive: bool) -> Message | None:
-        if not keep_alive:
-            self._forget_early(conn.key)
-        return self._table.done(conn, keep_alive)[0]
-
-
-def _finish_upload(upload: Upload, msg: UploadDone) -> None:
-    if msg.start_path != upload.announced:
-        upload.error = "upload-start header changed to %r" % msg.start_path
-    upload.finish(msg.upload_path)
+        payload = self._refusal(msg, reason)
+        if not out.done:
+            await out.afinish(payload, close=True)
 
 
 async def _upload_chunks(upload: Upload, conn: AsyncConnection) -> AsyncIterator[bytes]:
@@ -447,7 +308,7 @@ async def _main(cfg: Any, app: ASGIApp) -> int:
     worker.state = lifespan.state
 
     def on_signal() -> None:
-        if worker.stopping:
+        if worker.stopping.is_set():
             raise SystemExit(1)  # a second signal forces the exit
         worker.stop()
 

@@ -2,9 +2,9 @@
 
 Only *how* a unit of work runs differs from :class:`ThreadedRuntime`: a
 greenlet from a bounded pool instead of one of N threads. What happens to a
-request (pipelined requests answered in order, disconnect notices, uploads,
-coalesced :class:`~m2gate.conn.connection.Output`, graceful drain) is the
-threaded worker's code, unchanged. That code uses ``threading`` and ``time``,
+message is the runtime contract (:mod:`m2gate.runtime.base`), and serving a
+request (uploads, coalesced :class:`~m2gate.conn.connection.Output`) is the
+threaded runtime's code, unchanged. That code uses ``threading`` and ``time``,
 which become cooperative once the process is monkey-patched: call
 :func:`~m2gate.runtime.gevent_patch.patch` before the app, or anything it
 imports, is loaded (the CLI does it first thing). The flusher
@@ -62,7 +62,6 @@ class GeventRuntime(ThreadedRuntime):
     ) -> None:
         kwargs["threads"] = 0  # the pool replaces the app threads
         super().__init__(source, sink, handler, **kwargs)
-        self.connections = connections
         self._pool = gevent.pool.Pool(connections)
         self._backlog: deque[tuple[Connection, Message]] = deque()
         self._fed = 0

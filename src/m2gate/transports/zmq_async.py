@@ -10,16 +10,18 @@ only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import zmq
 import zmq.asyncio
 
-from m2gate.transports.zmq_common import connect_pair, disconnect_pull
+from m2gate.transports.zmq_common import PubSink, connect_pair, disconnect_pull
 
 
 class AsyncZmqTransport:
     """Connects a PULL to Mongrel2's ``send_spec`` and a PUB to its ``recv_spec``."""
+
+    send: Callable[[Sequence[bytes]], None]  # the PubSink's own send
 
     def __init__(self, send_spec: str, recv_spec: str, identity: str) -> None:
         self.send_spec = send_spec
@@ -29,7 +31,10 @@ class AsyncZmqTransport:
         self._async_pub = pub
         # A blocking shadow of the same socket: PUB sends complete at once,
         # and a plain call needs no future per reply.
+        # (The PubSink's lock is uncontended here: one thread.)
         self._pub: zmq.Socket[bytes] = zmq.Socket.shadow(pub.underlying)
+        self.sink = PubSink(self._pub)
+        self.send = self.sink.send
         self._pull_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self.pull.underlying)
         self._receiving = True
 
@@ -54,10 +59,6 @@ class AsyncZmqTransport:
         except zmq.Again:
             return None
         return data
-
-    def send(self, messages: Sequence[bytes]) -> None:
-        for msg in messages:
-            self._pub.send(msg, 0, copy=len(msg) < 65536)
 
     def stop_receiving(self) -> None:
         """Disconnect the PULL so Mongrel2 pushes new requests elsewhere."""

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import zmq
 
-from m2gate.transports.zmq_common import connect_pair, disconnect_pull
+from m2gate.transports.zmq_common import PubSink, connect_pair, disconnect_pull
 
 
 class ZmqTransport:
     """Connects to a Mongrel2 handler's ``send_spec`` (PULL) and ``recv_spec`` (PUB).
 
-    The PULL is only used by the receiving thread. The PUB is shared: a lock
-    makes each ``send`` atomic, so replies never interleave between threads.
+    The PULL is only used by the receiving thread. The PUB is shared through
+    a :class:`PubSink`: each ``send`` is atomic, so replies never interleave
+    between threads.
     Create it after any ``fork``: ZeroMQ contexts do not survive one.
     """
 
@@ -22,13 +22,15 @@ class ZmqTransport:
     context_class: type[zmq.Context[zmq.Socket[bytes]]] = zmq.Context
     poller_class: type[zmq.Poller] = zmq.Poller
     blocking_recv = True  # False: wait through poller_class (cooperative under gevent)
+    send: Callable[[Sequence[bytes]], None]  # the ReplySink side: the PubSink's own send
 
     def __init__(self, send_spec: str, recv_spec: str, identity: str) -> None:
         self.send_spec = send_spec
         self.recv_spec = recv_spec
         self.ctx = self.context_class()
-        self._lock = threading.Lock()
         self.pull, self.pub = connect_pair(self.ctx, send_spec, recv_spec, identity)
+        self.sink = PubSink(self.pub)
+        self.send = self.sink.send  # no layer of ours between the writer and the socket
         self._receiving = True
         self._poller = self.poller_class()
         self._poller.register(self.pull, zmq.POLLIN)
@@ -60,11 +62,6 @@ class ZmqTransport:
         data = self.pull.recv()
         return data
 
-    def send(self, messages: Sequence[bytes]) -> None:
-        with self._lock:
-            for msg in messages:
-                self.pub.send(msg, 0, copy=len(msg) < 65536)
-
     def stop_receiving(self) -> None:
         """Disconnect the PULL so Mongrel2 pushes new requests elsewhere."""
         if self._receiving:
@@ -73,7 +70,6 @@ class ZmqTransport:
 
     def close(self, linger_s: float) -> None:
         """Close both sockets, giving queued replies ``linger_s`` to leave."""
-        with self._lock:
-            self.pull.close(linger=0)
-            self.pub.close(linger=int(linger_s * 1000))
+        self.pull.close(linger=0)
+        self.sink.close(linger_s)
         self.ctx.term()
