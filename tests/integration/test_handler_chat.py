@@ -59,7 +59,7 @@ class ChatProcess:
             try:
                 conn.request("GET", "/", headers={"Connection": "close"})
                 resp = conn.getresponse()
-                if resp.getheader("Server") == "m2gate":
+                if (resp.getheader("Server") or "").startswith("m2gate/"):
                     resp.read()
                     return
             except (OSError, http.client.HTTPException):

@@ -30,11 +30,6 @@ def test_real_connection_ids_are_not_probes() -> None:
     assert not wire.is_probe(wire.PROBE_BASE + wire.PROBE_SLOTS * wire.PROBE_SPAN)
 
 
-def test_reply_uuid_prefers_recv_ident() -> None:
-    assert wire.reply_uuid(Config(send_ident="a", recv_ident="b")) == b"b"
-    assert wire.reply_uuid(Config(send_ident="a", recv_ident="")) == b"a"
-
-
 def test_worker_status_follows_the_state() -> None:
     w = Worker(b"w1", 1, 1, 2)
     assert worker_status(w) == "starting"

@@ -52,8 +52,8 @@ from m2gate.supervisor.wire import (
     READY,
     STOP,
     probe_base,
-    reply_uuid,
 )
+from m2gate.transports.zmq_common import PubSink, open_pub
 
 log = logging.getLogger("m2gate.worker")
 
@@ -87,26 +87,6 @@ class ExceptionCounter(logging.Filter):
         if record.levelno >= logging.ERROR and record.exc_info:
             self.count += 1
         return True
-
-
-class PubSink:
-    """This worker's own PUB to Mongrel2's ``recv_spec``; ``send`` is thread-safe."""
-
-    def __init__(self, ctx: zmq.Context[Any], recv_spec: str, identity: bytes) -> None:
-        self._lock = threading.Lock()
-        self.pub = ctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.SNDHWM, 0)  # never drop a reply at a high-water mark
-        self.pub.setsockopt(zmq.IDENTITY, identity)
-        self.pub.connect(recv_spec)
-
-    def send(self, messages: Sequence[bytes]) -> None:
-        with self._lock:
-            for msg in messages:
-                self.pub.send(msg, 0, copy=len(msg) < 65536)
-
-    def close(self, linger_s: float) -> None:
-        with self._lock:
-            self.pub.close(linger=int(linger_s * 1000))
 
 
 class MasterLink:
@@ -335,9 +315,11 @@ def _run(spec: WorkerSpec) -> int:
     counter = ExceptionCounter()
     logging.getLogger("m2gate.wsgi").addFilter(counter)
     handler = wsgi_handler(cfg, app, multithread=cfg.threads > 1, multiprocess=cfg.processes > 1)
-    sink = PubSink(ctx, cfg.recv_spec, b"%s-%s" % (cfg.send_ident.encode("ascii"), spec.wid))
+    identity = b"%s-%s" % (cfg.send_ident.encode("ascii"), spec.wid)
+    sink = PubSink(open_pub(ctx, cfg.recv_spec, identity))
     worker = ThreadedRuntime(link, sink, handler, on_done=link.done, **worker_options(cfg))
-    link.attach(worker, sink, reply_uuid(cfg), probe_base(spec.serial), counter)
+    probe_uuid = replies.reply_uuid(cfg.recv_ident, cfg.send_ident)
+    link.attach(worker, sink, probe_uuid, probe_base(spec.serial), counter)
     if cfg.reload_on_change:
         link.send(LOADED, json.dumps(app_source_files()).encode())
     clean = worker.run(cfg.graceful_timeout)

@@ -53,6 +53,7 @@ from m2gate.supervisor.state import Worker
 from m2gate.supervisor.systemd import sd_notify
 from m2gate.supervisor.watch import WATCH_INTERVAL, Watcher
 from m2gate.supervisor.wire import EXIT_APP_LOAD
+from m2gate.transports.zmq_common import open_pub
 
 log = logging.getLogger("m2gate.master")
 
@@ -136,10 +137,7 @@ class Master:
         router.setsockopt(zmq.SNDHWM, 0)
         router.setsockopt(zmq.RCVHWM, 0)
         router.bind(self.endpoint)
-        pub = self.ctx.socket(zmq.PUB)
-        pub.setsockopt(zmq.SNDHWM, 0)
-        pub.setsockopt(zmq.IDENTITY, ("%s-master" % cfg.send_ident).encode("ascii"))
-        pub.connect(cfg.recv_spec)
+        pub = open_pub(self.ctx, cfg.recv_spec, ("%s-master" % cfg.send_ident).encode("ascii"))
         pull = self.ctx.socket(zmq.PULL)
         pull.setsockopt(zmq.IDENTITY, cfg.send_ident.encode("ascii"))
         pull.connect(cfg.send_spec)

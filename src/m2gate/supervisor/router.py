@@ -21,9 +21,9 @@ import zmq
 
 from m2gate.config.settings import Config
 from m2gate.protocol import replies
-from m2gate.protocol.errors import ProtocolError
-from m2gate.protocol.http import SERVER_HEADER, request_framing, simple_response
-from m2gate.protocol.messages import Credits, Disconnect, Message, UnknownControl, parse_message
+from m2gate.protocol.http import error_response, request_framing
+from m2gate.protocol.intake import parse_or_drop
+from m2gate.protocol.messages import Credits, Disconnect, Message, UnknownControl
 from m2gate.supervisor.actions import Action
 from m2gate.supervisor.handoff import Dispatcher, Drop, Forward, Hold, Reject
 from m2gate.supervisor.lifecycle import Lifecycle
@@ -39,7 +39,6 @@ from m2gate.supervisor.wire import (
     is_probe,
     probe_base,
     probe_slot,
-    reply_uuid,
 )
 
 log = logging.getLogger("m2gate.master")
@@ -84,10 +83,8 @@ class Router:
             self.on_message(raw, now)
 
     def on_message(self, raw: bytes, now: float) -> None:
-        try:
-            msg = parse_message(raw)
-        except ProtocolError as exc:
-            log.warning("dropped malformed message (%d bytes): %s", len(raw), exc)
+        msg = parse_or_drop(raw, log)
+        if msg is None:
             return
         if isinstance(msg, Disconnect) and is_probe(msg.conn_id):
             self._on_probe(msg.conn_id, now)
@@ -146,7 +143,11 @@ class Router:
         probe = probe_base(0) + self._pub_probe % PROBE_SPAN
         self._pub_probe += 1
         with contextlib.suppress(zmq.ZMQError):
-            self.pub.send(replies.close(reply_uuid(self.cfg), [probe])[0])
+            self.pub.send(
+                replies.close(
+                    replies.reply_uuid(self.cfg.recv_ident, self.cfg.send_ident), [probe]
+                )[0]
+            )
 
     def send(self, wid: bytes, *frames: bytes) -> bool:
         try:
@@ -174,13 +175,11 @@ class Router:
     def answer(self, sender: str, conn_id: int, status: str, msg: Message | None = None) -> None:
         """Answer for a worker that cannot (killed, or none free), then close."""
         version = request_framing(msg)[0] if msg is not None else "HTTP/1.1"
-        payload, _ = simple_response(
-            status, status[4:].encode() + b"\n", version, False, SERVER_HEADER
-        )
-        uuid = (self.cfg.recv_ident or sender).encode("latin-1")
+        method = msg.method if msg is not None else "GET"
+        payload, _ = error_response(status, version, method=method)
+        uuid = replies.reply_uuid(self.cfg.recv_ident, sender)
         try:
-            self.pub.send_multipart([replies.reply(uuid, conn_id, payload)])
-            for m in replies.close(uuid, [conn_id]):
+            for m in (replies.reply(uuid, conn_id, payload), *replies.close(uuid, [conn_id])):
                 self.pub.send(m)
         except (zmq.ZMQError, ValueError) as exc:
             log.warning("could not answer %s to %s:%s: %s", status, sender, conn_id, exc)

@@ -19,8 +19,6 @@ notice on the master's PULL. Each process owns ``PROBE_SPAN`` ids from its
 
 from __future__ import annotations
 
-from m2gate.config.settings import Config
-
 EXIT_APP_LOAD = 3  # the master's crash-loop guard: this worker can never serve
 
 # Probe connection ids: far above any id Mongrel2 hands out (they count up
@@ -53,8 +51,3 @@ def is_probe(conn_id: int) -> bool:
 def probe_slot(conn_id: int) -> int:
     """The ``probe_base`` a probe connection id belongs to."""
     return PROBE_BASE + (conn_id - PROBE_BASE) // PROBE_SPAN * PROBE_SPAN
-
-
-def reply_uuid(cfg: Config) -> bytes:
-    """What replies start with: Mongrel2's SUB only takes ``recv_ident`` if set."""
-    return (cfg.recv_ident or cfg.send_ident or "m2gate").encode("ascii")
