@@ -14,6 +14,7 @@ import threading
 from typing import Any, TextIO
 
 from m2gate.adapters.accesslog import AccessLogger
+from m2gate.config.paths import open_own, uid_of
 from m2gate.config.settings import Config, ConfigError
 
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
@@ -23,6 +24,7 @@ log = logging.getLogger("m2gate")
 _reopenable: list[ReopenableFileHandler] = []
 _access: AccessLogger | None = None
 _chroot = ""  # set by enter_chroot(): reopen paths inside it
+_owners: tuple[int, ...] = ()  # --user's uid: a log file it owns (logrotate's create) is ours
 
 
 def set_chroot(root: str) -> None:
@@ -47,13 +49,16 @@ class ReopenableFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
     printed by C code or a dying interpreter end up in the log as well.
     """
 
-    def __init__(self, path: str, capture_stdio: bool = False) -> None:
+    def __init__(self, path: str, capture_stdio: bool = False, setting: str = "log_file") -> None:
         self.path = os.path.abspath(path)
         self.capture_stdio = capture_stdio
+        self.setting = setting
         super().__init__(self._open(self.path))
 
     def _open(self, path: str) -> TextIO:
-        stream = open(path, "a", encoding="utf-8", errors="backslashreplace", buffering=1)
+        """Open ``path`` for appending, never through a symlink nor into someone else's file."""
+        fd = open_own(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self.setting, 0o644, _owners)
+        stream = os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace", buffering=1)
         if self.capture_stdio:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -81,8 +86,8 @@ class ReopenableFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
         try:
             try:
                 stream = self._open(path)
-            except OSError as exc:
-                log.error("cannot reopen log file %s: %s", path, exc.strerror)
+            except (OSError, ConfigError) as exc:
+                log.error("cannot reopen log file %s: %s", path, exc)
                 return
             old = self.setStream(stream)
             if old is not None:
@@ -109,11 +114,23 @@ def open_log_file(
 ) -> ReopenableFileHandler:
     """A reopenable handler for ``path``; ConfigError (one line) if it cannot be opened."""
     try:
-        handler = ReopenableFileHandler(path, capture_stdio)
+        handler = ReopenableFileHandler(path, capture_stdio, setting)
     except OSError as exc:
         raise ConfigError("%s: cannot open %s: %s" % (setting, path, exc.strerror or exc)) from None
     _reopenable.append(handler)
     return handler
+
+
+def give_log_files(uid: int | None, gid: int | None) -> None:
+    """Hand the open log files to the user we are about to become (``fchown`` on the fd).
+
+    The fd is the file :func:`m2gate.config.paths.open_own` proved ours, so
+    no path is followed and no swapped file can be given away.
+    """
+    for handler in _reopenable:
+        stream = handler.stream
+        if stream is not None and not stream.closed:
+            os.fchown(stream.fileno(), -1 if uid is None else uid, -1 if gid is None else gid)
 
 
 def reopen_logs() -> None:
@@ -209,6 +226,9 @@ def setup_logging(cfg: Config) -> AccessLogger | None:
     when no access log is wanted. Raises ConfigError when a file cannot be
     opened, so call it before daemonizing.
     """
+    global _owners
+    owner = uid_of(cfg.user)
+    _owners = () if owner is None else (owner,)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -213,17 +213,25 @@ def test_daemonize_detaches(tmp_path: Path) -> None:
 
 
 @root_only
-def test_drop_privileges_and_chown(tmp_path: Path) -> None:
+def test_drop_privileges_gives_open_log_files_by_fd_and_chowns_no_path(tmp_path: Path) -> None:
+    """The log file we opened is handed over; a path (maybe a planted link) never is."""
+    from m2gate import logs
+
     owned = tmp_path / "m2gate.log"
-    owned.write_text("")
+    secret = tmp_path / "secret"
+    secret.write_text("")
+    link = tmp_path / "planted"
+    link.symlink_to(secret)
 
     def drop() -> list[int]:
-        confine.drop_privileges("nobody", "", chown=[str(owned), "-", ""])
+        logs.open_log_file(str(owned))
+        confine.drop_privileges("nobody", "", chown=[str(link), "-", ""])
         return [os.getuid(), os.geteuid(), os.getgid(), os.getegid(), *os.getgroups()]
 
     result = in_child(drop)
     assert result == {"ok": [65534, 65534, 65534, 65534, 65534]}
     assert (owned.stat().st_uid, owned.stat().st_gid) == (65534, 65534)
+    assert (secret.stat().st_uid, secret.stat().st_gid) == (0, 0)
 
 
 @root_only

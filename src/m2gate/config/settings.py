@@ -352,20 +352,22 @@ class Config:
     )
     stats: str = setting(
         "",
-        "Serve a JSON stats document (uWSGI stats-server style) on HOST:PORT"
-        " or a unix socket path.",
+        "Serve a JSON stats document (uWSGI stats-server style, it lists request paths and"
+        " pids) on HOST:PORT or a unix socket path; :PORT means 127.0.0.1:PORT, give"
+        " 0.0.0.0:PORT or [::]:PORT to listen on every interface.",
         section="observability",
         metavar="ADDR",
         validate=_check_listen_addr,
-        accepted="HOST:PORT or a unix socket path (containing '/')",
+        accepted="HOST:PORT, :PORT (loopback) or a unix socket path (containing '/')",
     )
     metrics: str = setting(
         "",
-        "Serve Prometheus metrics over HTTP on HOST:PORT or a unix socket path.",
+        "Serve Prometheus metrics over HTTP on HOST:PORT or a unix socket path; :PORT means"
+        " 127.0.0.1:PORT, give 0.0.0.0:PORT or [::]:PORT to listen on every interface.",
         section="observability",
         metavar="ADDR",
         validate=_check_listen_addr,
-        accepted="HOST:PORT or a unix socket path (containing '/')",
+        accepted="HOST:PORT, :PORT (loopback) or a unix socket path (containing '/')",
     )
     chdir: str = setting(
         "", "Change to this directory before loading the app.", section="app", path=True

@@ -7,8 +7,9 @@ Start-up runs them in this order (m2gate.cli.main, then supervisor.master.serve)
     detach(cfg)                            # preflight checks, then --daemon (before any
                                            # thread or ZeroMQ context)
     <pidfile lock>                         # after daemonize: the PID is final
-    confine(cfg, chown=[pidfile])          # --chroot (root), --user/--group, --env,
-                                           # --virtualenv, --pythonpath
+    confine(cfg)                           # --chroot (root), side listeners bound,
+                                           # --user/--group, --env, --virtualenv,
+                                           # --pythonpath
     <load the app (preload) or fork workers that load it>
     SIGUSR1 (from the master's loop, never in the handler): logs.reopen_logs()
 
@@ -137,8 +138,10 @@ def resolve_ids(user: str, group: str) -> tuple[int | None, int | None, str | No
 def drop_privileges(user: str, group: str, chown: Iterable[str] = ()) -> None:
     """Become ``user``/``group`` for good (groups, then gid, then uid).
 
-    The files in ``chown`` (log files the master reopens on SIGUSR1, the
-    pidfile it removes at exit) are given to the new owner first. Run it after
+    The open log files (reopened on SIGUSR1) are given to the new owner
+    first, by ``fchown`` on the fds :func:`m2gate.config.paths.open_own`
+    proved ours; no path is ever chowned (``chown`` is accepted and ignored:
+    a path can be swapped for a link to someone else's file). Run it after
     everything that needs root (binding, pidfile, chroot) and before the app
     is imported, so no app code ever runs as root.
     """
@@ -152,9 +155,7 @@ def drop_privileges(user: str, group: str, chown: Iterable[str] = ()) -> None:
             "user/group: switching to %s/%s needs root (running as uid %d)"
             % (user or "-", group or "-", os.geteuid())
         )
-    for path in chown:
-        if path and path != "-" and os.path.exists(path):
-            os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid)
+    logs.give_log_files(uid, gid)
     if gid is not None:
         if name is not None:
             os.initgroups(name, gid)
@@ -280,23 +281,43 @@ def detach(cfg: Config) -> None:
         daemonize()
 
 
-def confine(cfg: Config, chown: Iterable[str] = ()) -> None:
+def bind_side_listeners(cfg: Config) -> None:
+    """Bind the control socket and ``--stats``/``--metrics`` while still root.
+
+    Their directories can then stay root's (the unprivileged master could not
+    create a socket there), and a port below 1024 works. The master's
+    servers adopt these sockets (:func:`m2gate.ops.listener.adopt`).
+    """
+    from m2gate.ops.control import prebind_control
+    from m2gate.ops.pidfile import control_path_for
+    from m2gate.ops.stats import prebind_document
+
+    if cfg.pidfile:
+        prebind_control(control_path_for(os.path.abspath(cfg.pidfile)))
+    for name in ("stats", "metrics"):
+        addr = getattr(cfg, name)
+        if addr:
+            prebind_document(addr, name)
+
+
+def confine(cfg: Config, chown: Iterable[str] = (), listeners: bool = True) -> None:
     """--chroot, --user/--group, then --env/--virtualenv/--pythonpath.
 
-    Step two, after the pidfile lock and before the app is imported. ``chown``
-    names extra files the unprivileged process must still own (the pidfile).
+    Step two, after the pidfile lock and before the app is imported. With
+    ``listeners`` (the master), its side listeners are bound before the
+    privilege drop. Nothing is chowned by path (``chown`` is ignored): the
+    log files are handed over by fd, and directories (an app folder's run/
+    and logs/) stay root's, so nothing in them can be swapped by the user.
     """
-    owned = [cfg.log_file, cfg.access_log, *chown]
-    if cfg.app_dir:  # the folder's run/ and logs/ hold the control socket and new logs
-        owned += [os.path.join(cfg.app_dir, "run"), os.path.join(cfg.app_dir, "logs")]
     if cfg.chroot:
         enter_chroot(cfg)
-        owned = [cfg.log_file, cfg.access_log]  # the others are translated or unreachable
-    drop_privileges(cfg.user, cfg.group, chown=owned)
+    if listeners:
+        bind_side_listeners(cfg)
+    drop_privileges(cfg.user, cfg.group, chown=chown)
     prepare_app_environment(cfg)
 
 
 def start_single(cfg: Config) -> None:
     """The single-process serve: :func:`confine`, and SIGUSR1 reopens the log files."""
-    confine(cfg)
+    confine(cfg, listeners=False)
     logs.reopen_on_sigusr1()

@@ -1,26 +1,122 @@
-"""A listening socket answered one connection at a time by a daemon thread.
+"""Listening sockets answered by short-lived threads, and binding them safely.
 
 The master's control socket, ``--stats`` and ``--metrics`` all work this way:
-the thread only reads and answers; whatever changes state is handed to the
+an accept thread hands each connection to a thread of its own (at most
+:data:`MAX_CONNECTIONS` at once, each with a short timeout), so one idle or
+slow client cannot make a concurrent scrape or ``m2gate status`` time out.
+The threads only read and answer; whatever changes state is handed to the
 master's loop by the callbacks the subclasses are given.
+
+Unix socket paths are bound by :func:`bind_unix`: a stale path is removed
+only if it is a socket nobody listens on, and only the inode we bound is
+removed at exit. :func:`prebind` binds a listener while still root (before
+``--user`` drops privileges, so the directory can stay root's); the server
+later made for the same address adopts it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import stat
 import threading
 from typing import Self
 
+from m2gate.config.paths import check_directory, unlink_if_same
+from m2gate.config.settings import ConfigError
+
 log = logging.getLogger("m2gate.listener")
+
+MAX_CONNECTIONS = 32  # served at once; more are closed at once (a scrape retries)
+CONNECTION_TIMEOUT = 2.0  # seconds a client may take per read or write
+
+Ident = tuple[int, int]  # (st_dev, st_ino) of a unix socket we bound
+
+_prebound: dict[str, tuple[socket.socket, Ident | None]] = {}
+
+
+class SocketInUse(Exception):
+    """A live server already listens on the unix socket path."""
+
+
+def bind_unix(path: str, setting: str) -> tuple[socket.socket, Ident]:
+    """A unix socket bound at ``path``; also its (st_dev, st_ino) for removing it later.
+
+    A leftover is removed only if ``lstat`` shows a socket, nobody answers
+    on it, and it is still the same inode right before the unlink; anything
+    else there (a regular file, a symlink) is refused, never deleted.
+    """
+    check_directory(path, setting)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ConfigError(
+                "%s: %s exists and is not a socket; refusing to remove it" % (setting, path)
+            )
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(1.0)
+            probe.connect(path)
+        except OSError:
+            pass  # a socket file nobody listens on: left over from a killed process
+        else:
+            raise SocketInUse("%s %s is in use by another m2gate" % (setting, path))
+        finally:
+            probe.close()
+        unlink_if_same(path, (st.st_dev, st.st_ino))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o077)  # only our user may connect
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            "%s: cannot listen on %s: %s" % (setting, path, exc.strerror or exc)
+        ) from None
+    finally:
+        os.umask(old)
+    made = os.lstat(path)
+    return sock, (made.st_dev, made.st_ino)
+
+
+def prebind(key: str, sock: socket.socket, ident: Ident | None = None) -> None:
+    """Keep listening ``sock`` for the server that will be made for ``key`` (its address)."""
+    old = _prebound.pop(key, None)
+    if old is not None:
+        old[0].close()
+    _prebound[key] = (sock, ident)
+
+
+def adopt(key: str) -> tuple[socket.socket, Ident | None] | None:
+    """The socket :func:`prebind` kept for ``key``, if any (handed over once)."""
+    return _prebound.pop(key, None)
 
 
 class Listener:
-    """Accepts on ``sock`` (listening, with a short timeout) until :meth:`close`."""
+    """Accepts on ``sock`` (listening) until :meth:`close`; each connection in a thread.
 
-    def __init__(self, sock: socket.socket, name: str, what: str) -> None:
+    ``path``/``ident``: a unix socket we bound, removed at close if it is
+    still that inode.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        name: str,
+        what: str,
+        path: str = "",
+        ident: Ident | None = None,
+    ) -> None:
+        sock.settimeout(0.2)
         self.sock = sock
         self.what = what
+        self.path = path
+        self.ident = ident
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="m2gate-" + name, daemon=True)
 
@@ -41,14 +137,25 @@ class Listener:
                 if self._stop.is_set():
                     return
                 continue
+            if not self._slots.acquire(blocking=False):
+                log.warning("%s: %d connections open, refusing one", self.what, MAX_CONNECTIONS)
+                conn.close()
+                continue
+            threading.Thread(
+                target=self._one, args=(conn,), name=self._thread.name + "-conn", daemon=True
+            ).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        try:
             with conn:
-                conn.settimeout(5.0)
-                try:
-                    self._answer(conn)
-                except OSError as exc:
-                    log.debug("%s: %s", self.what, exc)
-                except Exception:
-                    log.exception("%s: answering failed", self.what)
+                conn.settimeout(CONNECTION_TIMEOUT)
+                self._answer(conn)
+        except OSError as exc:
+            log.debug("%s: %s", self.what, exc)
+        except Exception:
+            log.exception("%s: answering failed", self.what)
+        finally:
+            self._slots.release()
 
     def _answer(self, conn: socket.socket) -> None:
         raise NotImplementedError
@@ -57,3 +164,5 @@ class Listener:
         self._stop.set()
         self.sock.close()
         self._thread.join(1.0)
+        if self.path:
+            unlink_if_same(self.path, self.ident)

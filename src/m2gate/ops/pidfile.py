@@ -9,10 +9,12 @@ so whoever knows the pidfile can find the master; an app folder's pidfile is
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
+
+from m2gate.config.paths import OPEN_FLAGS, open_own, uid_of, unlink_if_same
+from m2gate.config.settings import ConfigError
 
 
 class AlreadyRunning(Exception):
@@ -31,19 +33,31 @@ def pidfile_for_app_dir(app_dir: str) -> str:
 
 
 class PidFile:
-    """An ``flock``-ed pidfile: held while this process runs, removed at exit."""
+    """An ``flock``-ed pidfile: held while this process runs, removed at exit.
 
-    def __init__(self, path: str) -> None:
+    Opened with :func:`m2gate.config.paths.open_own` (no symlink, a regular
+    file of ours, in a directory only root can change when we are root); it
+    is never chowned: the master keeps the fd, and nobody else need write it.
+    """
+
+    def __init__(self, path: str, user: str = "") -> None:
         self.path = os.path.abspath(path)
+        self.user = user  # --user: a previous run's file may be that user's
         self.fd: int | None = None
+        self.ident: tuple[int, int] | None = None
 
     def acquire(self) -> PidFile:
+        owner = uid_of(self.user)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise AlreadyRunning(
-                "pidfile: cannot open %s: %s" % (self.path, exc.strerror or exc)
-            ) from None
+            fd = open_own(
+                self.path,
+                os.O_RDWR | os.O_CREAT,
+                "pidfile",
+                0o644,
+                () if owner is None else (owner,),
+            )
+        except ConfigError as exc:
+            raise AlreadyRunning(str(exc)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -58,15 +72,15 @@ class PidFile:
         os.ftruncate(fd, 0)
         os.write(fd, b"%d\n" % os.getpid())
         os.fsync(fd)
-        self.fd = fd
+        st = os.fstat(fd)
+        self.fd, self.ident = fd, (st.st_dev, st.st_ino)
         return self
 
     def release(self) -> None:
-        """Remove the file (still ours: we hold the lock) and drop the lock."""
+        """Remove the file if the path is still the inode we lock, and drop the lock."""
         if self.fd is None:
             return
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
+        unlink_if_same(self.path, self.ident)
         os.close(self.fd)
         self.fd = None
 
@@ -74,17 +88,22 @@ class PidFile:
 def read_pid(path: str) -> int | None:
     """The PID written in ``path``; None if it is missing or not a number."""
     try:
-        with open(path, encoding="ascii") as fh:
-            text = fh.read().strip()
+        fd = os.open(path, os.O_RDONLY | OPEN_FLAGS)
+    except OSError:
+        return None
+    try:
+        text = os.read(fd, 64).decode("ascii").strip()
     except (OSError, UnicodeDecodeError):
         return None
+    finally:
+        os.close(fd)
     return int(text) if text.isdigit() else None
 
 
 def is_locked(path: str) -> bool:
     """True while some process holds the pidfile's lock (a master is running)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | OPEN_FLAGS)
     except OSError:
         return False
     try:

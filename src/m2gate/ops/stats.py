@@ -8,36 +8,62 @@ metric files as prometheus-client's multiprocess mode would need.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import socket
 from collections.abc import Callable
 from typing import Any
 
-from m2gate.ops.listener import Listener
+from m2gate.config.settings import ConfigError
+from m2gate.ops.listener import Ident, Listener, SocketInUse, adopt, bind_unix, prebind
 
 log = logging.getLogger("m2gate.stats")
 
 Snapshot = Callable[[], dict[str, Any]]
 
 
-def listen(addr: str) -> socket.socket:
-    """A listening socket on ``HOST:PORT`` or a unix path (one with a ``/``)."""
+DEFAULT_HOST = "127.0.0.1"  # the documents list request paths and pids: not for the world
+
+
+def tcp_address(addr: str) -> tuple[str, int]:
+    """``(host, port)`` for ``HOST:PORT``; ``:PORT`` means loopback, ``[::]:PORT`` all IPv6."""
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]") or DEFAULT_HOST, int(port)
+
+
+def listen(addr: str, setting: str = "stats") -> tuple[socket.socket, Ident | None]:
+    """A listening socket on ``HOST:PORT`` or a unix path (one with a ``/``).
+
+    A unix path goes through :func:`m2gate.ops.listener.bind_unix` (a stale
+    socket is removed, anything else there is refused); the second value is
+    its inode, for removing it at exit.
+    """
+    ident = None
     if "/" in addr:
-        if os.path.exists(addr):
-            with contextlib.suppress(OSError):
-                os.unlink(addr)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(addr)
+        try:
+            sock, ident = bind_unix(addr, setting)
+        except SocketInUse as exc:
+            raise ConfigError(str(exc)) from None
     else:
-        host, _, port = addr.rpartition(":")
+        host, port = tcp_address(addr)
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host.strip("[]") or "0.0.0.0", int(port)))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
     sock.listen(16)
-    sock.settimeout(0.2)
-    return sock
+    return sock, ident
+
+
+def prebind_document(addr: str, setting: str) -> None:
+    """Bind ``--stats``/``--metrics`` now (as root); the DocumentServer adopts it."""
+    try:
+        prebind(setting + ":" + addr, *listen(addr, setting))
+    except OSError as exc:
+        raise ConfigError(
+            "%s: cannot listen on %s: %s" % (setting, addr, exc.strerror or exc)
+        ) from None
 
 
 class DocumentServer(Listener):
@@ -51,7 +77,8 @@ class DocumentServer(Listener):
     def __init__(
         self, addr: str, render: Callable[[], tuple[bytes, str]], http: bool, name: str
     ) -> None:
-        super().__init__(listen(addr), name, addr)
+        sock, ident = adopt(name + ":" + addr) or listen(addr, name)
+        super().__init__(sock, name, addr, addr if "/" in addr else "", ident)
         self.addr = addr
         self.render = render
         self.http = http
@@ -75,12 +102,6 @@ class DocumentServer(Listener):
         else:
             body, _ = self.render()
             conn.sendall(body)
-
-    def close(self) -> None:
-        super().close()
-        if "/" in self.addr:
-            with contextlib.suppress(OSError):
-                os.unlink(self.addr)
 
 
 # -- Prometheus text format (version 0.0.4) -------------------------------------
