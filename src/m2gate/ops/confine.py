@@ -135,13 +135,13 @@ def resolve_ids(user: str, group: str) -> tuple[int | None, int | None, str | No
     return uid, gid, name
 
 
-def drop_privileges(user: str, group: str, chown: Iterable[str] = ()) -> None:
+def drop_privileges(user: str, group: str) -> None:
     """Become ``user``/``group`` for good (groups, then gid, then uid).
 
     The open log files (reopened on SIGUSR1) are given to the new owner
     first, by ``fchown`` on the fds :func:`m2gate.config.paths.open_own`
-    proved ours; no path is ever chowned (``chown`` is accepted and ignored:
-    a path can be swapped for a link to someone else's file). Run it after
+    proved ours; no path is ever chowned (a path can be swapped for a link
+    to someone else's file). Run it after
     everything that needs root (binding, pidfile, chroot) and before the app
     is imported, so no app code ever runs as root.
     """
@@ -300,12 +300,12 @@ def bind_side_listeners(cfg: Config) -> None:
             prebind_document(addr, name)
 
 
-def confine(cfg: Config, chown: Iterable[str] = (), listeners: bool = True) -> None:
+def confine(cfg: Config, listeners: bool = True) -> None:
     """--chroot, --user/--group, then --env/--virtualenv/--pythonpath.
 
     Step two, after the pidfile lock and before the app is imported. With
     ``listeners`` (the master), its side listeners are bound before the
-    privilege drop. Nothing is chowned by path (``chown`` is ignored): the
+    privilege drop. Nothing is chowned by path: the
     log files are handed over by fd, and directories (an app folder's run/
     and logs/) stay root's, so nothing in them can be swapped by the user.
     """
@@ -313,7 +313,7 @@ def confine(cfg: Config, chown: Iterable[str] = (), listeners: bool = True) -> N
         enter_chroot(cfg)
     if listeners:
         bind_side_listeners(cfg)
-    drop_privileges(cfg.user, cfg.group, chown=chown)
+    drop_privileges(cfg.user, cfg.group)
     prepare_app_environment(cfg)
 
 

@@ -49,12 +49,12 @@ def serve(cfg: Config) -> int:
     pidfile = None
     if cfg.pidfile:
         try:
-            pidfile = PidFile(cfg.pidfile).acquire()
+            pidfile = PidFile(cfg.pidfile, cfg.user).acquire()
         except AlreadyRunning as exc:
             raise ConfigError(str(exc)) from None
     try:
         # after the pidfile lock, before any app code: chroot, user, app environment
-        confine.confine(cfg, chown=[cfg.pidfile])
+        confine.confine(cfg)
         if pidfile is not None:
             pidfile.path = os.path.abspath(cfg.pidfile)  # as seen after a chroot
         return Master(cfg, pidfile).run()
