@@ -39,6 +39,8 @@ UPLOAD_DONE = "x-mongrel2-upload-done"
 # A decimal that int() accepts and that fits comfortably in 64 bits; ASCII
 # only, so '\xb2' (superscript two, which str.isdigit() accepts) is refused.
 _DIGITS = re.compile(r"[0-9]{1,18}", re.ASCII).fullmatch
+# A flow-control window: a request granted 0 bytes could never be answered.
+_WINDOW = re.compile(r"0*[1-9][0-9]{0,17}", re.ASCII).fullmatch
 _MAX_ID_DIGITS = 20
 # What Mongrel2 accepts as a reply UUID: a sender we could not reply to is not Mongrel2's.
 _SENDER = re.compile(rb"[A-Za-z0-9-]{1,128}").fullmatch
@@ -409,8 +411,8 @@ def _check_request(headers: Headers, method: str) -> str | None:
     """Why a request's client-controlled values are unusable, or None if they are fine.
 
     The contract every returned request satisfies: METHOD is a token,
-    VERSION (if any) ``HTTP/d.d``, Content-Length and DOWNLOAD_CREDITS (if
-    any) a single run of at most 18 ASCII digits, Host (if any) a single
+    VERSION (if any) ``HTTP/d.d``, Content-Length (if any) a single run of
+    at most 18 ASCII digits, DOWNLOAD_CREDITS (if any) such a run above 0, Host (if any) a single
     ``host[:port]`` with an ASCII port, and the upload headers single paths
     without NUL. A handful of dict lookups on the usual request.
     """
@@ -437,8 +439,8 @@ def _check_request(headers: Headers, method: str) -> str | None:
             _GOOD_HOSTS.clear()
         _GOOD_HOSTS.add(host)
     credits = get("DOWNLOAD_CREDITS")
-    if credits is not None and not (isinstance(credits, str) and _DIGITS(credits)):
-        return "DOWNLOAD_CREDITS is not a number"
+    if credits is not None and not (isinstance(credits, str) and _WINDOW(credits)):
+        return "DOWNLOAD_CREDITS is not a positive number"
     start = get(UPLOAD_START)
     if start is not None:
         if not isinstance(start, str):
@@ -468,6 +470,6 @@ def _bad_request(sender: str, conn_id: int, path: str, headers: Headers, reason:
     if isinstance(version, str) and _VERSION(version):
         safe["VERSION"] = version
     credits = headers.get("DOWNLOAD_CREDITS")
-    if isinstance(credits, str) and _DIGITS(credits):
+    if isinstance(credits, str) and _WINDOW(credits):
         safe["DOWNLOAD_CREDITS"] = credits  # a flow-controlled connection may answer
     return BadRequest(sender, conn_id, path, safe, b"", reason)
