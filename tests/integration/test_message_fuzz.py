@@ -310,6 +310,10 @@ BATCH = DRAWN * (1 + VARIANTS)
 # -- the fake Mongrel2 ---------------------------------------------------------------
 
 
+class Stalled(Exception):
+    """The PUSH queue stayed full: nobody is reading (a dead process, a stuck loop)."""
+
+
 @dataclass
 class FakeMongrel2:
     """The PUSH and SUB Mongrel2 would bind, plus what it does with stray replies."""
@@ -324,7 +328,10 @@ class FakeMongrel2:
     used: set[bytes] = field(default_factory=set)
 
     def send(self, data: bytes) -> None:
-        self.push.send(data)  # blocks at HWM: backpressure, bounded by SNDTIMEO
+        try:
+            self.push.send(data)  # blocks at HWM: backpressure, bounded by SNDTIMEO
+        except zmq.Again:
+            raise Stalled("m2gate took no message for 10 s") from None
         self.sent += 1
 
     def fuzz(self, data: bytes) -> None:
@@ -405,7 +412,7 @@ def fake_mongrel2() -> Iterator[FakeMongrel2]:
     push = ctx.socket(zmq.PUSH)
     sub = ctx.socket(zmq.SUB)
     try:
-        push.setsockopt(zmq.SNDTIMEO, 20_000)
+        push.setsockopt(zmq.SNDTIMEO, 10_000)
         push.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 100_000)
@@ -535,8 +542,12 @@ def fuzz(
             if not fake.request_answered(check_id[0]):
                 fail("a well-formed request was not answered")
 
-    while fuzzed[0] < total:  # hypothesis may stop early: go on until the count is reached
-        feed()
+    try:
+        while fuzzed[0] < total:  # hypothesis may stop early: go on until the count is reached
+            feed()
+    except Stalled as exc:
+        time.sleep(0.5)
+        fail("%s; m2gate exit status: %s" % (exc, proc.poll()))
     fake.clients_leave()
     check_id[0] += 1
     answered = fake.request_answered(check_id[0], timeout=30.0)
