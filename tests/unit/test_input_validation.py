@@ -489,3 +489,15 @@ def test_asyncio_runtime_answers_400_and_serves_the_next_request() -> None:
     for conn_id in range(1, len(HOSTILE) + 1):
         assert transport.sink.replies_to(conn_id).startswith(b"HTTP/1.1 400 "), conn_id
     assert transport.sink.replies_to(99).startswith(b"HTTP/1.1 200 OK")
+
+
+@pytest.mark.parametrize("value", [b"3:\xfdbc#", b"3:\xfdbc#\xf1", b"2:\xff1#"])
+def test_what_the_c_decoder_raises_on_bad_numbers_is_malformed(value: bytes) -> None:
+    # tnetstring3 raised OverflowError here, which nothing caught: the master died.
+    head = b"6:METHOD,3:GET,1:x," + value
+    raw = b"%s 1 / %d:%s}0:," % (SENDER, len(head), head)
+    assert _parse_common(raw) is None
+    with pytest.raises(MalformedMessage):
+        parse_message(raw)
+    with pytest.raises(MalformedMessage):
+        tnetstring.loads(value)
