@@ -352,13 +352,15 @@ def check_contract(msg: Message) -> None:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.dictionaries(NAMES, TRICKY | st.lists(TRICKY, max_size=3), max_size=4),
-    st.sampled_from(["GET", "POST", "WEBSOCKET", "JSON"]),
+    st.sampled_from(["GET", "POST", "WEBSOCKET", "JSON", None]),
     st.booleans(),
 )
 def test_every_event_meets_the_contract(
-    extra: dict[str, RawValue], method: str, json: bool
+    extra: dict[str, RawValue], method: str | None, json: bool
 ) -> None:
-    headers = request_headers(method, **extra)
+    headers = request_headers(method or "GET", **extra)
+    if method is None:  # an upload.stream chunk has no METHOD
+        headers = {"UPLOAD_STREAM": "0", **extra}
     try:
         msg = parse_message(message(headers, json=json))
     except MalformedMessage:
@@ -501,3 +503,11 @@ def test_what_the_c_decoder_raises_on_bad_numbers_is_malformed(value: bytes) -> 
         parse_message(raw)
     with pytest.raises(MalformedMessage):
         tnetstring.loads(value)
+
+
+@pytest.mark.parametrize("extra", [{"DOWNLOAD_CREDITS": "\xb2"}, {"content-length": "1\xb9"}])
+def test_upload_stream_chunk_meets_the_contract_too(extra: dict[str, str]) -> None:
+    # No METHOD, but admitted like a request: its DOWNLOAD_CREDITS was int()ed.
+    msg = parse_message(message({"UPLOAD_STREAM": "0", **extra}, b"chunk"))
+    assert type(msg) is BadRequest
+    check_contract(msg)

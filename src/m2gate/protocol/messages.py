@@ -357,6 +357,10 @@ def _classify(sender: str, conn_id: int, path: str, headers: Headers, body: byte
         # Only an upload.stream chunk carries no METHOD (its headers are reduced).
         stream = headers.get("UPLOAD_STREAM")
         if isinstance(stream, str) and _DIGITS(stream):
+            # Admitted like a request (its DOWNLOAD_CREDITS read): the same contract.
+            reason = _check_values(headers)
+            if reason is not None:
+                return _bad_request(sender, conn_id, path, headers, reason)
             done_flag = "UPLOAD_STREAM_DONE" in headers
             return UploadStream(sender, conn_id, path, headers, body, int(stream), done_flag)
         raise MalformedMessage("request without METHOD")
@@ -442,6 +446,11 @@ def _check_request(headers: Headers, method: str) -> str | None:
             return "method %r is not a token" % method[:40]
         if len(_GOOD_METHODS) < 64:
             _GOOD_METHODS.add(method)
+    return _check_values(headers)
+
+
+def _check_values(headers: Headers) -> str | None:
+    """:func:`_check_request` but for METHOD, which an upload.stream chunk lacks."""
     get = headers.get
     version = get("VERSION")
     if version is not None and (version.__class__ is not str or version not in _GOOD_VERSIONS):
