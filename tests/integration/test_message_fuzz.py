@@ -325,7 +325,7 @@ class FakeMongrel2:
     sent: int = 0
     replies: int = 0
     answered: set[int] = field(default_factory=set)
-    used: set[bytes] = field(default_factory=set)
+    used: set[tuple[bytes, bytes]] = field(default_factory=set)
 
     def send(self, data: bytes) -> None:
         try:
@@ -338,8 +338,8 @@ class FakeMongrel2:
         """Send a fuzz message, remembering its connection id for :meth:`clients_leave`."""
         self.send(data)
         parts = data.split(b" ", 2)
-        if len(parts) == 3 and parts[1].isdigit() and len(parts[1]) < 25:
-            self.used.add(parts[1])
+        if len(parts) == 3 and parts[1].isdigit() and len(parts[1]) < 25 and len(parts[0]) < 200:
+            self.used.add((parts[0], parts[1]))  # a connection is (sender, id)
 
     def clients_leave(self) -> None:
         """What Mongrel2 does sooner or later for every connection: a disconnect notice.
@@ -347,14 +347,14 @@ class FakeMongrel2:
         Without it a request the fuzz granted a tiny flow-control window would
         wait for credits forever, which no real Mongrel2 connection does.
         """
-        for conn_id in self.used:
-            self.notice(conn_id)
+        for sender, conn_id in self.used:
+            self.notice(conn_id, sender)
         self.used.clear()
 
-    def notice(self, conn_id: bytes) -> None:
+    def notice(self, conn_id: bytes, sender: bytes = SENDER) -> None:
         body = b'{"type":"disconnect"}'
         head = netstring(b"6:METHOD,4:JSON,", b"}")
-        self.send(b"%s %s @* %s%s" % (SENDER, conn_id, head, netstring(body)))
+        self.send(b"%s %s @* %s%s" % (sender, conn_id, head, netstring(body)))
 
     def pump(self) -> None:
         """Read what m2gate published; answer probes with a disconnect notice."""
