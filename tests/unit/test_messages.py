@@ -4,6 +4,9 @@ import pytest
 
 from m2gate.protocol.errors import MalformedMessage
 from m2gate.protocol.messages import (
+    UPLOAD_DONE,
+    UPLOAD_START,
+    BadRequest,
     Credits,
     Disconnect,
     HTTPRequest,
@@ -351,9 +354,13 @@ def test_forged_upload_done_alone_is_a_plain_request() -> None:
         {"x-mongrel2-upload-start": TMP, "x-mongrel2-upload-done": [TMP, TMP]},
     ],
 )
-def test_repeated_upload_headers_are_malformed(extra: dict[str, str | list[str]]) -> None:
-    with pytest.raises(MalformedMessage):
-        parse_message(message(request_headers("POST", **extra)))
+def test_repeated_upload_headers_are_a_bad_request(extra: dict[str, str | list[str]]) -> None:
+    # Not dropped (the client would hang): the runtime answers BadRequest with 400.
+    msg = parse_message(message(request_headers("POST", **extra), conn_id=9))
+    assert type(msg) is BadRequest
+    assert msg.key == (SENDER.decode(), 9) and msg.status == 400
+    assert "repeated x-mongrel2-upload" in msg.reason
+    assert UPLOAD_START not in msg.headers and UPLOAD_DONE not in msg.headers
 
 
 def test_upload_stream_first_chunk() -> None:

@@ -165,6 +165,8 @@ class MessageAssembler:
 
     def feed(self, flags: int, payload: bytes) -> Event | None:
         """Process one frame; a message is returned once its last frame is in."""
+        if not 0 <= flags <= 0xFF:  # the first byte of a frame, as FLAGS carries it
+            raise WebSocketError("frame flags %r are not one byte" % flags)
         fin = bool(flags & 0x80)
         opcode = flags & 0x0F
         if flags & 0x70:
