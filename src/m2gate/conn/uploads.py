@@ -145,8 +145,11 @@ class UploadStore:
         path = announced
         if self.chroot:
             path = os.path.join(self.chroot, announced.lstrip("/"))
-        real = os.path.realpath(path)
-        if os.path.dirname(real) != self.upload_dir:
+        # The directory may be reached through links (/tmp -> /private/tmp); the
+        # file itself must not be one (lstat below, O_NOFOLLOW when opened).
+        name = os.path.basename(path)
+        real = os.path.join(os.path.realpath(os.path.dirname(path) or "."), name)
+        if name in ("", ".", "..") or os.path.dirname(real) != self.upload_dir:
             raise UploadRejected("upload path %r is outside %s" % (announced, self.upload_dir))
         try:
             info = os.lstat(real)
