@@ -173,6 +173,41 @@ def test_harakiri_after_an_upload_leaves_no_temp_file(
     wait_empty(mongrel2)
 
 
+def test_harakiri_mid_streamed_upload_leaves_no_temp_file(
+    mongrel2: Mongrel2, m2gate_server: Any, tmp_path: Path
+) -> None:
+    """With --stream-uploads the app runs while the body arrives: harakiri counts it."""
+    m2gate_server(
+        "escapes:application", "-p", "2", "--pidfile", str(tmp_path / "m.pid"),
+        "--harakiri", "1", "--stream-uploads", "--upload-dir", str(mongrel2.upload_dir),
+    )  # fmt: skip
+    up = PartialUpload(mongrel2)
+    try:
+        assert up.response().startswith(b"HTTP/1.1 504")
+    finally:
+        up.close()
+    wait_empty(mongrel2)
+
+
+def test_a_slow_upload_is_not_harakiri(
+    mongrel2: Mongrel2, m2gate_server: Any, tmp_path: Path
+) -> None:
+    """By default no app runs until the upload is complete: harakiri starts counting then."""
+    m2gate_server(
+        "escapes:application", "-p", "2", "--pidfile", str(tmp_path / "m.pid"),
+        "--harakiri", "1", "--upload-dir", str(mongrel2.upload_dir),
+    )  # fmt: skip
+    with socket.create_connection(("127.0.0.1", mongrel2.port), timeout=20) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % BIG)
+        for _ in range(4):  # 2.4 s, over the harakiri limit
+            sock.sendall(b"s" * (BIG // 5))
+            time.sleep(0.6)
+        sock.sendall(b"s" * (BIG - 4 * (BIG // 5)))
+        head = sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 200"), head[:100]
+    wait_empty(mongrel2)
+
+
 def _occupy(m2: Mongrel2, seconds: float) -> threading.Thread:
     t = threading.Thread(
         target=lambda: requests.get(m2.url + "/sleep?s=%s" % seconds, timeout=30), daemon=True

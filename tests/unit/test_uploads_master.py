@@ -79,3 +79,36 @@ def test_a_served_upload_is_forgotten_and_a_forged_one_never_claimed(
     rig.router.worker_gone(rig.worker, -9, 3.0)
     assert b"502 Bad Gateway" in rig.answer()
     assert f.exists()  # a forged header names no file of ours
+
+
+def test_harakiri_does_not_count_a_held_upload() -> None:
+    """The worker holds the request until upload-done: the clock starts there."""
+    from m2gate.protocol.messages import parse_message
+    from m2gate.supervisor.handoff import Dispatcher
+    from m2gate.supervisor.state import Worker
+
+    d = Dispatcher()
+    w = Worker(b"w0", 1000, 1, 2)
+    d.add_worker(w)
+    d.mark_ready(b"w0")
+    start = upload_start(Path("/t/upload.1"), 9)
+    done_headers = request_headers(
+        "POST",
+        "/up",
+        **{
+            "x-mongrel2-upload-start": "/t/upload.1",
+            "x-mongrel2-upload-done": "/t/upload.1",
+            "content-length": "30000",
+        },
+    )
+    done = message(done_headers, path=b"/up", conn_id=9)
+    d.assign(parse_message(start), start, 0.0)
+    assert d.overdue(100.0, 30.0) == []  # a slow client, no app running
+    d.assign(parse_message(done), done, 100.0)
+    assert d.overdue(120.0, 30.0) == []
+    assert [e.key[1] for _, e in d.overdue(131.0, 30.0)] == [9]
+    d.on_done(b"w0", (SENDER.decode(), 9), 132.0)
+    assert d.uploading == set()
+    d.hold_uploads = False  # stream_uploads: the app runs while the body arrives
+    d.assign(parse_message(start), start, 200.0)
+    assert [e.key[1] for _, e in d.overdue(231.0, 30.0)] == [9]

@@ -89,6 +89,7 @@ class Router:
         self._next_pub_probe = 0.0
         self._queue_warned = 0.0
         self.store = UploadStore(cfg.upload_dir, cfg.mongrel2_chroot)
+        disp.hold_uploads = not cfg.stream_uploads
         # Temp files Mongrel2 announced for requests in flight or queued, by connection.
         self.uploads: dict[Key, tuple[str, Identity]] = {}
 
