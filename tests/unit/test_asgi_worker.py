@@ -208,7 +208,9 @@ def test_upload_done_right_behind_its_start(tmp_path: Path) -> None:
     spooled = tmp_path / "upload.AbC123"
     spooled.write_bytes(b"spooled body")
     path = str(spooled)
-    start = request_headers("POST", "/up", **{"x-mongrel2-upload-start": path})
+    start = request_headers(
+        "POST", "/up", **{"x-mongrel2-upload-start": path, "transfer-encoding": "chunked"}
+    )
     done = dict(start, **{"x-mongrel2-upload-done": path})
     got: list[bytes] = []
 
@@ -244,11 +246,15 @@ def test_upload_done_right_behind_its_start(tmp_path: Path) -> None:
     assert not spooled.exists()
 
 
-def test_graceful_timeout_frees_an_upload_that_never_completes(tmp_path: Path) -> None:
-    """No upload-done ever comes: the stop cancels the request and the reading thread ends."""
+def test_graceful_timeout_frees_a_streamed_upload_that_never_completes(tmp_path: Path) -> None:
+    """stream_uploads, no upload-done ever comes: the stop cancels the request, the thread ends."""
     spooled = tmp_path / "upload.XyZ789"
     spooled.write_bytes(b"partial")
-    start = request_headers("POST", "/up", **{"x-mongrel2-upload-start": str(spooled)})
+    start = request_headers(
+        "POST",
+        "/up",
+        **{"x-mongrel2-upload-start": str(spooled), "transfer-encoding": "chunked"},
+    )
 
     async def reader(scope: Any, receive: Any, send: Any) -> None:
         while (await receive()).get("more_body"):
@@ -257,7 +263,7 @@ def test_graceful_timeout_frees_an_upload_that_never_completes(tmp_path: Path) -
     async def go() -> bool:
         transport = FakeTransport([message(start, path=b"/up")])
         worker = AsyncioRuntime(
-            transport, reader, EnvironDefaults(), uploads=UploadStore(str(tmp_path))
+            transport, reader, EnvironDefaults(), uploads=UploadStore(str(tmp_path), stream=True)
         )
         task = asyncio.create_task(worker.run(0.2))
         await asyncio.sleep(0.1)

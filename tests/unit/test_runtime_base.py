@@ -35,7 +35,11 @@ def get(path: str, conn_id: int = 7) -> bytes:
 def upload_pair(tmp_path: Path, conn_id: int = 7) -> tuple[bytes, bytes, Path]:
     spooled = tmp_path / ("upload.%d" % conn_id)
     spooled.write_bytes(b"spooled body")
-    start = request_headers("POST", "/up", **{"x-mongrel2-upload-start": str(spooled)})
+    start = request_headers(
+        "POST",
+        "/up",
+        **{"x-mongrel2-upload-start": str(spooled), "transfer-encoding": "chunked"},
+    )
     done = dict(start, **{"x-mongrel2-upload-done": str(spooled)})
     return (
         message(start, path=b"/up", conn_id=conn_id),

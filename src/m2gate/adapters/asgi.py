@@ -177,7 +177,7 @@ class HTTPCycle:
                 log.warning("request %s %s cancelled", self.msg.method, self.msg.path)
                 await self._cut()
                 raise
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit too: a 500, the loop goes on
                 if conn.closed:
                     log.info("client %s:%s went away (%r)", self.msg.sender, self.msg.conn_id, exc)
                 else:
@@ -199,7 +199,7 @@ class HTTPCycle:
                 duration = time.perf_counter() - started
                 self.access_log.log(self.msg, self.status_code, self.nbytes, duration)
 
-    def _log_error(self, exc: Exception) -> None:
+    def _log_error(self, exc: BaseException) -> None:
         if isinstance(exc, RemoteProtocolError):
             log.warning("bad request %s %s: %s", self.msg.method, self.msg.path, exc)
         elif isinstance(exc, LocalProtocolError):
@@ -212,7 +212,7 @@ class HTTPCycle:
         self.complete = True
         await self.out.afinish(close=True)
 
-    async def _fail(self, exc: Exception | None) -> None:
+    async def _fail(self, exc: BaseException | None) -> None:
         """500 (400 for a bad request) if nothing went out yet, else cut."""
         if self.out.done:
             return
@@ -442,7 +442,7 @@ class WebSocketSession:
             self._after_app(ws.GOING_AWAY, 500)
             self._finish_tcp()  # the server is stopping: no time for the close handshake
             raise
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: close 1011, the loop goes on
             if self.state == "closed" or self._disconnected:
                 log.info("websocket app ended after disconnect: %r", exc)
             else:

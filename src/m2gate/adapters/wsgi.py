@@ -170,13 +170,15 @@ class WSGIHandler:
         except ClientDisconnected:
             log.info("client %s:%s went away during the response", msg.sender, msg.conn_id)
             out.finish(close=True)
-        except Exception as exc:
+        except BaseException as exc:
+            # SystemExit, KeyboardInterrupt & co. from the app are its errors
+            # too: a 500, and the thread serving it goes on.
             call.fail(exc, msg)
         finally:
             if result is not None and hasattr(result, "close"):
                 try:
                     result.close()
-                except Exception:
+                except BaseException:
                     log.exception("close() of the app's iterable failed")
                     if not out.done:
                         call.fail(None, msg)

@@ -420,6 +420,21 @@ class Config:
         metavar="DIR",
         path=True,
     )
+    upload_timeout: float = setting(
+        300.0,
+        "Seconds a client may take to send a large body (from Mongrel2's upload-start to"
+        " upload-done); past it the client gets 408 and the temp file is removed; 0: no limit.",
+        section="uploads",
+        validate=_non_negative,
+        accepted="a number of seconds >= 0",
+    )
+    stream_uploads: bool = setting(
+        False,
+        "Call the app as soon as a large body starts arriving and let it read while Mongrel2"
+        " writes (a slow client then holds an app thread); default: the app is called once"
+        " the upload is complete.",
+        section="uploads",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = setting(
         "info", "Logging level.", section="logging"
     )

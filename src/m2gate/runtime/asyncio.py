@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
@@ -43,7 +44,7 @@ from m2gate.protocol.messages import (
     WebSocketFrame,
     WebSocketHandshake,
 )
-from m2gate.runtime.base import Runtime
+from m2gate.runtime.base import Runtime, refusal_status
 from m2gate.transports.zmq_async import AsyncZmqTransport
 
 log = logging.getLogger("m2gate.worker")
@@ -107,7 +108,7 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         if self.stopping.is_set():
             self._stop.set()
         receiver = asyncio.create_task(self._receive_loop())
-        background = [receiver]
+        background = [receiver, asyncio.create_task(self._upload_timer())]
         if self.idle_keepalive > 0:
             background.append(asyncio.create_task(self._keepalive_loop(self.idle_keepalive)))
         await self._stop.wait()
@@ -118,6 +119,7 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         self.transport.stop_receiving()
         while (data := self.transport.recv_nowait()) is not None:
             self.feed(data)
+        self.release_held()
         return await self.drain(graceful_timeout)
 
     async def _receive_loop(self) -> None:
@@ -131,6 +133,14 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
                     log.exception("failed to handle a message (%d bytes)", len(data))
                 data = recv_nowait()  # the rest of a burst, without a future each
             await asyncio.sleep(0)  # let the requests just started run first
+
+    async def _upload_timer(self) -> None:
+        """Serve a 408 for uploads held past their deadline (see the runtime contract)."""
+        if self.uploads.timeout <= 0:
+            return
+        while True:
+            await asyncio.sleep(min(0.25, self.uploads.timeout / 4))
+            self.expire_uploads(time.monotonic())
 
     async def _keepalive_loop(self, interval: float) -> None:
         """Reset Mongrel2's idle timers (limits.min_ping) for connections in use.
@@ -205,8 +215,9 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
             out.close_now()
             conn.mark_closed()  # also ends upload reads waiting in threads
             raise
-        except Exception:
-            # The adapter answers app errors itself; this is a bug of ours.
+        except BaseException:
+            # The adapter answers app errors itself (SystemExit included); this
+            # is a bug of ours: the loop must go on.
             log.exception("internal error serving %s:%s", msg.sender, msg.conn_id)
             out.close_now()
         finally:
@@ -233,11 +244,14 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
     async def _serve_upload(
         self, conn: AsyncConnection, msg: UploadStart | UploadDone, out: AsyncOutput
     ) -> None:
-        """Run the app on a body Mongrel2 is still writing to its temp store."""
+        """Run the app on a body Mongrel2 spooled to its temp store (complete, or still coming)."""
         try:
             upload = self._start_upload(conn, msg)
         except UploadRejected as exc:
-            await self._reject(msg, out, str(exc))
+            await self._reject(msg, out, exc)
+            return
+        except ClientDisconnected:
+            await out.afinish(close=True)
             return
         try:
             if upload.length is None:
@@ -249,14 +263,14 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
             if not upload.done.is_set():
                 await out.afinish(close=True)  # the rest of the body is still coming: end here
         except UploadRejected as exc:
-            await self._reject(msg, out, str(exc))
+            await self._reject(msg, out, exc)
         except ClientDisconnected:
             await out.afinish(close=True)
         finally:
             self._end_upload(conn, upload)
 
-    async def _reject(self, msg: Message, out: AsyncOutput, reason: str) -> None:
-        payload = self._refusal(msg, reason)
+    async def _reject(self, msg: Message, out: AsyncOutput, exc: UploadRejected) -> None:
+        payload = self._refusal(msg, str(exc), refusal_status(exc))
         if not out.done:
             await out.afinish(payload, close=True)
 
@@ -301,7 +315,9 @@ async def _main(cfg: Any, app: ASGIApp) -> int:
         reply_ident=cfg.recv_ident.encode("ascii"),
         max_message=cfg.max_message,
         flush_interval=cfg.flush_interval,
-        uploads=UploadStore(cfg.upload_dir, cfg.mongrel2_chroot),
+        uploads=UploadStore(
+            cfg.upload_dir, cfg.mongrel2_chroot, cfg.upload_timeout, cfg.stream_uploads
+        ),
         access_log=logs.access_logger(),
         idle_keepalive=cfg.idle_keepalive,
     )

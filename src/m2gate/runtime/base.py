@@ -18,9 +18,17 @@ message at a time, from one thread or the loop only):
 - *upload start*: its :class:`~m2gate.conn.uploads.Upload` is registered on
   the connection at admission, in the receiving loop, so an *upload done*
   that comes before anything started serving it is never lost (the early
-  upload-done race, solved here only);
-- *upload done*: completes the upload in flight; one with no upload
-  announced is forged and served as a request (answered 400);
+  upload-done race, solved here only); only an upload-start Mongrel2 itself
+  sent (:func:`~m2gate.conn.uploads.announced_path`) registers one, a forged
+  one is answered 400 and no file of its naming is touched;
+- by default the request is *held* here, not served, until its upload is
+  complete (a slow client must not pin an app thread), at most
+  ``UploadStore.timeout`` seconds (:meth:`Runtime.expire_uploads`, 408);
+  with ``UploadStore.stream`` the app is called at once and reads as
+  Mongrel2 writes;
+- *upload done*: completes the upload in flight (and releases a held
+  request); one with no upload announced is forged and served as a request
+  (answered 400);
 - *disconnect*: the connection is marked closed (writers and upload readers
   stop), pipelined requests behind it are dropped;
 - *credits*: added to the connection (flow control);
@@ -30,8 +38,9 @@ message at a time, from one thread or the loop only):
 And for serving: every request accepted ends in exactly one ``on_done``
 call, served or dropped (a supervisor counts requests in flight with it);
 :meth:`Runtime._refusal` is the one answer m2gate gives itself (400 for a
-forged upload or an unsupported message kind, 413 for a streamed upload)
-before closing; the access log is the adapter's (it alone knows status and
+forged upload or an unsupported message kind, 408 for an upload past its
+timeout, 413 for a streamed upload) before closing; every way out of a
+request removes the temp file it claimed; the access log is the adapter's (it alone knows status and
 bytes). ``stopping`` is a :class:`threading.Event`: :meth:`Runtime.stop` is
 safe from a signal handler, and a second signal while it is set forces the
 exit (the callers' rule).
@@ -41,13 +50,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from m2gate.conn.connection import Connection
 from m2gate.conn.table import ConnectionTable
-from m2gate.conn.uploads import Upload, UploadRejected, UploadStore
-from m2gate.protocol.errors import ProtocolError
+from m2gate.conn.uploads import (
+    Upload,
+    UploadRejected,
+    UploadStore,
+    UploadTimedOut,
+    announced_path,
+)
+from m2gate.protocol.errors import ClientDisconnected, ProtocolError
 from m2gate.protocol.http import SERVER_HEADER, error_response, request_framing
 from m2gate.protocol.intake import log_dropped
 from m2gate.protocol.messages import (
@@ -68,6 +84,7 @@ log = logging.getLogger("m2gate.worker")
 C = TypeVar("C", bound=Connection)
 
 FORGED_UPLOAD = "upload headers on an ordinary request"
+FORGED_DONE = "a forged upload-done header on an upload"
 
 
 class Runtime(Generic[C]):
@@ -96,6 +113,8 @@ class Runtime(Generic[C]):
         self._table: ConnectionTable[C] = ConnectionTable(factory, reply_ident)
         self._conns = self._table.conns
         self._lock = threading.Lock()
+        # Requests held until their upload is complete, by connection key.
+        self._held: dict[tuple[str, int], tuple[C, Message]] = {}
 
     # -- lifecycle -----------------------------------------------------------
     def stop(self) -> None:
@@ -138,14 +157,77 @@ class Runtime(Generic[C]):
         self._dispatch(msg)
 
     def _dispatch(self, msg: Message) -> None:
+        held = False
         with self._lock:
             conn, start = self._table.admit(msg)
-            if isinstance(msg, UploadStart) and not msg.body and conn.upload is None:
+            if isinstance(msg, (UploadStart, UploadDone)) and conn.upload is None:
                 # Registered here, not by what serves it: upload-done can
                 # arrive before a thread, greenlet or task has even started.
-                conn.upload = Upload(msg.upload_path, "", content_length(msg))
-        if start:
+                path = announced_path(msg)
+                if path is not None:
+                    timeout = self.uploads.timeout
+                    deadline = time.monotonic() + timeout if timeout > 0 else None
+                    upload = Upload(path, "", content_length(msg), msg, deadline)
+                    if isinstance(msg, UploadDone):
+                        upload.rejected = FORGED_DONE
+                    else:
+                        try:  # refuse at once what will be refused: do not hold it
+                            self.uploads.resolve(path)
+                        except UploadRejected as exc:
+                            upload.rejected = str(exc)
+                    conn.upload = upload
+                    held = start and self._hold(conn, msg)
+        if start and not held:
             self._submit(conn, msg)
+
+    def _hold(self, conn: C, msg: Message) -> bool:
+        """Keep ``msg`` (about to be served) here until its upload is complete; under _lock."""
+        upload = conn.upload
+        if (
+            upload is None
+            or upload.msg is not msg
+            or self.uploads.stream
+            or upload.rejected is not None
+            or upload.done.is_set()
+            or conn.closed
+        ):
+            return False
+        upload.held = True
+        self._held[conn.key] = (conn, msg)
+        return True
+
+    def _release(self, key: tuple[str, int]) -> None:
+        """Serve a held request now (its upload is done, timed out or the client left)."""
+        with self._lock:
+            item = self._held.pop(key, None)
+            if item is not None and item[0].upload is not None:
+                item[0].upload.held = False
+        if item is not None:
+            self._submit(*item)
+
+    def release_held(self) -> None:
+        """On stop: upload-done can no longer arrive, so held requests are answered 503 now."""
+        for key in list(self._held):
+            self._release(key)
+
+    def expire_uploads(self, now: float) -> None:
+        """Held uploads past their deadline are served a 408; call it from the receiving loop."""
+        if not self._held:
+            return
+        with self._lock:
+            late = [
+                key
+                for key, (conn, _) in self._held.items()
+                if conn.upload is not None
+                and conn.upload.deadline is not None
+                and now > conn.upload.deadline
+            ]
+            for key in late:
+                upload = self._held[key][0].upload
+                if upload is not None:
+                    upload.timed_out = True
+        for key in late:
+            self._release(key)
 
     def _submit(self, conn: C, msg: Message) -> None:
         raise NotImplementedError
@@ -160,6 +242,8 @@ class Runtime(Generic[C]):
         if msg.start_path != upload.announced:
             upload.error = "upload-start header changed to %r" % msg.start_path
         upload.finish(msg.upload_path)
+        if upload.held:
+            self._release(msg.key)
         return True
 
     def _disconnected(self, msg: Message) -> None:
@@ -169,6 +253,7 @@ class Runtime(Generic[C]):
             return
         conn, dropped = found
         conn.mark_closed()
+        self._release(msg.key)  # a held upload ends now (Mongrel2 removes a partial file)
         self._report_dropped(conn, dropped)
         log.debug("client %s:%s disconnected", msg.sender, msg.conn_id)
 
@@ -177,6 +262,8 @@ class Runtime(Generic[C]):
         """The next pipelined request to serve on ``conn``, or None."""
         with self._lock:
             next_msg, dropped = self._table.done(conn, keep_alive)
+            if next_msg is not None and self._hold(conn, next_msg):
+                next_msg = None  # a pipelined upload: served when it is complete
         if dropped:
             self._report_dropped(conn, dropped)
         return next_msg
@@ -188,40 +275,55 @@ class Runtime(Generic[C]):
                 self.on_done(conn)
 
     def _start_upload(self, conn: C, msg: UploadStart | UploadDone) -> Upload:
-        """The upload ``msg`` announces, its path checked; else :class:`UploadRejected`.
+        """The upload ``msg`` announces, its file claimed; else :class:`UploadRejected`.
 
-        A real upload-done only follows an upload-start being served, and a
-        real upload-start has an empty body: anything else is forged.
+        Only an upload registered for this very message (one Mongrel2 sent:
+        :meth:`_dispatch`) is served; anything else is forged and no file
+        it names is opened or removed. A forged upload-done header on a real
+        upload is refused too, but its temp file is claimed and removed.
         """
-        if isinstance(msg, UploadDone) or msg.body:
-            raise UploadRejected(FORGED_UPLOAD)
         with self._lock:
-            upload = conn.upload  # normally registered by _dispatch
-            if upload is None or upload.announced != msg.upload_path:
-                upload = conn.upload = Upload(msg.upload_path, "", content_length(msg))
+            upload = conn.upload
+        if upload is None or upload.msg is not msg:
+            raise UploadRejected(FORGED_UPLOAD)
         try:
-            upload.path = self.uploads.resolve(msg.upload_path)
-        except UploadRejected:
+            try:
+                upload.path, upload.ident = self.uploads.claim(upload.announced)
+            except UploadRejected:
+                if conn.closed:  # Mongrel2 removed the partial file of a client gone
+                    raise ClientDisconnected() from None
+                raise
+            if upload.rejected is not None:
+                raise UploadRejected(upload.rejected)
+            if not self.uploads.stream and not upload.done.is_set():
+                if conn.closed:
+                    raise ClientDisconnected()
+                if not upload.timed_out:  # released by the stop, not by its deadline
+                    raise UploadRejected("server stopping before the upload completed", 503)
+            upload.check_deadline()
+        except BaseException:
             self._end_upload(conn, upload)
             raise
         return upload
 
     def _end_upload(self, conn: C, upload: Upload) -> None:
         with self._lock:
-            conn.upload = None
-        if upload.path:  # only a path resolved inside the temp store is ours to delete
-            upload.remove()
+            if conn.upload is upload:
+                conn.upload = None
+        upload.remove()  # only a file claimed inside the temp store is ours to delete
 
-    def _refusal(self, msg: Message, reason: str | None = None) -> bytes:
+    def _refusal(
+        self, msg: Message, reason: str | None = None, status: str = "400 Bad Request"
+    ) -> bytes:
         """The answer to a request m2gate refuses itself, logged; send it, then close.
 
-        With ``reason``: a 400 for a bad request (a forged or broken upload).
-        Without: the message kind is not served here (413 for a streamed
-        upload, 400 for anything else).
+        With ``reason``: ``status`` (400) for a bad request (a forged or
+        broken upload; 408 for one past its timeout). Without: the message
+        kind is not served here (413 for a streamed upload, 400 for anything
+        else).
         """
         if reason is not None:
-            status = "400 Bad Request"
-            log.warning("400 for %s:%s: %s", msg.sender, msg.conn_id, reason)
+            log.warning("%s for %s:%s: %s", status[:3], msg.sender, msg.conn_id, reason)
         else:
             status = "413 Content Too Large" if isinstance(msg, UploadStream) else "400 Bad Request"
             log.warning(
@@ -232,6 +334,16 @@ class Runtime(Generic[C]):
                 status,
             )
         return error_response(status, request_framing(msg)[0], server=self.server_header)[0]
+
+
+_REFUSALS = {408: "408 Request Timeout", 503: "503 Service Unavailable"}
+
+
+def refusal_status(exc: UploadRejected) -> str:
+    """The status m2gate answers a refused upload with: 408 past its timeout, 503 on stop, 400."""
+    if isinstance(exc, UploadTimedOut):
+        return _REFUSALS[408]
+    return _REFUSALS.get(exc.status_hint, "400 Bad Request")
 
 
 def content_length(msg: Message) -> int | None:

@@ -46,7 +46,9 @@ def worker_options(cfg: Config) -> dict[str, Any]:
         "max_message": cfg.max_message,
         "flush_interval": cfg.flush_interval,
         "server_header": SERVER_HEADER,
-        "uploads": UploadStore(cfg.upload_dir, cfg.mongrel2_chroot),
+        "uploads": UploadStore(
+            cfg.upload_dir, cfg.mongrel2_chroot, cfg.upload_timeout, cfg.stream_uploads
+        ),
     }
 
 

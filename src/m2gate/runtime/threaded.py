@@ -23,7 +23,7 @@ from m2gate.conn.uploads import UploadRejected, UploadStore, open_upload
 from m2gate.protocol.errors import ClientDisconnected
 from m2gate.protocol.http import SERVER_HEADER
 from m2gate.protocol.messages import HTTPRequest, Message, UploadDone, UploadStart
-from m2gate.runtime.base import Runtime
+from m2gate.runtime.base import Runtime, refusal_status
 from m2gate.transports.base import ReplySink, RequestSource
 
 log = logging.getLogger("m2gate.worker")
@@ -82,10 +82,12 @@ class ThreadedRuntime(Runtime[Connection]):
             data = self.source.recv(POLL_MS)
             if data is not None:
                 self.feed(data)
+            self.expire_uploads(time.monotonic())
         # Stop accepting, but serve what Mongrel2 already pushed to us.
         self.source.stop_receiving()
         while (data := self.source.recv(0)) is not None:
             self.feed(data)
+        self.release_held()
         return self.drain(graceful_timeout)
 
     # -- how a unit of work runs (gevent.py overrides these and drain) --
@@ -107,7 +109,10 @@ class ThreadedRuntime(Runtime[Connection]):
     # -- app threads -------------------------------------------------------
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
-            self._serve_connection(*item)
+            try:
+                self._serve_connection(*item)
+            except BaseException:  # SystemExit here would end the thread silently
+                log.exception("internal error on an app thread; it goes on")
 
     def _serve(self, conn: Connection, msg: Message) -> bool:
         out = Output(conn, self.sink, self._flusher, self.max_message, self.flush_interval)
@@ -118,10 +123,12 @@ class ThreadedRuntime(Runtime[Connection]):
                 self._serve_upload(conn, msg, out)
             else:
                 out.finish(self._refusal(msg), close=True)
-        except Exception:
-            # The adapter answers app errors itself; this is a bug of ours.
+        except BaseException:
+            # The adapter answers app errors itself (SystemExit included); this
+            # is a bug of ours, and the thread must go on serving.
             log.exception("internal error serving %s:%s", msg.sender, msg.conn_id)
-            out.finish(close=True)
+            if not out.done:
+                out.finish(close=True)
         finally:
             if not out.done:
                 out.finish(close=True)
@@ -131,11 +138,14 @@ class ThreadedRuntime(Runtime[Connection]):
         return not out.closing and not conn.closed
 
     def _serve_upload(self, conn: Connection, msg: UploadStart | UploadDone, out: Output) -> None:
-        """Run the app on a body Mongrel2 is still writing to its temp store."""
+        """Run the app on a body Mongrel2 spooled to its temp store (complete, or still coming)."""
         try:
             upload = self._start_upload(conn, msg)
         except UploadRejected as exc:
-            self._reject(msg, out, str(exc))
+            self._reject(msg, out, exc)
+            return
+        except ClientDisconnected:
+            out.finish(close=True)
             return
         try:
             length = upload.length
@@ -151,14 +161,14 @@ class ThreadedRuntime(Runtime[Connection]):
             if not upload.done.is_set():
                 out.finish(close=True)  # the rest of the body is still coming: end here
         except UploadRejected as exc:
-            self._reject(msg, out, str(exc))
+            self._reject(msg, out, exc)
         except ClientDisconnected:
             out.finish(close=True)
         finally:
             self._end_upload(conn, upload)
 
-    def _reject(self, msg: Message, out: Output, reason: str) -> None:
-        payload = self._refusal(msg, reason)
+    def _reject(self, msg: Message, out: Output, exc: UploadRejected) -> None:
+        payload = self._refusal(msg, str(exc), refusal_status(exc))
         if not out.done:
             out.finish(payload, close=True)
 

@@ -16,6 +16,9 @@ Rules (each from a measured Mongrel2 fact):
   ZeroMQ silently drops what a fresh PUB sends before it has connected.
 - When every thread is busy the request waits here, in arrival order, so a
   worker that leaves (reload, recycling, harakiri) never strands requests.
+- A worker holds an upload's request until Mongrel2's upload-done (unless
+  ``stream_uploads``): no app runs meanwhile, so harakiri does not count the
+  client's upload time; the request's clock starts at upload-done.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import itertools
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+from m2gate.conn.uploads import announced_path
 from m2gate.protocol.messages import (
     Credits,
     Disconnect,
@@ -87,6 +91,9 @@ class Dispatcher:
         self._queued_keys: dict[Key, int] = {}
         self._turn = itertools.count()
         self._order: dict[bytes, int] = {}
+        # Connections whose request waits in its worker for upload-done (no app runs).
+        self.uploading: set[Key] = set()
+        self.hold_uploads = True  # False with stream_uploads: the app reads as it arrives
 
     # -- workers -----------------------------------------------------------
     def add_worker(self, w: Worker) -> None:
@@ -117,6 +124,7 @@ class Dispatcher:
             if self.owner.get(key) == wid:
                 del self.owner[key]
             self.last.pop(key, None)
+            self.uploading.discard(key)
         return lost
 
     def idle_retiring(self) -> list[Worker]:
@@ -146,6 +154,7 @@ class Dispatcher:
         wid = self.owner.get(key)
         if wid is not None:
             if isinstance(msg, UploadDone):
+                self._upload_done(key, now)
                 return Forward(wid)  # completes the upload in flight: not a new request
             self._add(self.workers[wid], key, now, True, msg)
             return Forward(wid)
@@ -193,6 +202,7 @@ class Dispatcher:
             entries[0].started = now  # the next pipelined request starts now
         else:
             del w.inflight[key]
+            self.uploading.discard(key)
             if self.owner.get(key) == wid:
                 del self.owner[key]
             self.last[key] = wid
@@ -211,6 +221,8 @@ class Dispatcher:
             if wid is not None:
                 if not isinstance(item.msg, UploadDone):  # that one completes the upload
                     self._add(self.workers[wid], key, now, True, item.msg)
+                else:
+                    self._upload_done(key, now)
             else:
                 w = self.pick()
                 if w is None:
@@ -232,7 +244,9 @@ class Dispatcher:
         """Requests running longer than ``limit`` seconds (harakiri)."""
         out: list[tuple[Worker, InFlight]] = []
         for w in self.workers.values():
-            for q in w.inflight.values():
+            for key, q in w.inflight.items():
+                if len(q) == 1 and key in self.uploading:
+                    continue  # held for its upload-done: no app is running yet
                 if q and now - q[0].started > limit:
                     out.append((w, q[0]))
         return out
@@ -247,6 +261,7 @@ class Dispatcher:
             entries.pop()
             if not entries:
                 del w.inflight[key]
+                self.uploading.discard(key)
                 if self.owner.get(key) == wid:
                     del self.owner[key]
 
@@ -257,6 +272,18 @@ class Dispatcher:
             q = w.inflight[key] = deque()
             self.owner[key] = w.wid
         q.append(InFlight(key, now, pipelined, "%s %s" % (msg.method, msg.path)))
+        if self.hold_uploads and announced_path(msg) is not None:
+            self.uploading.add(key)
+
+    def _upload_done(self, key: Key, now: float) -> None:
+        """The upload of ``key`` is complete: its app starts now (harakiri's clock too)."""
+        if key not in self.uploading:
+            return
+        self.uploading.discard(key)
+        wid = self.owner.get(key)
+        q = self.workers[wid].inflight.get(key) if wid in self.workers else None
+        if q is not None and len(q) == 1:
+            q[0].started = now
 
     def _hold(self, msg: Message, raw: bytes, now: float) -> Decision:
         if len(self.queue) >= self.queue_size:

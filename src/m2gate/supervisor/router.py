@@ -4,7 +4,9 @@ The policy (who gets what) is :class:`~m2gate.supervisor.handoff.Dispatcher`;
 this is its I/O: the PULL from Mongrel2, the ROUTER to the workers and the
 master's PUB, on which it answers for workers that cannot: 503 (no worker
 took it in time, queue full, stopping, graceful timeout), 504 (harakiri), 502
-(a worker died with it). What a frame means for a worker's life goes to the
+(a worker died with it). When it answers a request whose upload Mongrel2
+announced, it removes that temp file (no worker will), with the same checks
+a worker makes. What a frame means for a worker's life goes to the
 :class:`~m2gate.supervisor.lifecycle.Lifecycle`; the actions it returns go to
 ``run`` (the master carries them out).
 """
@@ -20,14 +22,28 @@ from typing import Any
 import zmq
 
 from m2gate.config.settings import Config
+from m2gate.conn.uploads import (
+    Identity,
+    UploadRejected,
+    UploadStore,
+    announced_path,
+    remove_claimed,
+)
 from m2gate.protocol import replies
 from m2gate.protocol.http import error_response, request_framing
 from m2gate.protocol.intake import parse_or_drop
-from m2gate.protocol.messages import Credits, Disconnect, Message, UnknownControl
+from m2gate.protocol.messages import (
+    Credits,
+    Disconnect,
+    Message,
+    UnknownControl,
+    UploadDone,
+    UploadStart,
+)
 from m2gate.supervisor.actions import Action
 from m2gate.supervisor.handoff import Dispatcher, Drop, Forward, Hold, Reject
 from m2gate.supervisor.lifecycle import Lifecycle
-from m2gate.supervisor.state import Worker, WorkerState
+from m2gate.supervisor.state import Key, Worker, WorkerState
 from m2gate.supervisor.watch import Watcher
 from m2gate.supervisor.wire import (
     DONE,
@@ -72,6 +88,10 @@ class Router:
         self._pub_probe = 0
         self._next_pub_probe = 0.0
         self._queue_warned = 0.0
+        self.store = UploadStore(cfg.upload_dir, cfg.mongrel2_chroot)
+        disp.hold_uploads = not cfg.stream_uploads
+        # Temp files Mongrel2 announced for requests in flight or queued, by connection.
+        self.uploads: dict[Key, tuple[str, Identity]] = {}
 
     # -- Mongrel2 -> workers --------------------------------------------------
     def on_pull(self, now: float) -> None:
@@ -89,6 +109,8 @@ class Router:
         if isinstance(msg, Disconnect) and is_probe(msg.conn_id):
             self._on_probe(msg.conn_id, now)
             return
+        if isinstance(msg, (UploadStart, UploadDone)):
+            self._announced(msg)
         if (
             self.life.stopping
             and not isinstance(msg, (Disconnect, Credits, UnknownControl))
@@ -98,6 +120,8 @@ class Router:
             self.answer(msg.sender, msg.conn_id, "503 Service Unavailable", msg)
             return
         decision = self.disp.assign(msg, raw, now)
+        if isinstance(msg, Disconnect) and msg.key not in self.disp.owner:
+            self.drop_upload(msg.key)  # queued, or already served: nobody else will
         if isinstance(decision, Forward):
             if not self.send(decision.wid, raw):
                 self.disp.unroute(decision.wid, msg.key)
@@ -121,6 +145,22 @@ class Router:
             self.answer(msg.sender, msg.conn_id, "503 Service Unavailable", msg)
         else:
             assert isinstance(decision, Drop)
+
+    def _announced(self, msg: UploadStart | UploadDone) -> None:
+        """Remember the temp file Mongrel2 announced for this connection (claimed: dev, ino)."""
+        path = announced_path(msg)
+        if path is None or msg.key in self.uploads or not self.store.upload_dir:
+            return
+        try:
+            self.uploads[msg.key] = self.store.claim(path)
+        except UploadRejected as exc:
+            log.debug("upload for %s:%s not claimed: %s", msg.sender, msg.conn_id, exc)
+
+    def drop_upload(self, key: Key) -> None:
+        """The master answered (or lost) ``key``: remove the temp file announced for it."""
+        found = self.uploads.pop(key, None)
+        if found is not None and remove_claimed(*found):
+            log.info("removed the upload of %s:%s", key[0], key[1])
 
     def _on_probe(self, conn_id: int, now: float) -> None:
         slot = probe_slot(conn_id)
@@ -173,7 +213,12 @@ class Router:
             self.answer(q.msg.sender, q.msg.conn_id, "503 Service Unavailable", q.msg)
 
     def answer(self, sender: str, conn_id: int, status: str, msg: Message | None = None) -> None:
-        """Answer for a worker that cannot (killed, or none free), then close."""
+        """Answer for a worker that cannot (killed, or none free), then close.
+
+        The request's upload, if Mongrel2 announced one, is removed: no
+        worker will.
+        """
+        self.drop_upload((sender, conn_id))
         version = request_framing(msg)[0] if msg is not None else "HTTP/1.1"
         method = msg.method if msg is not None else "GET"
         payload, _ = error_response(status, version, method=method)
@@ -208,10 +253,13 @@ class Router:
             return False
         if kind == DONE:
             sender, _, conn_id = frames[2].rpartition(b" ") if len(frames) > 2 else (b"", b"", b"")
-            if not conn_id.isdigit() or not self.disp.on_done(
-                wid, (sender.decode("latin-1"), int(conn_id)), now
-            ):
+            if not conn_id.isdigit():
                 return False
+            key = (sender.decode("latin-1"), int(conn_id))
+            if not self.disp.on_done(wid, key, now):
+                return False
+            if key not in self.disp.owner:
+                self.uploads.pop(key, None)  # the worker served it and removed its file
             self.run(self.life.on_done(w, now))
             return True
         if kind == HEARTBEAT:
