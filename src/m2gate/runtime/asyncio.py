@@ -79,8 +79,13 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         idle_keepalive: float = 30.0,
         on_done: Callable[[AsyncConnection], None] | None = None,
         access_log: AccessLogger | None = None,
+        max_pipelined: int = 16,
+        websocket_queue: int = 16 * 1024 * 1024,
     ) -> None:
-        super().__init__(AsyncConnection, reply_ident, uploads, on_done)
+        super().__init__(
+            AsyncConnection, reply_ident, uploads, on_done, max_pipelined=max_pipelined
+        )
+        self.websocket_queue = websocket_queue
         self.transport = transport
         self.app = app
         self.defaults = defaults
@@ -181,10 +186,18 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _send(self, messages: Sequence[bytes]) -> None:
+        self.transport.send(messages)
+
     # -- serving -------------------------------------------------------------
     async def _serve_connection(self, conn: AsyncConnection, msg: Message) -> None:
         next_msg: Message | None = msg
         while next_msg is not None:
+            if conn.closed:  # the client left before this started: start nothing for it
+                if self.on_done is not None:
+                    self.on_done(conn)
+                next_msg = self._done(conn, False)
+                continue
             keep = await self._serve(conn, next_msg)
             next_msg = self._done(conn, keep)
 
@@ -221,7 +234,12 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         self, conn: AsyncConnection, msg: WebSocketHandshake, out: AsyncOutput
     ) -> None:
         session = WebSocketSession(
-            msg, conn, out, self.ws_close_timeout, access_log=self.access_log
+            msg,
+            conn,
+            out,
+            self.ws_close_timeout,
+            access_log=self.access_log,
+            max_queue=self.websocket_queue,
         )
         self._websockets[conn.key] = session
         try:
@@ -293,7 +311,9 @@ async def _main(cfg: Any, app: ASGIApp) -> int:
     lifespan = Lifespan(app)
     await lifespan.startup()
     defaults = EnvironDefaults(cfg.server_name, cfg.server_port, cfg.trust_x_forwarded_for)
-    transport = AsyncZmqTransport(cfg.send_spec, cfg.recv_spec, cfg.send_ident)
+    transport = AsyncZmqTransport(
+        cfg.send_spec, cfg.recv_spec, cfg.send_ident, cfg.send_hwm, cfg.send_timeout
+    )
     worker = AsyncioRuntime(
         transport,
         app,
@@ -304,6 +324,8 @@ async def _main(cfg: Any, app: ASGIApp) -> int:
         uploads=UploadStore(cfg.upload_dir, cfg.mongrel2_chroot),
         access_log=logs.access_logger(),
         idle_keepalive=cfg.idle_keepalive,
+        max_pipelined=cfg.max_pipelined,
+        websocket_queue=cfg.websocket_queue,
     )
     worker.state = lifespan.state
 

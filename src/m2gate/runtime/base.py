@@ -32,7 +32,11 @@ call, served or dropped (a supervisor counts requests in flight with it);
 :meth:`Runtime._refusal` is the one answer m2gate gives itself (400 for a
 forged upload or an unsupported message kind, 413 for a streamed upload)
 before closing; the access log is the adapter's (it alone knows status and
-bytes). ``stopping`` is a :class:`threading.Event`: :meth:`Runtime.stop` is
+bytes). Overload is answered, never queued without bound: a request beyond
+the runtime's backlog, or pipelined beyond ``max_pipelined`` on one
+connection, gets :meth:`Runtime._overloaded`'s 503 and the connection
+closes; a request whose client left while it waited is not started.
+``stopping`` is a :class:`threading.Event`: :meth:`Runtime.stop` is
 safe from a signal handler, and a second signal while it is set forces the
 exit (the callers' rule).
 """
@@ -41,7 +45,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from m2gate.conn.connection import Connection
@@ -62,12 +67,15 @@ from m2gate.protocol.messages import (
     WebSocketFrame,
     parse_message,
 )
+from m2gate.protocol.replies import close, reply
+from m2gate.transports.base import ReplyStalled
 
 log = logging.getLogger("m2gate.worker")
 
 C = TypeVar("C", bound=Connection)
 
 FORGED_UPLOAD = "upload headers on an ordinary request"
+OVERLOADED = "503 Service Unavailable"
 
 
 class Runtime(Generic[C]):
@@ -87,13 +95,16 @@ class Runtime(Generic[C]):
         uploads: UploadStore | None = None,
         on_done: Callable[[C], None] | None = None,
         server_header: bytes = SERVER_HEADER,
+        max_pipelined: int = 16,
     ) -> None:
         self.uploads = uploads or UploadStore("")
         self.on_done = on_done
         self.server_header = server_header
         self.stopping = threading.Event()
         self.requests = 0
-        self._table: ConnectionTable[C] = ConnectionTable(factory, reply_ident)
+        self.overloaded = 0  # 503s m2gate answered itself: backlog or pipelining bound
+        self._overload_logged = 0.0
+        self._table: ConnectionTable[C] = ConnectionTable(factory, reply_ident, max_pipelined)
         self._conns = self._table.conns
         self._lock = threading.Lock()
 
@@ -146,6 +157,8 @@ class Runtime(Generic[C]):
                 conn.upload = Upload(msg.upload_path, "", content_length(msg))
         if start:
             self._submit(conn, msg)
+        elif start is None:  # beyond the pipelining bound, after the 503: never served
+            self._report_dropped(conn, 1)
 
     def _submit(self, conn: C, msg: Message) -> None:
         raise NotImplementedError
@@ -177,9 +190,54 @@ class Runtime(Generic[C]):
         """The next pipelined request to serve on ``conn``, or None."""
         with self._lock:
             next_msg, dropped = self._table.done(conn, keep_alive)
+            overflow = next_msg is not None and next_msg is conn.overflow
+            if overflow:
+                conn.overflow = None
         if dropped:
             self._report_dropped(conn, dropped)
+        if overflow:
+            assert next_msg is not None
+            self._overloaded(
+                conn, next_msg, "more than %d pipelined requests" % (self._table.max_pipelined)
+            )
+            return self._done(conn, False)
         return next_msg
+
+    def _send(self, messages: Sequence[bytes]) -> None:
+        """Put replies on the runtime's sink (the 503s m2gate answers itself)."""
+        raise NotImplementedError
+
+    def _overloaded(self, conn: C, msg: Message, why: str) -> None:
+        """Answer ``msg`` 503 at once and close its connection; counts as done.
+
+        Sent as is, without waiting for flow-control credits: it is small,
+        and the receiving loop that may call this must never wait. Logged at
+        most once a second with the count, as overload comes in floods.
+        """
+        self.overloaded += 1
+        now = time.monotonic()
+        if now - self._overload_logged >= 1.0:
+            self._overload_logged = now
+            log.warning(
+                "503 for %s:%s: %s (%d overload 503s so far)",
+                msg.sender,
+                msg.conn_id,
+                why,
+                self.overloaded,
+            )
+        if not conn.closed:
+            version = request_framing(msg)[0]
+            payload = error_response(
+                OVERLOADED, version, method=msg.method, server=self.server_header
+            )[0]
+            try:
+                self._send(
+                    [reply(conn.uuid, conn.conn_id, payload), *close(conn.uuid, [conn.conn_id])]
+                )
+            except ReplyStalled:
+                pass  # the sink logged it; the connection is lost either way
+        if self.on_done is not None:
+            self.on_done(conn)
 
     def _report_dropped(self, conn: C, count: int) -> None:
         """``on_done`` once per pipelined request dropped unserved (closed connection)."""
