@@ -53,6 +53,8 @@ def test_websocket_flood_is_closed_with_1013_and_memory_stays_bounded(
         "bounds_app:ws_app",
         "--interface",
         "asgi",
+        "--graceful-timeout",
+        "2",
         env={"M2GATE_TEST_STATE": str(state), "M2GATE_WEBSOCKET_QUEUE": str(8 * MB)},
     )
     before = rss(server.pid)

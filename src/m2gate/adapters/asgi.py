@@ -391,7 +391,10 @@ class WebSocketSession:
                     self.queued,
                     TRY_AGAIN_LATER,
                 )
-                self._close_both(TRY_AGAIN_LATER, "receive queue full")
+                # The close handshake, not an abrupt TCP close: closing a socket
+                # with unread data sends a RST, which can destroy our close frame
+                # before the client reads it. Until the answer, frames are discarded.
+                self._close_both(TRY_AGAIN_LATER, "receive queue full", start_timer=True)
                 return
             self.queued += size
             self._events.put_nowait(item)
