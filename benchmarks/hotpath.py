@@ -119,7 +119,10 @@ def worker_feed_us(
     for _ in range(repeat):
         sink = NullSink()
         sink.expected = n
-        worker = ThreadedRuntime(NoSource(), sink, handler, threads=threads)
+        # A burst of n on 32 connections: bounds at n, so nothing is refused.
+        worker = ThreadedRuntime(
+            NoSource(), sink, handler, threads=threads, backlog=n, max_pipelined=n
+        )
         if inline:
             worker._submit = worker._serve_connection  # type: ignore[method-assign]
         worker._start()  # idle when inline, but drain() joins them

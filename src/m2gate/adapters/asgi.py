@@ -305,12 +305,33 @@ class HTTPCycle:
             await self.out.awrite(framed)
 
 
+# RFC 6455 7.4.1 / IANA: "Try Again Later", the server is overloaded for now.
+TRY_AGAIN_LATER = 1013
+# What a queued message costs beyond its data (the dict, the queue slot).
+EVENT_OVERHEAD = 200
+
+
+def _queued_size(event: ASGIMessage) -> int:
+    data = event.get("text")
+    if data is None:
+        data = event.get("bytes") or b""
+    return len(data) + EVENT_OVERHEAD
+
+
 class WebSocketSession:
     """One websocket: handshake, frames both ways, close handshake, disconnect.
 
     ``feed`` is called by the runtime's receiving task for each frame;
     pings and the close handshake are answered right there, data messages
-    queue up for the app's ``receive``.
+    queue up for the app's ``receive``, at most ``max_queue`` bytes of them.
+
+    Beyond that the websocket is closed with 1013 (try again later). There
+    is no backpressure to apply: Mongrel2 reads the client's socket and
+    pushes every frame, and the only way to stop it for one client is to
+    stop reading all of them. 1013 rather than 1009 (message too big): no
+    single message was too big, the app was too slow for this client right
+    now, and a client may reconnect and send more slowly. A message arriving
+    when nothing is queued is always accepted (``max_message`` bounds it).
     """
 
     def __init__(
@@ -321,8 +342,11 @@ class WebSocketSession:
         close_timeout: float = 5.0,
         max_message: int = 16 * 1024 * 1024,
         access_log: AccessLogger | None = None,
+        max_queue: int = 16 * 1024 * 1024,
     ) -> None:
         self.access_log = access_log
+        self.max_queue = max_queue
+        self.queued = 0  # bytes of received messages the app has not read
         self.msg = msg
         self.conn = conn
         self.out = out
@@ -353,10 +377,27 @@ class WebSocketSession:
         if isinstance(event, (ws.TextMessage, ws.BinaryMessage)):
             if self.state != "open":
                 return  # after our close frame, data is discarded (RFC 6455 5.5.1)
+            item: ASGIMessage
             if isinstance(event, ws.TextMessage):
-                self._events.put_nowait({"type": "websocket.receive", "text": event.data})
+                item = {"type": "websocket.receive", "text": event.data}
             else:
-                self._events.put_nowait({"type": "websocket.receive", "bytes": event.data})
+                item = {"type": "websocket.receive", "bytes": event.data}
+            size = _queued_size(item)
+            if self.queued and self.queued + size > self.max_queue:
+                log.warning(
+                    "websocket %s:%s: app has %d bytes unread, closing with %d",
+                    frame.sender,
+                    frame.conn_id,
+                    self.queued,
+                    TRY_AGAIN_LATER,
+                )
+                # The close handshake, not an abrupt TCP close: closing a socket
+                # with unread data sends a RST, which can destroy our close frame
+                # before the client reads it. Until the answer, frames are discarded.
+                self._close_both(TRY_AGAIN_LATER, "receive queue full", start_timer=True)
+                return
+            self.queued += size
+            self._events.put_nowait(item)
         elif isinstance(event, ws.Ping):
             if self.state == "open":
                 self.out.push(ws.encode_frame(ws.OP_PONG, event.payload))
@@ -479,7 +520,10 @@ class WebSocketSession:
     async def receive(self) -> ASGIMessage:
         if self._events.empty() and self._final is not None:
             return dict(self._final)  # asked again after the disconnect: same answer
-        return await self._events.get()
+        event = await self._events.get()
+        if event["type"] == "websocket.receive":
+            self.queued -= _queued_size(event)
+        return event
 
     async def send(self, message: ASGIMessage) -> None:
         kind = message.get("type")

@@ -246,6 +246,23 @@ class Config:
         validate=_check_ident,
         accepted="letters, digits and '-'",
     )
+    send_hwm: int = setting(
+        64,
+        "Reply messages held for a Mongrel2 that stopped reading (stalled, stopped,"
+        " restarting); then writers wait. Memory held for it is at most this x max_message.",
+        section="mongrel2",
+        metavar="MESSAGES",
+        validate=_positive,
+        accepted="an integer >= 1",
+    )
+    send_timeout: float = setting(
+        30.0,
+        "Seconds a writer waits for room when Mongrel2 reads no replies; then that reply is"
+        " dropped, logged and counted, and its connection given up (never silently cut).",
+        section="mongrel2",
+        validate=_non_negative,
+        accepted="a number of seconds >= 0",
+    )
     threads: int = setting(
         1,
         "Worker threads per process.",
@@ -261,6 +278,22 @@ class Config:
     gevent_connections: int = setting(
         1000,
         "With --worker-class gevent: most requests served at once per process.",
+        section="workers",
+        validate=_positive,
+        accepted="an integer >= 1",
+    )
+    backlog: int = setting(
+        1000,
+        "Requests one process holds waiting for a free thread (or greenlet) beyond those it"
+        " serves; beyond it clients get 503 at once, so overload never grows memory.",
+        section="workers",
+        validate=_positive,
+        accepted="an integer >= 1",
+    )
+    max_pipelined: int = setting(
+        16,
+        "Pipelined requests one client connection may have waiting behind the one in"
+        " flight; the next one is answered 503 in its turn and the connection closed.",
         section="workers",
         validate=_positive,
         accepted="an integer >= 1",
@@ -405,6 +438,15 @@ class Config:
         section="asgi",
         validate=_non_negative,
         accepted="a number of seconds >= 0",
+    )
+    websocket_queue: int = setting(
+        16 * 1024 * 1024,
+        "ASGI: bytes of websocket messages received but not yet read by the app; beyond it"
+        " the websocket is closed with 1013 (try again later): Mongrel2 cannot slow one"
+        " client down, so a client sending faster than the app reads must not fill memory.",
+        section="asgi",
+        validate=_positive,
+        accepted="a number of bytes >= 1",
     )
     upload_dir: str = setting(
         "",

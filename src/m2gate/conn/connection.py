@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from m2gate.protocol import replies
 from m2gate.protocol.errors import ClientDisconnected
+from m2gate.transports.base import ReplyStalled
 
 if TYPE_CHECKING:
     from m2gate.conn.uploads import Upload
@@ -52,6 +53,7 @@ class Connection:
         "lock",
         "max_credit_message",
         "output",
+        "overflow",
         "pending",
         "sender",
         "upload",
@@ -73,6 +75,7 @@ class Connection:
         self.output: OutputBuffer | None = None
         self.upload: Upload | None = None
         self.pending: deque[Message] = deque()
+        self.overflow: Message | None = None  # pipelined beyond the bound: answered 503
 
     def grant(self, initial: int) -> None:
         """Flow control is on: the first request carries the initial credits."""
@@ -223,19 +226,37 @@ class OutputBuffer:
                 self._target = max(self._target, min(self.bytes_sent, self.max_message))
             msgs += tail
             if msgs:
-                self.sink.send(msgs)
+                try:
+                    self.sink.send(msgs)
+                except ReplyStalled:
+                    self._given_up()
             return True
-        while self._buf:
-            if conn.closed:
-                raise ClientDisconnected()
-            if conn.credits <= 0:
-                return False
-            payload = self._take_locked(min(conn.credits, self.max_message))
-            conn.credits -= len(payload)
-            self.sink.send([replies.reply(uuid, conn_id, payload)])
-        if tail:
-            self.sink.send(tail)
+        try:
+            while self._buf:
+                if conn.closed:
+                    raise ClientDisconnected()
+                if conn.credits <= 0:
+                    return False
+                payload = self._take_locked(min(conn.credits, self.max_message))
+                conn.credits -= len(payload)
+                self.sink.send([replies.reply(uuid, conn_id, payload)])
+            if tail:
+                self.sink.send(tail)
+        except ReplyStalled:
+            self._given_up()
         return True
+
+    def _given_up(self) -> None:
+        """Mongrel2 stopped reading and part of this reply was dropped: the connection is lost.
+
+        Marked closed (as a disconnect would), so nothing more is written for
+        it and the app stops as for a client that went away; the sink logged
+        and counted the drop.
+        """
+        self.conn.closed = True
+        self._buf = []
+        self._size = 0
+        raise ClientDisconnected()
 
 
 class Output(OutputBuffer):

@@ -3,7 +3,12 @@
 Mongrel2 facts behind it: a client may pipeline requests on a keep-alive
 connection (they must be answered in order, so each waits behind the one in
 flight); a disconnect notice can arrive while a request is being served; with
-``download.flow_control`` a connection's credits outlive one request. The
+``download.flow_control`` a connection's credits outlive one request.
+
+A client can pipeline without limit, so the waiting requests are bounded by
+``max_pipelined``: the first one beyond it is kept as the connection's
+``overflow``, answered 503 in its turn (replies stay in order) and the
+connection closed after it; anything after that is dropped at once. The
 threaded worker calls this under its own lock; the asyncio worker, on its
 loop, needs none, so the table has no lock of its own.
 """
@@ -24,18 +29,26 @@ Key = tuple[str, int]
 class ConnectionTable(Generic[C]):
     """Connections with a request in flight, or with flow-control credits to keep."""
 
-    __slots__ = ("_factory", "_reply_ident", "conns", "disconnects")
+    __slots__ = ("_factory", "_reply_ident", "conns", "disconnects", "max_pipelined")
 
-    def __init__(self, factory: Callable[[str, int, bytes], C], reply_ident: bytes = b"") -> None:
+    def __init__(
+        self,
+        factory: Callable[[str, int, bytes], C],
+        reply_ident: bytes = b"",
+        max_pipelined: int = 16,
+    ) -> None:
         self._factory = factory
         self._reply_ident = reply_ident
+        self.max_pipelined = max_pipelined
         self.conns: dict[Key, C] = {}
         self.disconnects = 0  # notices that came while a request was being served
 
-    def admit(self, msg: Message) -> tuple[C, bool]:
+    def admit(self, msg: Message) -> tuple[C, bool | None]:
         """The connection for request ``msg``; True if it may start now.
 
-        False: it was queued behind the request in flight on that connection.
+        False: it was queued behind the request in flight on that connection
+        (or kept as its ``overflow``, to be answered 503). None: dropped, as
+        the connection closes before its turn (the caller counts it done).
         """
         conn = self.conns.get(msg.key)
         if conn is None or (conn.closed and not conn.busy):
@@ -45,8 +58,13 @@ class ConnectionTable(Generic[C]):
             if credits is not None and credits.isdigit():
                 conn.grant(int(credits))
         if conn.busy:
-            conn.pending.append(msg)  # pipelined: answer after the one in flight
-            return conn, False
+            if len(conn.pending) < self.max_pipelined:
+                conn.pending.append(msg)  # pipelined: answer after the one in flight
+                return conn, False
+            if conn.overflow is None and not conn.closed:
+                conn.overflow = msg  # its turn gets a 503, then the connection closes
+                return conn, False
+            return conn, None
         conn.busy = True
         return conn, True
 
@@ -58,8 +76,9 @@ class ConnectionTable(Generic[C]):
         conn = self.conns.get(key)
         if conn is None:
             return None  # idle or unknown (e.g. stale from before we started)
-        dropped = len(conn.pending)
+        dropped = len(conn.pending) + (conn.overflow is not None)
         conn.pending.clear()
+        conn.overflow = None
         if conn.busy:
             self.disconnects += 1
         else:
@@ -67,14 +86,21 @@ class ConnectionTable(Generic[C]):
         return conn, dropped
 
     def done(self, conn: C, keep_alive: bool) -> tuple[Message | None, int]:
-        """A request on ``conn`` ended: ``(next pipelined request or None, requests dropped)``."""
+        """A request on ``conn`` ended: ``(next pipelined request or None, requests dropped)``.
+
+        The next request may be ``conn.overflow``: the caller answers it 503,
+        clears ``overflow`` and ends the connection (``done(conn, False)``).
+        """
         dropped = 0
         if not keep_alive:
             conn.closed = True
-            dropped = len(conn.pending)
+            dropped = len(conn.pending) + (conn.overflow is not None)
             conn.pending.clear()
+            conn.overflow = None
         if conn.pending:
             return conn.pending.popleft(), 0
+        if conn.overflow is not None:
+            return conn.overflow, 0
         conn.busy = False
         # Flow-controlled connections keep their credit count between
         # keep-alive requests; the disconnect notice removes them.

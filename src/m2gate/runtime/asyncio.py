@@ -80,8 +80,13 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         idle_keepalive: float = 30.0,
         on_done: Callable[[AsyncConnection], None] | None = None,
         access_log: AccessLogger | None = None,
+        max_pipelined: int = 16,
+        websocket_queue: int = 16 * 1024 * 1024,
     ) -> None:
-        super().__init__(AsyncConnection, reply_ident, uploads, on_done)
+        super().__init__(
+            AsyncConnection, reply_ident, uploads, on_done, max_pipelined=max_pipelined
+        )
+        self.websocket_queue = websocket_queue
         self.transport = transport
         self.app = app
         self.defaults = defaults
@@ -191,10 +196,17 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _send(self, messages: Sequence[bytes]) -> None:
+        self.transport.send(messages)
+
     # -- serving -------------------------------------------------------------
     async def _serve_connection(self, conn: AsyncConnection, msg: Message) -> None:
         next_msg: Message | None = msg
         while next_msg is not None:
+            if conn.closed:  # the client left before this started: start nothing for it
+                self._not_started(conn, next_msg)
+                next_msg = self._done(conn, False)
+                continue
             keep = await self._serve(conn, next_msg)
             next_msg = self._done(conn, keep)
 
@@ -232,7 +244,12 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         self, conn: AsyncConnection, msg: WebSocketHandshake, out: AsyncOutput
     ) -> None:
         session = WebSocketSession(
-            msg, conn, out, self.ws_close_timeout, access_log=self.access_log
+            msg,
+            conn,
+            out,
+            self.ws_close_timeout,
+            access_log=self.access_log,
+            max_queue=self.websocket_queue,
         )
         self._websockets[conn.key] = session
         try:
@@ -307,7 +324,9 @@ async def _main(cfg: Any, app: ASGIApp) -> int:
     lifespan = Lifespan(app)
     await lifespan.startup()
     defaults = EnvironDefaults(cfg.server_name, cfg.server_port, cfg.trust_x_forwarded_for)
-    transport = AsyncZmqTransport(cfg.send_spec, cfg.recv_spec, cfg.send_ident)
+    transport = AsyncZmqTransport(
+        cfg.send_spec, cfg.recv_spec, cfg.send_ident, cfg.send_hwm, cfg.send_timeout
+    )
     worker = AsyncioRuntime(
         transport,
         app,
@@ -320,6 +339,8 @@ async def _main(cfg: Any, app: ASGIApp) -> int:
         ),
         access_log=logs.access_logger(),
         idle_keepalive=cfg.idle_keepalive,
+        max_pipelined=cfg.max_pipelined,
+        websocket_queue=cfg.websocket_queue,
     )
     worker.state = lifespan.state
 

@@ -40,8 +40,12 @@ call, served or dropped (a supervisor counts requests in flight with it);
 :meth:`Runtime._refusal` is the one answer m2gate gives itself (400 for a
 forged upload or an unsupported message kind, 408 for an upload past its
 timeout, 413 for a streamed upload) before closing; every way out of a
-request removes the temp file it claimed; the access log is the adapter's (it alone knows status and
-bytes). ``stopping`` is a :class:`threading.Event`: :meth:`Runtime.stop` is
+request removes the temp file it claimed; the access log is the adapter's
+(it alone knows status and bytes). Overload is answered, never queued
+without bound: a request beyond the runtime's backlog, or pipelined beyond
+``max_pipelined`` on one connection, gets :meth:`Runtime._overloaded`'s 503
+and the connection closes; a request whose client left while it waited is
+not started. ``stopping`` is a :class:`threading.Event`: :meth:`Runtime.stop` is
 safe from a signal handler, and a second signal while it is set forces the
 exit (the callers' rule).
 """
@@ -51,7 +55,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from m2gate.conn.connection import Connection
@@ -78,6 +82,8 @@ from m2gate.protocol.messages import (
     WebSocketFrame,
     parse_message,
 )
+from m2gate.protocol.replies import close, reply
+from m2gate.transports.base import ReplyStalled
 
 log = logging.getLogger("m2gate.worker")
 
@@ -85,6 +91,7 @@ C = TypeVar("C", bound=Connection)
 
 FORGED_UPLOAD = "upload headers on an ordinary request"
 FORGED_DONE = "a forged upload-done header on an upload"
+OVERLOADED = "503 Service Unavailable"
 
 
 class Runtime(Generic[C]):
@@ -104,13 +111,16 @@ class Runtime(Generic[C]):
         uploads: UploadStore | None = None,
         on_done: Callable[[C], None] | None = None,
         server_header: bytes = SERVER_HEADER,
+        max_pipelined: int = 16,
     ) -> None:
         self.uploads = uploads or UploadStore("")
         self.on_done = on_done
         self.server_header = server_header
         self.stopping = threading.Event()
         self.requests = 0
-        self._table: ConnectionTable[C] = ConnectionTable(factory, reply_ident)
+        self.overloaded = 0  # 503s m2gate answered itself: backlog or pipelining bound
+        self._overload_logged = 0.0
+        self._table: ConnectionTable[C] = ConnectionTable(factory, reply_ident, max_pipelined)
         self._conns = self._table.conns
         self._lock = threading.Lock()
         # Requests held until their upload is complete, by connection key.
@@ -160,7 +170,11 @@ class Runtime(Generic[C]):
         held = False
         with self._lock:
             conn, start = self._table.admit(msg)
-            if isinstance(msg, (UploadStart, UploadDone)) and conn.upload is None:
+            if (
+                start is not None
+                and isinstance(msg, (UploadStart, UploadDone))
+                and conn.upload is None
+            ):
                 # Registered here, not by what serves it: upload-done can
                 # arrive before a thread, greenlet or task has even started.
                 path = announced_path(msg)
@@ -176,9 +190,11 @@ class Runtime(Generic[C]):
                         except UploadRejected as exc:
                             upload.rejected = str(exc)
                     conn.upload = upload
-                    held = start and self._hold(conn, msg)
+                    held = bool(start) and self._hold(conn, msg)
         if start and not held:
             self._submit(conn, msg)
+        elif start is None:  # beyond the pipelining bound, after the 503: never served
+            self._report_dropped(conn, 1)
 
     def _hold(self, conn: C, msg: Message) -> bool:
         """Keep ``msg`` (about to be served) here until its upload is complete; under _lock."""
@@ -262,11 +278,56 @@ class Runtime(Generic[C]):
         """The next pipelined request to serve on ``conn``, or None."""
         with self._lock:
             next_msg, dropped = self._table.done(conn, keep_alive)
-            if next_msg is not None and self._hold(conn, next_msg):
+            overflow = next_msg is not None and next_msg is conn.overflow
+            if overflow:
+                conn.overflow = None
+            elif next_msg is not None and self._hold(conn, next_msg):
                 next_msg = None  # a pipelined upload: served when it is complete
         if dropped:
             self._report_dropped(conn, dropped)
+        if overflow:
+            assert next_msg is not None
+            self._overloaded(
+                conn, next_msg, "more than %d pipelined requests" % (self._table.max_pipelined)
+            )
+            return self._done(conn, False)
         return next_msg
+
+    def _send(self, messages: Sequence[bytes]) -> None:
+        """Put replies on the runtime's sink (the 503s m2gate answers itself)."""
+        raise NotImplementedError
+
+    def _overloaded(self, conn: C, msg: Message, why: str) -> None:
+        """Answer ``msg`` 503 at once and close its connection; counts as done.
+
+        Sent as is, without waiting for flow-control credits: it is small,
+        and the receiving loop that may call this must never wait. Logged at
+        most once a second with the count, as overload comes in floods.
+        """
+        self.overloaded += 1
+        now = time.monotonic()
+        if now - self._overload_logged >= 1.0:
+            self._overload_logged = now
+            log.warning(
+                "503 for %s:%s: %s (%d overload 503s so far)",
+                msg.sender,
+                msg.conn_id,
+                why,
+                self.overloaded,
+            )
+        if not conn.closed:
+            version = request_framing(msg)[0]
+            payload = error_response(
+                OVERLOADED, version, method=msg.method, server=self.server_header
+            )[0]
+            try:
+                self._send(
+                    [reply(conn.uuid, conn.conn_id, payload), *close(conn.uuid, [conn.conn_id])]
+                )
+            except ReplyStalled:
+                pass  # the sink logged it; the connection is lost either way
+        if self.on_done is not None:
+            self.on_done(conn)
 
     def _report_dropped(self, conn: C, count: int) -> None:
         """``on_done`` once per pipelined request dropped unserved (closed connection)."""
@@ -305,6 +366,25 @@ class Runtime(Generic[C]):
             self._end_upload(conn, upload)
             raise
         return upload
+
+    def _not_started(self, conn: C, msg: Message) -> None:
+        """The client left before ``msg`` started: serve nothing, but remove its upload.
+
+        Counts as done (one ``on_done``). The temp file of a complete upload is
+        still there (Mongrel2 removes only partial ones), and it is ours once
+        claimed.
+        """
+        log.debug("client %s:%s gone before its request started", msg.sender, msg.conn_id)
+        with self._lock:
+            upload = conn.upload
+        if upload is not None and upload.msg is msg:
+            try:
+                upload.path, upload.ident = self.uploads.claim(upload.announced)
+            except UploadRejected:
+                pass  # gone already, or never a file of ours: nothing to remove
+            self._end_upload(conn, upload)
+        if self.on_done is not None:
+            self.on_done(conn)
 
     def _end_upload(self, conn: C, upload: Upload) -> None:
         with self._lock:

@@ -49,7 +49,8 @@ class GeventRuntime(ThreadedRuntime):
 
     The receiving loop never blocks on a full pool (it must keep reading
     disconnect notices): requests beyond the bound wait in a backlog that
-    finishing greenlets pick up, as idle threads take from the queue.
+    finishing greenlets pick up, as idle threads take from the queue; the
+    backlog holds at most ``backlog`` requests, beyond it clients get 503.
     """
 
     def __init__(
@@ -78,8 +79,10 @@ class GeventRuntime(ThreadedRuntime):
     def _submit(self, conn: Connection, msg: Message) -> None:
         if self._pool.free_count() > 0:
             self._pool.spawn(self._run_greenlet, conn, msg)
-        else:
+        elif len(self._backlog) < self.backlog:
             self._backlog.append((conn, msg))
+        else:
+            self._refuse(conn, msg)
 
     def _run_greenlet(self, conn: Connection, msg: Message) -> None:
         item: tuple[Connection, Message] | None = (conn, msg)

@@ -49,6 +49,8 @@ def worker_options(cfg: Config) -> dict[str, Any]:
         "uploads": UploadStore(
             cfg.upload_dir, cfg.mongrel2_chroot, cfg.upload_timeout, cfg.stream_uploads
         ),
+        "backlog": cfg.backlog,
+        "max_pipelined": cfg.max_pipelined,
     }
 
 
@@ -79,7 +81,9 @@ def serve(cfg: Config) -> int:
     if green:
         transport_class = gevent_worker.GreenZmqTransport
         worker_class = partial(gevent_worker.GeventRuntime, connections=cfg.gevent_connections)
-    transport = transport_class(cfg.send_spec, cfg.recv_spec, cfg.send_ident)
+    transport = transport_class(
+        cfg.send_spec, cfg.recv_spec, cfg.send_ident, cfg.send_hwm, cfg.send_timeout
+    )
     worker = worker_class(transport, transport, handler, **worker_options(cfg))
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -4,8 +4,12 @@ A single thread owns the PULL socket and hands requests to the app threads.
 This is what keeps the Mongrel2 facts manageable: pipelined requests for a
 connection are queued behind the one in flight (replies go out in request
 order), and a disconnect notice reaches the connection's state whichever
-thread serves it. What happens to each message is the runtime contract
-(:mod:`m2gate.runtime.base`); this module only runs requests on threads.
+thread serves it. The queue to the app threads is bounded by ``backlog``:
+beyond it a request is answered 503 at once by the receiving thread (which
+must never block: it reads the disconnect notices too), and a request whose
+client left while it waited is dropped when a thread takes it. What happens
+to each message is the runtime contract (:mod:`m2gate.runtime.base`); this
+module only runs requests on threads.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, Protocol
 
 from m2gate.conn.connection import Connection, Flusher, Output
@@ -59,12 +63,15 @@ class ThreadedRuntime(Runtime[Connection]):
         server_header: bytes = SERVER_HEADER,
         uploads: UploadStore | None = None,
         on_done: Callable[[Connection], None] | None = None,
+        backlog: int = 1000,
+        max_pipelined: int = 16,
     ) -> None:
-        super().__init__(Connection, reply_ident, uploads, on_done, server_header)
+        super().__init__(Connection, reply_ident, uploads, on_done, server_header, max_pipelined)
         self.source = source
         self.sink = sink
         self.handler = handler
         self.threads = threads
+        self.backlog = backlog
         self.max_message = max_message
         self.flush_interval = flush_interval
         self._queue: queue.SimpleQueue[tuple[Connection, Message] | None] = queue.SimpleQueue()
@@ -96,13 +103,28 @@ class ThreadedRuntime(Runtime[Connection]):
             t.start()
 
     def _submit(self, conn: Connection, msg: Message) -> None:
-        """Hand a connection's next request to an app thread."""
-        self._queue.put((conn, msg))
+        """Hand a connection's next request to an app thread; 503 if the backlog is full."""
+        if self._queue.qsize() < self.backlog:
+            self._queue.put((conn, msg))
+        else:
+            self._refuse(conn, msg)
+
+    def _refuse(self, conn: Connection, msg: Message) -> None:
+        """Overload: 503 now and end the connection (its pipelined requests too)."""
+        self._overloaded(conn, msg, "%d requests already wait for a thread" % self.backlog)
+        self._done(conn, False)
+
+    def _send(self, messages: Sequence[bytes]) -> None:
+        self.sink.send(messages)
 
     def _serve_connection(self, conn: Connection, msg: Message) -> None:
         """Serve ``msg``, then the requests pipelined behind it, in order."""
         next_msg: Message | None = msg
         while next_msg is not None:
+            if conn.closed:  # the client left while this waited: start nothing for it
+                self._not_started(conn, next_msg)
+                next_msg = self._done(conn, False)
+                continue
             keep = self._serve(conn, next_msg)
             next_msg = self._done(conn, keep)
 

@@ -316,7 +316,7 @@ def _run(spec: WorkerSpec) -> int:
     logging.getLogger("m2gate.wsgi").addFilter(counter)
     handler = wsgi_handler(cfg, app, multithread=cfg.threads > 1, multiprocess=cfg.processes > 1)
     identity = b"%s-%s" % (cfg.send_ident.encode("ascii"), spec.wid)
-    sink = PubSink(open_pub(ctx, cfg.recv_spec, identity))
+    sink = PubSink(open_pub(ctx, cfg.recv_spec, identity, hwm=cfg.send_hwm), cfg.send_timeout)
     worker = ThreadedRuntime(link, sink, handler, on_done=link.done, **worker_options(cfg))
     probe_uuid = replies.reply_uuid(cfg.recv_ident, cfg.send_ident)
     link.attach(worker, sink, probe_uuid, probe_base(spec.serial), counter)

@@ -6,11 +6,20 @@ from collections.abc import Sequence
 from typing import Protocol
 
 
+class ReplyStalled(Exception):
+    """Mongrel2 read nothing for the send timeout: the reply was dropped (counted, logged).
+
+    Raised by a sink whose buffer for Mongrel2 is full, instead of holding
+    an unbounded amount of output in memory; the writer gives the connection up.
+    """
+
+
 class ReplySink(Protocol):
     """Where finished reply messages go; ``send`` must be thread-safe.
 
     Each element is one whole Mongrel2 reply, so messages from different
-    threads can never interleave.
+    threads can never interleave. A bounded sink raises :class:`ReplyStalled`
+    when Mongrel2 stopped reading; nothing is ever dropped silently.
     """
 
     def send(self, messages: Sequence[bytes]) -> None: ...

@@ -1,8 +1,10 @@
 """zmq.asyncio transport: PULL requests from Mongrel2, PUB replies back.
 
 Receiving is a coroutine so one event loop can wait for Mongrel2 and run
-many app coroutines. Sending stays a plain call: a PUB socket never blocks
-(its high-water mark is off, replies are already coalesced), so the same
+many app coroutines. Sending stays a plain call: the PUB only blocks when
+its high-water mark is reached, i.e. when Mongrel2 stopped reading (then
+nothing can reach Mongrel2 anyway, and the wait is bounded by
+``send_timeout``), so the same
 :class:`~m2gate.transports.base.ReplySink` contract and the same writer code
 serve the threaded and the asyncio runtimes. Use it from the loop's thread
 only.
@@ -23,17 +25,24 @@ class AsyncZmqTransport:
 
     send: Callable[[Sequence[bytes]], None]  # the PubSink's own send
 
-    def __init__(self, send_spec: str, recv_spec: str, identity: str) -> None:
+    def __init__(
+        self,
+        send_spec: str,
+        recv_spec: str,
+        identity: str,
+        hwm: int = 0,
+        send_timeout: float = 30.0,
+    ) -> None:
         self.send_spec = send_spec
         self.recv_spec = recv_spec
         self.ctx = zmq.asyncio.Context()
-        self.pull, pub = connect_pair(self.ctx, send_spec, recv_spec, identity)
+        self.pull, pub = connect_pair(self.ctx, send_spec, recv_spec, identity, hwm)
         self._async_pub = pub
         # A blocking shadow of the same socket: PUB sends complete at once,
         # and a plain call needs no future per reply.
         # (The PubSink's lock is uncontended here: one thread.)
         self._pub: zmq.Socket[bytes] = zmq.Socket.shadow(pub.underlying)
-        self.sink = PubSink(self._pub)
+        self.sink = PubSink(self._pub, send_timeout)
         self.send = self.sink.send
         self._pull_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self.pull.underlying)
         self._receiving = True

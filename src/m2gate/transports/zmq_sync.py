@@ -14,7 +14,8 @@ class ZmqTransport:
 
     The PULL is only used by the receiving thread. The PUB is shared through
     a :class:`PubSink`: each ``send`` is atomic, so replies never interleave
-    between threads.
+    between threads; with ``hwm`` it holds at most that many messages for a
+    Mongrel2 that stopped reading, waiting ``send_timeout`` for room.
     Create it after any ``fork``: ZeroMQ contexts do not survive one.
     """
 
@@ -24,12 +25,19 @@ class ZmqTransport:
     blocking_recv = True  # False: wait through poller_class (cooperative under gevent)
     send: Callable[[Sequence[bytes]], None]  # the ReplySink side: the PubSink's own send
 
-    def __init__(self, send_spec: str, recv_spec: str, identity: str) -> None:
+    def __init__(
+        self,
+        send_spec: str,
+        recv_spec: str,
+        identity: str,
+        hwm: int = 0,
+        send_timeout: float = 30.0,
+    ) -> None:
         self.send_spec = send_spec
         self.recv_spec = recv_spec
         self.ctx = self.context_class()
-        self.pull, self.pub = connect_pair(self.ctx, send_spec, recv_spec, identity)
-        self.sink = PubSink(self.pub)
+        self.pull, self.pub = connect_pair(self.ctx, send_spec, recv_spec, identity, hwm)
+        self.sink = PubSink(self.pub, send_timeout)
         self.send = self.sink.send  # no layer of ours between the writer and the socket
         self._receiving = True
         self._poller = self.poller_class()
