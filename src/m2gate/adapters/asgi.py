@@ -99,7 +99,10 @@ def _base_scope(
         "query_string": (msg.header("QUERY") or "").encode("latin-1"),
         "headers": _scope_headers(msg),
         "client": (client, 0) if client else None,
-        "server": (server_name, int(server_port) if server_port.isdigit() else None),
+        "server": (
+            server_name,
+            int(server_port) if server_port.isascii() and server_port.isdigit() else None,
+        ),
         "state": dict(state),
         "extensions": {},
     }

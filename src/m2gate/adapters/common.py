@@ -16,7 +16,7 @@ from m2gate.protocol.messages import Message
 
 # Mongrel2 route patterns are a literal prefix followed by pattern syntax.
 _PATTERN_META = re.compile(r"[(\[%.*+?^$]")
-_HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]]*)(?::(\d{1,5}))?\Z")
+_HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]]*)(?::([0-9]{1,5}))?\Z")
 
 
 @dataclass(frozen=True)

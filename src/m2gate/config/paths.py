@@ -26,7 +26,7 @@ def uid_of(user: str) -> int | None:
     """The uid ``--user`` names (None: none given or unknown; validated elsewhere)."""
     if not user:
         return None
-    if user.isdigit():
+    if user.isascii() and user.isdigit():
         return int(user)
     try:
         return pwd.getpwnam(user).pw_uid

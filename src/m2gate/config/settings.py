@@ -92,7 +92,7 @@ def _check_listen_addr(value: str) -> str:
     """``HOST:PORT`` (tcp) or a path with a ``/`` (unix socket)."""
     if value and "/" not in value:
         _host, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ValueError(value)
     return value
 
@@ -108,7 +108,7 @@ def _check_env(value: str) -> str:
 
 
 def _check_user(value: str) -> str:
-    if value and not value.isdigit():
+    if value and not (value.isascii() and value.isdigit()):
         import pwd
 
         try:
@@ -119,7 +119,7 @@ def _check_user(value: str) -> str:
 
 
 def _check_group(value: str) -> str:
-    if value and not value.isdigit():
+    if value and not (value.isascii() and value.isdigit()):
         import grp
 
         try:

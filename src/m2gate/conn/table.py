@@ -55,7 +55,7 @@ class ConnectionTable(Generic[C]):
             uuid = reply_uuid(self._reply_ident, msg.sender)
             conn = self.conns[msg.key] = self._factory(msg.sender, msg.conn_id, uuid)
             credits = msg.header("DOWNLOAD_CREDITS")
-            if credits is not None and credits.isdigit():
+            if credits is not None and credits.isascii() and credits.isdigit():
                 conn.grant(int(credits))
         if conn.busy:
             if len(conn.pending) < self.max_pipelined:

@@ -121,15 +121,21 @@ def resolve_ids(user: str, group: str) -> tuple[int | None, int | None, str | No
     name = None
     if user:
         try:
-            entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+            entry = (
+                pwd.getpwuid(int(user))
+                if (user.isascii() and user.isdigit())
+                else pwd.getpwnam(user)
+            )
             uid, gid, name = entry.pw_uid, entry.pw_gid, entry.pw_name
         except KeyError:
-            if not user.isdigit():
+            if not (user.isascii() and user.isdigit()):
                 raise ConfigError("user: no such user %r" % user) from None
             uid = int(user)
     if group:
         try:
-            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+            gid = (
+                int(group) if (group.isascii() and group.isdigit()) else grp.getgrnam(group).gr_gid
+            )
         except KeyError:
             raise ConfigError("group: no such group %r" % group) from None
     return uid, gid, name

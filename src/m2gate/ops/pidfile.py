@@ -97,7 +97,7 @@ def read_pid(path: str) -> int | None:
         return None
     finally:
         os.close(fd)
-    return int(text) if text.isdigit() else None
+    return int(text) if (text.isascii() and text.isdigit()) else None
 
 
 def is_locked(path: str) -> bool:

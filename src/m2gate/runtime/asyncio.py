@@ -123,7 +123,10 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         # Stop accepting, but serve what Mongrel2 already pushed to us.
         self.transport.stop_receiving()
         while (data := self.transport.recv_nowait()) is not None:
-            self.feed(data)
+            try:
+                self.feed(data)
+            except Exception:
+                log.exception("failed to handle a message (%d bytes)", len(data))
         self.release_held()
         return await self.drain(graceful_timeout)
 

@@ -56,6 +56,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from http import HTTPStatus
 from typing import Generic, TypeVar
 
 from m2gate.conn.connection import Connection
@@ -71,6 +72,7 @@ from m2gate.protocol.errors import ClientDisconnected, ProtocolError
 from m2gate.protocol.http import SERVER_HEADER, error_response, request_framing
 from m2gate.protocol.intake import log_dropped
 from m2gate.protocol.messages import (
+    BadRequest,
     Credits,
     Disconnect,
     HTTPRequest,
@@ -402,6 +404,9 @@ class Runtime(Generic[C]):
         kind is not served here (413 for a streamed upload, 400 for anything
         else).
         """
+        if reason is None and isinstance(msg, BadRequest):
+            reason = msg.reason  # a client-controlled value the parser refused
+            status = "%d %s" % (msg.status, HTTPStatus(msg.status).phrase)
         if reason is not None:
             log.warning("%s for %s:%s: %s", status[:3], msg.sender, msg.conn_id, reason)
         else:
@@ -427,6 +432,6 @@ def refusal_status(exc: UploadRejected) -> str:
 
 
 def content_length(msg: Message) -> int | None:
-    """The announced Content-Length, None if absent or not a plain number."""
+    """The announced Content-Length, None if absent or not plain ASCII digits."""
     raw = msg.header("content-length")
-    return int(raw) if raw and raw.isdigit() else None
+    return int(raw) if raw and raw.isascii() and raw.isdigit() else None

@@ -88,12 +88,18 @@ class ThreadedRuntime(Runtime[Connection]):
         while not self.stopping.is_set():
             data = self.source.recv(POLL_MS)
             if data is not None:
-                self.feed(data)
+                try:
+                    self.feed(data)
+                except Exception:  # a bug of ours must not stop the receiving
+                    log.exception("failed to handle a message (%d bytes)", len(data))
             self.expire_uploads(time.monotonic())
         # Stop accepting, but serve what Mongrel2 already pushed to us.
         self.source.stop_receiving()
         while (data := self.source.recv(0)) is not None:
-            self.feed(data)
+            try:
+                self.feed(data)
+            except Exception:
+                log.exception("failed to handle a message (%d bytes)", len(data))
         self.release_held()
         return self.drain(graceful_timeout)
 

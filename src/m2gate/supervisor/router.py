@@ -100,7 +100,10 @@ class Router:
                 raw = self.pull.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.on_message(raw, now)
+            try:
+                self.on_message(raw, now)
+            except Exception:  # a bug of ours must not end the batch, nor the master
+                log.exception("failed to route a message (%d bytes)", len(raw))
 
     def on_message(self, raw: bytes, now: float) -> None:
         msg = parse_or_drop(raw, log)
@@ -253,7 +256,7 @@ class Router:
             return False
         if kind == DONE:
             sender, _, conn_id = frames[2].rpartition(b" ") if len(frames) > 2 else (b"", b"", b"")
-            if not conn_id.isdigit():
+            if not (conn_id.isascii() and conn_id.isdigit()):
                 return False
             key = (sender.decode("latin-1"), int(conn_id))
             if not self.disp.on_done(wid, key, now):
