@@ -59,8 +59,10 @@ class ThreadedRuntime(Runtime[Connection]):
         server_header: bytes = SERVER_HEADER,
         uploads: UploadStore | None = None,
         on_done: Callable[[Connection], None] | None = None,
+        on_started: Callable[[Connection], None] | None = None,
     ) -> None:
         super().__init__(Connection, reply_ident, uploads, on_done, server_header)
+        self.on_started = on_started  # a response's first part leaves before its end
         self.source = source
         self.sink = sink
         self.handler = handler
@@ -110,7 +112,9 @@ class ThreadedRuntime(Runtime[Connection]):
             self._serve_connection(*item)
 
     def _serve(self, conn: Connection, msg: Message) -> bool:
-        out = Output(conn, self.sink, self._flusher, self.max_message, self.flush_interval)
+        out = Output(
+            conn, self.sink, self._flusher, self.max_message, self.flush_interval, self.on_started
+        )
         try:
             if isinstance(msg, HTTPRequest):
                 self.handler(msg, out)

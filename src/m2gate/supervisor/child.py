@@ -50,6 +50,7 @@ from m2gate.supervisor.wire import (
     PROBE_INTERVAL,
     PROBE_SPAN,
     READY,
+    STARTED,
     STOP,
     probe_base,
 )
@@ -144,17 +145,29 @@ class MasterLink:
         self._probe_base = base
         self.exceptions = exceptions
 
-    # -- called from app threads (and the receiving thread) ---------------
+    # -- called from app threads (and the receiving and flusher threads) ---
     def done(self, conn: Connection) -> None:
+        sock = self._thread_socket()
+        if sock is not None:
+            sock.send_multipart((DONE, b"%s %d" % (conn.sender.encode("latin-1"), conn.conn_id)))
+
+    def started(self, conn: Connection) -> None:
+        """A response's first part leaves before its end: the master must not answer for it."""
+        sock = self._thread_socket()
+        if sock is not None:
+            sock.send_multipart((STARTED, b"%s %d" % (conn.sender.encode("latin-1"), conn.conn_id)))
+
+    def _thread_socket(self) -> zmq.Socket[Any] | None:
+        """This thread's own DEALER (None once closed: nobody listens any more)."""
         sock: zmq.Socket[Any] | None = getattr(self._tls, "sock", None)
         if sock is None:
             with self._lock:
                 if self._closed:
-                    return  # a thread outliving the graceful timeout: nobody listens
+                    return None  # a thread outliving the graceful timeout
                 sock = self._dealer(b"%s.%d" % (self.wid, len(self._done_socks)))
                 self._done_socks.append(sock)
             self._tls.sock = sock
-        sock.send_multipart((DONE, b"%s %d" % (conn.sender.encode("latin-1"), conn.conn_id)))
+        return sock
 
     # -- RequestSource -----------------------------------------------------
     def recv(self, timeout_ms: int) -> bytes | None:
@@ -317,7 +330,9 @@ def _run(spec: WorkerSpec) -> int:
     handler = wsgi_handler(cfg, app, multithread=cfg.threads > 1, multiprocess=cfg.processes > 1)
     identity = b"%s-%s" % (cfg.send_ident.encode("ascii"), spec.wid)
     sink = PubSink(open_pub(ctx, cfg.recv_spec, identity))
-    worker = ThreadedRuntime(link, sink, handler, on_done=link.done, **worker_options(cfg))
+    worker = ThreadedRuntime(
+        link, sink, handler, on_done=link.done, on_started=link.started, **worker_options(cfg)
+    )
     probe_uuid = replies.reply_uuid(cfg.recv_ident, cfg.send_ident)
     link.attach(worker, sink, probe_uuid, probe_base(spec.serial), counter)
     if cfg.reload_on_change:

@@ -201,6 +201,15 @@ class Dispatcher:
                 self.last.popitem(last=False)
         return True
 
+    def mark_started(self, wid: bytes, key: Key) -> bool:
+        """``wid``'s response to ``key`` began to stream; False if not in flight there."""
+        w = self.workers.get(wid)
+        entries = w.inflight.get(key) if w is not None else None
+        if not entries:
+            return False
+        entries[0].streaming = True
+        return True
+
     def dispatch_queued(self, now: float) -> list[tuple[bytes, Queued]]:
         """Hand queued requests to workers that have room, oldest first."""
         out: list[tuple[bytes, Queued]] = []

@@ -27,7 +27,7 @@ from m2gate.protocol.messages import Credits, Disconnect, Message, UnknownContro
 from m2gate.supervisor.actions import Action
 from m2gate.supervisor.handoff import Dispatcher, Drop, Forward, Hold, Reject
 from m2gate.supervisor.lifecycle import Lifecycle
-from m2gate.supervisor.state import Worker, WorkerState
+from m2gate.supervisor.state import Key, Worker, WorkerState
 from m2gate.supervisor.watch import Watcher
 from m2gate.supervisor.wire import (
     DONE,
@@ -36,6 +36,7 @@ from m2gate.supervisor.wire import (
     HELLO,
     LOADED,
     PROBE_SPAN,
+    STARTED,
     is_probe,
     probe_base,
     probe_slot,
@@ -184,6 +185,15 @@ class Router:
         except (zmq.ZMQError, ValueError) as exc:
             log.warning("could not answer %s to %s:%s: %s", status, sender, conn_id, exc)
 
+    def close(self, sender: str, conn_id: int) -> None:
+        """Close a client connection whose response had already begun (nothing else fits)."""
+        uuid = replies.reply_uuid(self.cfg.recv_ident, sender)
+        try:
+            for m in replies.close(uuid, [conn_id]):
+                self.pub.send(m)
+        except (zmq.ZMQError, ValueError) as exc:
+            log.warning("could not close %s:%s: %s", sender, conn_id, exc)
+
     # -- workers -> master ----------------------------------------------------
     def on_router(self, now: float) -> None:
         freed = False
@@ -207,14 +217,16 @@ class Router:
         if w is None:
             return False
         if kind == DONE:
-            sender, _, conn_id = frames[2].rpartition(b" ") if len(frames) > 2 else (b"", b"", b"")
-            if not conn_id.isdigit() or not self.disp.on_done(
-                wid, (sender.decode("latin-1"), int(conn_id)), now
-            ):
+            key = self._frame_key(frames)
+            if key is None or not self.disp.on_done(wid, key, now):
                 return False
             self.run(self.life.on_done(w, now))
             return True
-        if kind == HEARTBEAT:
+        if kind == STARTED:
+            key = self._frame_key(frames)
+            if key is not None:
+                self.disp.mark_started(wid, key)
+        elif kind == HEARTBEAT:
             self._on_heartbeat(w, frames[2] if len(frames) > 2 else b"{}", now)
         elif kind == FATAL:
             w.fatal = frames[2].decode("utf-8", "replace") if len(frames) > 2 else ""
@@ -223,6 +235,14 @@ class Router:
         elif kind != HELLO:
             log.debug("unknown frame %r from worker %s", kind[:20], wid.decode())
         return False
+
+    @staticmethod
+    def _frame_key(frames: list[bytes]) -> Key | None:
+        """The connection a ``d``/``s`` frame names (``SENDER CONN_ID``), None if garbled."""
+        sender, _, conn_id = frames[2].rpartition(b" ") if len(frames) > 2 else (b"", b"", b"")
+        if not conn_id.isdigit():
+            return None
+        return sender.decode("latin-1"), int(conn_id)
 
     def _on_heartbeat(self, w: Worker, data: bytes, now: float) -> None:
         try:
@@ -253,17 +273,28 @@ class Router:
         expected = w.state is WorkerState.STOPPING and code == 0
         how = "exited with %d" % code if code >= 0 else "killed by signal %d" % -code
         if lost:
-            keys = list(dict.fromkeys(e.key for e in lost))
+            # The first entry of a connection is the one being served; only
+            # it can have started to stream. Its client already has a status
+            # line and part of a body: another response would land inside
+            # that body, so such a connection only gets closed.
+            first: dict[Key, bool] = {}
+            for e in lost:
+                first.setdefault(e.key, e.streaming)
+            cut = sum(first.values())
             log.warning(
-                "worker %s (pid %d) %s with %d request(s) in flight: answering %s",
+                "worker %s (pid %d) %s with %d request(s) in flight: answering %s%s",
                 w.wid.decode(),
                 w.pid,
                 how,
                 len(lost),
                 w.answer,
+                " (%d response(s) already streaming: closed)" % cut if cut else "",
             )
-            for key in keys:
-                self.answer(key[0], key[1], w.answer)
+            for key, streaming in first.items():
+                if streaming:
+                    self.close(key[0], key[1])
+                else:
+                    self.answer(key[0], key[1], w.answer)
         elif expected:
             log.info(
                 "worker %s (pid %d) exited after %d request(s)", w.wid.decode(), w.pid, w.requests

@@ -61,6 +61,7 @@ class InFlight:
     started: float  # when the worker could start it (after the ones before it)
     pipelined: bool
     what: str = ""  # "METHOD PATH", for status
+    streaming: bool = False  # part of its response is out: only a close may follow
 
 
 @dataclass

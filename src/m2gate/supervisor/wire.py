@@ -8,7 +8,9 @@ Multipart frames, the master's ROUTER adds the worker's id:
 - master -> worker: ``RAW`` (one frame: a Mongrel2 message), or an empty
   frame then ``ready`` / ``stop``
 - worker -> master: ``hello JSON``, ``d "SENDER CONN_ID"`` (one per request
-  accepted, served or dropped), ``hb JSON`` (every second), ``loaded JSON``
+  accepted, served or dropped), ``s "SENDER CONN_ID"`` (a response started to
+  leave before its end: from then on only a close may answer for it; a
+  response sent whole needs none), ``hb JSON`` (every second), ``loaded JSON``
   (app source files, for reload-on-change), ``fatal TEXT`` (app load failed)
 
 Probe ids: a process proves its reply path by publishing a close to a
@@ -34,6 +36,7 @@ READY = b"ready"
 STOP = b"stop"
 HELLO = b"hello"
 DONE = b"d"
+STARTED = b"s"
 HEARTBEAT = b"hb"
 LOADED = b"loaded"
 FATAL = b"fatal"
