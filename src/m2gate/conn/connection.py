@@ -47,6 +47,7 @@ class Connection:
         "closed",
         "conn_id",
         "credits",
+        "epoch",
         "flow_control",
         "key",
         "lock",
@@ -65,6 +66,7 @@ class Connection:
         self.uuid = uuid
         self.busy = False
         self.closed = False
+        self.epoch = 0  # the Mongrel2 incarnation its id belongs to (ConnectionTable.reset)
         self.lock = threading.Lock()
         self._cond: threading.Condition | None = None
         self.flow_control = False

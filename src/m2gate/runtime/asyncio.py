@@ -49,6 +49,7 @@ from m2gate.transports.zmq_async import AsyncZmqTransport
 log = logging.getLogger("m2gate.worker")
 
 UPLOAD_CHUNK = 256 * 1024
+FRONTEND_CHECK = 0.1  # seconds between checks that Mongrel2 is still the same
 
 
 class AsyncTransport(Protocol):
@@ -82,6 +83,7 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
     ) -> None:
         super().__init__(AsyncConnection, reply_ident, uploads, on_done)
         self.transport = transport
+        self.watch_frontend(getattr(transport, "frontend_changed", None))
         self.app = app
         self.defaults = defaults
         self.max_message = max_message
@@ -110,6 +112,8 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         background = [receiver]
         if self.idle_keepalive > 0:
             background.append(asyncio.create_task(self._keepalive_loop(self.idle_keepalive)))
+        if self._frontend_changed is not None:
+            background.append(asyncio.create_task(self._frontend_loop()))
         await self._stop.wait()
         for task in background:
             task.cancel()
@@ -131,6 +135,12 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
                     log.exception("failed to handle a message (%d bytes)", len(data))
                 data = recv_nowait()  # the rest of a burst, without a future each
             await asyncio.sleep(0)  # let the requests just started run first
+
+    async def _frontend_loop(self) -> None:
+        """Every 100 ms: did Mongrel2 go away? (its connection ids restart at 1)."""
+        while True:
+            await asyncio.sleep(FRONTEND_CHECK)
+            self.check_frontend()
 
     async def _keepalive_loop(self, interval: float) -> None:
         """Reset Mongrel2's idle timers (limits.min_ping) for connections in use.

@@ -25,7 +25,13 @@ message at a time, from one thread or the loop only):
   stop), pipelined requests behind it are dropped;
 - *credits*: added to the connection (flow control);
 - *websocket frame*: :meth:`Runtime._frame` (no websockets: answered 400);
-- unknown control messages: ignored.
+- unknown control messages: ignored;
+- *Mongrel2 went away* (its connection ids restart at 1): every connection
+  of the old incarnation is marked closed and forgotten
+  (:meth:`Runtime.reset_frontend`), so no reply of an old request reaches a
+  new client that got the same id. The source says so
+  (``frontend_changed()``, asked when idle and when a request joins a
+  connection already held), or a supervisor does (its reset frame).
 
 And for serving: every request accepted ends in exactly one ``on_done``
 call, served or dropped (a supervisor counts requests in flight with it);
@@ -96,6 +102,7 @@ class Runtime(Generic[C]):
         self._table: ConnectionTable[C] = ConnectionTable(factory, reply_ident)
         self._conns = self._table.conns
         self._lock = threading.Lock()
+        self._frontend_changed: Callable[[], bool] | None = None
 
     # -- lifecycle -----------------------------------------------------------
     def stop(self) -> None:
@@ -106,6 +113,42 @@ class Runtime(Generic[C]):
     def disconnects(self) -> int:
         """Disconnect notices that came while a request was being served."""
         return self._table.disconnects
+
+    # -- the front-end's incarnations ----------------------------------------
+    def watch_frontend(self, changed: Callable[[], bool] | None) -> None:
+        """Use ``changed()`` (True once per Mongrel2 gone away) to detect restarts."""
+        self._frontend_changed = changed
+        self._table.on_held = self._held_changed if changed is not None else None
+
+    def check_frontend(self) -> None:
+        """From the receiving loop when idle: reset if Mongrel2 went away."""
+        changed = self._frontend_changed
+        if changed is not None and changed():
+            self.reset_frontend()
+
+    def reset_frontend(self, epoch: int | None = None) -> None:
+        """Drop every connection of Mongrel2's old incarnation (receiving thread)."""
+        with self._lock:
+            self._reset_locked(epoch)
+
+    def _held_changed(self) -> bool:
+        # The table's on_held, under _lock: a request joins a held connection.
+        changed = self._frontend_changed
+        if changed is not None and changed():
+            self._reset_locked(None)
+            return True
+        return False
+
+    def _reset_locked(self, epoch: int | None) -> None:
+        old = self._table.reset(epoch)
+        for conn, dropped in old:
+            conn.mark_closed()  # its writer sends nothing more: the id is no longer its
+            self._report_dropped(conn, dropped)
+        log.warning(
+            "Mongrel2 went away: forgot %d connection(s) of its old incarnation (epoch %d)",
+            len(old),
+            self._table.epoch,
+        )
 
     # -- receiving -----------------------------------------------------------
     def feed(self, data: bytes) -> None:

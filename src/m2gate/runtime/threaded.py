@@ -64,6 +64,7 @@ class ThreadedRuntime(Runtime[Connection]):
         super().__init__(Connection, reply_ident, uploads, on_done, server_header)
         self.on_started = on_started  # a response's first part leaves before its end
         self.source = source
+        self.watch_frontend(getattr(source, "frontend_changed", None))
         self.sink = sink
         self.handler = handler
         self.threads = threads
@@ -84,6 +85,8 @@ class ThreadedRuntime(Runtime[Connection]):
             data = self.source.recv(POLL_MS)
             if data is not None:
                 self.feed(data)
+            else:
+                self.check_frontend()  # idle: e.g. Mongrel2 is gone
         # Stop accepting, but serve what Mongrel2 already pushed to us.
         self.source.stop_receiving()
         while (data := self.source.recv(0)) is not None:

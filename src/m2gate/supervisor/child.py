@@ -41,6 +41,7 @@ from m2gate.runtime.threaded import ThreadedRuntime
 from m2gate.supervisor.watch import app_source_files
 from m2gate.supervisor.wire import (
     DONE,
+    EPOCH,
     EXIT_APP_LOAD,
     FATAL,
     HEARTBEAT,
@@ -52,6 +53,7 @@ from m2gate.supervisor.wire import (
     READY,
     STARTED,
     STOP,
+    conn_report,
     probe_base,
 )
 from m2gate.transports.zmq_common import PubSink, open_pub
@@ -149,7 +151,7 @@ class MasterLink:
     def done(self, conn: Connection) -> None:
         sock = self._thread_socket()
         if sock is not None:
-            sock.send_multipart((DONE, b"%s %d" % (conn.sender.encode("latin-1"), conn.conn_id)))
+            sock.send_multipart((DONE, conn_report(conn.sender, conn.conn_id, conn.epoch)))
 
     def started(self, conn: Connection) -> None:
         """A response's first part leaves before its end: the master must not answer for it."""
@@ -213,6 +215,11 @@ class MasterLink:
         elif kind == STOP:
             if self.worker is not None:
                 self.worker.stop()
+        elif kind == EPOCH:
+            # Mongrel2 went away: before any request of its next incarnation,
+            # forget (and stop writing to) every connection of the old one.
+            if self.worker is not None and len(frames) > 2 and frames[2].isdigit():
+                self.worker.reset_frontend(int(frames[2]))
         else:
             log.warning("unknown frame from the master: %r", kind[:20])
         return None

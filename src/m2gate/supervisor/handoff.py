@@ -31,7 +31,7 @@ from m2gate.protocol.messages import (
     UnknownControl,
     UploadDone,
 )
-from m2gate.supervisor.state import InFlight, Key, Worker, WorkerState
+from m2gate.supervisor.state import InFlight, Key, Worker, WorkerState, stale_key
 
 # Idle keep-alive connections remembered for their notices (credits, disconnect).
 LAST_SERVED_MAX = 65536
@@ -87,6 +87,7 @@ class Dispatcher:
         self._queued_keys: dict[Key, int] = {}
         self._turn = itertools.count()
         self._order: dict[bytes, int] = {}
+        self.epoch = 0  # Mongrel2 incarnations gone (see reset_frontend)
 
     # -- workers -----------------------------------------------------------
     def add_worker(self, w: Worker) -> None:
@@ -177,11 +178,16 @@ class Dispatcher:
             self._order[best.wid] = next(self._turn)
         return best
 
-    def on_done(self, wid: bytes, key: Key, now: float) -> bool:
-        """A worker finished (or dropped) one request of ``key``; False if unknown."""
+    def on_done(self, wid: bytes, key: Key, now: float, epoch: int | None = None) -> bool:
+        """A worker finished (or dropped) one request of ``key``; False if unknown.
+
+        ``epoch``: the Mongrel2 incarnation the worker served it in (None: the current one).
+        """
         w = self.workers.get(wid)
         if w is None:
             return False
+        if epoch is not None and epoch != self.epoch:
+            key = stale_key(epoch, key)
         entries = w.inflight.get(key)
         if not entries:
             return False
@@ -193,6 +199,8 @@ class Dispatcher:
             entries[0].started = now  # the next pipelined request starts now
         else:
             del w.inflight[key]
+            if entry.epoch != self.epoch:
+                return True  # of an old incarnation: nothing to remember
             if self.owner.get(key) == wid:
                 del self.owner[key]
             self.last[key] = wid
@@ -200,6 +208,28 @@ class Dispatcher:
             if len(self.last) > LAST_SERVED_MAX:
                 self.last.popitem(last=False)
         return True
+
+    def reset_frontend(self) -> int:
+        """Mongrel2 went away: its connection ids are void. Returns requests dropped.
+
+        Queued requests are dropped unanswered (their clients are gone, and
+        their ids may name new clients); requests in flight stay counted on
+        their workers under :func:`~m2gate.supervisor.state.stale_key`
+        until done, but nothing routes to them or answers for them.
+        """
+        old = self.epoch
+        self.epoch += 1
+        dropped = len(self.queue)
+        self.queue.clear()
+        self._queued_keys.clear()
+        self.owner.clear()
+        self.last.clear()
+        for w in self.workers.values():
+            w.inflight = {
+                (stale_key(old, k) if q and q[0].epoch == old else k): q
+                for k, q in w.inflight.items()
+            }
+        return dropped
 
     def mark_started(self, wid: bytes, key: Key) -> bool:
         """``wid``'s response to ``key`` began to stream; False if not in flight there."""
@@ -265,7 +295,7 @@ class Dispatcher:
         if q is None:
             q = w.inflight[key] = deque()
             self.owner[key] = w.wid
-        q.append(InFlight(key, now, pipelined, "%s %s" % (msg.method, msg.path)))
+        q.append(InFlight(key, now, pipelined, "%s %s" % (msg.method, msg.path), epoch=self.epoch))
 
     def _hold(self, msg: Message, raw: bytes, now: float) -> Decision:
         if len(self.queue) >= self.queue_size:

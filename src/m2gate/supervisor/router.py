@@ -31,6 +31,7 @@ from m2gate.supervisor.state import Key, Worker, WorkerState
 from m2gate.supervisor.watch import Watcher
 from m2gate.supervisor.wire import (
     DONE,
+    EPOCH,
     FATAL,
     HEARTBEAT,
     HELLO,
@@ -38,6 +39,7 @@ from m2gate.supervisor.wire import (
     PROBE_SPAN,
     STARTED,
     is_probe,
+    parse_conn_report,
     probe_base,
     probe_slot,
 )
@@ -73,6 +75,29 @@ class Router:
         self._pub_probe = 0
         self._next_pub_probe = 0.0
         self._queue_warned = 0.0
+
+    # -- Mongrel2's incarnations ---------------------------------------------
+    def frontend_gone(self) -> None:
+        """Mongrel2 went away (the PULL's monitor said so): its connection ids are void.
+
+        Called before any message of its next incarnation is handled: the
+        workers hear ``epoch N`` before the next request on the same pipe,
+        so a request for a reused id never joins an old connection, and no
+        reply (theirs or ours) goes to an old connection's id.
+        """
+        dropped = self.disp.reset_frontend()
+        log.warning(
+            "Mongrel2 went away: forgot its connections (epoch %d, %d queued request(s) dropped)",
+            self.disp.epoch,
+            dropped,
+        )
+        for w in list(self.life.workers.values()):
+            if w.ready_at is not None and w.state is not WorkerState.KILLED:
+                self.send_epoch(w.wid)
+
+    def send_epoch(self, wid: bytes) -> None:
+        """Tell ``wid`` the current epoch (a worker not ready yet hears it with ``ready``)."""
+        self.send(wid, b"", EPOCH, b"%d" % self.disp.epoch)
 
     # -- Mongrel2 -> workers --------------------------------------------------
     def on_pull(self, now: float) -> None:
@@ -217,15 +242,15 @@ class Router:
         if w is None:
             return False
         if kind == DONE:
-            key = self._frame_key(frames)
-            if key is None or not self.disp.on_done(wid, key, now):
+            report = parse_conn_report(frames[2]) if len(frames) > 2 else None
+            if report is None or not self.disp.on_done(wid, (report[0], report[1]), now, report[2]):
                 return False
             self.run(self.life.on_done(w, now))
             return True
         if kind == STARTED:
-            key = self._frame_key(frames)
-            if key is not None:
-                self.disp.mark_started(wid, key)
+            report = parse_conn_report(frames[2]) if len(frames) > 2 else None
+            if report is not None and report[2] == self.disp.epoch:
+                self.disp.mark_started(wid, (report[0], report[1]))
         elif kind == HEARTBEAT:
             self._on_heartbeat(w, frames[2] if len(frames) > 2 else b"{}", now)
         elif kind == FATAL:
@@ -235,14 +260,6 @@ class Router:
         elif kind != HELLO:
             log.debug("unknown frame %r from worker %s", kind[:20], wid.decode())
         return False
-
-    @staticmethod
-    def _frame_key(frames: list[bytes]) -> Key | None:
-        """The connection a ``d``/``s`` frame names (``SENDER CONN_ID``), None if garbled."""
-        sender, _, conn_id = frames[2].rpartition(b" ") if len(frames) > 2 else (b"", b"", b"")
-        if not conn_id.isdigit():
-            return None
-        return sender.decode("latin-1"), int(conn_id)
 
     def _on_heartbeat(self, w: Worker, data: bytes, now: float) -> None:
         try:
@@ -279,7 +296,8 @@ class Router:
             # that body, so such a connection only gets closed.
             first: dict[Key, bool] = {}
             for e in lost:
-                first.setdefault(e.key, e.streaming)
+                if e.epoch == self.disp.epoch:  # an old incarnation's id is nobody's to answer
+                    first.setdefault(e.key, e.streaming)
             cut = sum(first.values())
             log.warning(
                 "worker %s (pid %d) %s with %d request(s) in flight: answering %s%s",

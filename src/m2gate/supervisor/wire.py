@@ -6,9 +6,12 @@ import the other's process code.
 Multipart frames, the master's ROUTER adds the worker's id:
 
 - master -> worker: ``RAW`` (one frame: a Mongrel2 message), or an empty
-  frame then ``ready`` / ``stop``
-- worker -> master: ``hello JSON``, ``d "SENDER CONN_ID"`` (one per request
-  accepted, served or dropped), ``s "SENDER CONN_ID"`` (a response started to
+  frame then ``ready`` / ``stop`` / ``epoch N`` (Mongrel2 went away: forget
+  every connection, the ones made from now on belong to epoch N; it comes
+  before any message of the new incarnation)
+- worker -> master: ``hello JSON``, ``d "SENDER CONN_ID[ EPOCH]"`` (one per
+  request accepted, served or dropped; EPOCH, when not 0, is the incarnation
+  it was accepted in), ``s "SENDER CONN_ID[ EPOCH]"`` (a response started to
   leave before its end: from then on only a close may answer for it; a
   response sent whole needs none), ``hb JSON`` (every second), ``loaded JSON``
   (app source files, for reload-on-change), ``fatal TEXT`` (app load failed)
@@ -34,12 +37,28 @@ HEARTBEAT_INTERVAL = 1.0
 # Frames
 READY = b"ready"
 STOP = b"stop"
+EPOCH = b"epoch"
 HELLO = b"hello"
 DONE = b"d"
 STARTED = b"s"
 HEARTBEAT = b"hb"
 LOADED = b"loaded"
 FATAL = b"fatal"
+
+
+def conn_report(sender: str, conn_id: int, epoch: int) -> bytes:
+    """The payload of a ``d``/``s`` frame."""
+    if epoch:
+        return b"%s %d %d" % (sender.encode("latin-1"), conn_id, epoch)
+    return b"%s %d" % (sender.encode("latin-1"), conn_id)
+
+
+def parse_conn_report(data: bytes) -> tuple[str, int, int] | None:
+    """``(sender, conn_id, epoch)`` of a ``d``/``s`` payload, None if garbled."""
+    parts = data.split(b" ")
+    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts[1:]):
+        return None
+    return parts[0].decode("latin-1"), int(parts[1]), int(parts[2]) if len(parts) == 3 else 0
 
 
 def probe_base(serial: int) -> int:

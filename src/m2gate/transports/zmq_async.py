@@ -15,7 +15,12 @@ from collections.abc import Callable, Sequence
 import zmq
 import zmq.asyncio
 
-from m2gate.transports.zmq_common import PubSink, connect_pair, disconnect_pull
+from m2gate.transports.zmq_common import (
+    FrontendMonitor,
+    PubSink,
+    connect_pair,
+    disconnect_pull,
+)
 
 
 class AsyncZmqTransport:
@@ -36,6 +41,7 @@ class AsyncZmqTransport:
         self.sink = PubSink(self._pub)
         self.send = self.sink.send
         self._pull_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self.pull.underlying)
+        self._monitor = FrontendMonitor(self._pull_sync, zmq.Context.shadow(self.ctx.underlying))
         self._receiving = True
 
     async def recv(self, timeout_ms: int | None = None) -> bytes | None:
@@ -60,6 +66,10 @@ class AsyncZmqTransport:
             return None
         return data
 
+    def frontend_changed(self) -> bool:
+        """True once each time Mongrel2 went away (see :class:`FrontendMonitor`)."""
+        return self._receiving and self._monitor.changed()
+
     def stop_receiving(self) -> None:
         """Disconnect the PULL so Mongrel2 pushes new requests elsewhere."""
         if self._receiving:
@@ -68,6 +78,7 @@ class AsyncZmqTransport:
 
     def close(self, linger_s: float) -> None:
         """Close both sockets, giving queued replies ``linger_s`` to leave."""
+        self._monitor.close()
         self.pull.close(linger=0)
         self._async_pub.close(linger=int(linger_s * 1000))
         self.ctx.term()

@@ -10,6 +10,8 @@ transports, the handler API and the supervisor's processes all use these.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import threading
 from collections.abc import Sequence
@@ -18,6 +20,8 @@ from typing import Any
 import zmq
 
 log = logging.getLogger("m2gate.transport")
+
+_MONITORS = itertools.count()
 
 # Below this a copy is cheaper than pinning the buffer for zero-copy.
 COPY_BELOW = 65536
@@ -77,6 +81,65 @@ class PubSink:
         """Close the PUB, giving queued replies ``linger_s`` to leave."""
         with self._lock:
             self.pub.close(linger=int(linger_s * 1000))
+
+
+class FrontendMonitor:
+    """Tells when the Mongrel2 behind a socket went away (it may have restarted).
+
+    Connection ids restart at 1 when Mongrel2 restarts: whatever a process
+    holds for a connection of the old incarnation must go, or a reply meant
+    for an old client reaches a new one that got the same id. ZeroMQ's
+    socket monitor reports the TCP/IPC connection dropping
+    (``EVENT_DISCONNECTED``); only that counts (the first connect is not a
+    change, and a reconnect always follows a disconnect). It is polled, not
+    waited on: :meth:`changed` costs a few microseconds, so callers ask when
+    idle or when a message does not match the state they hold, never per
+    message.
+    """
+
+    __slots__ = ("_mon", "_sock", "disconnects")
+
+    def __init__(self, sock: zmq.Socket[Any], ctx: zmq.Context[Any] | None = None) -> None:
+        """Monitor ``sock``; ``ctx``: a blocking context for the monitor's own socket."""
+        self._sock = sock
+        addr = "inproc://m2gate-frontend-%d" % next(_MONITORS)
+        sock.monitor(addr, zmq.EVENT_DISCONNECTED)
+        mon: zmq.Socket[Any] = (ctx or sock.context).socket(zmq.PAIR)
+        mon.connect(addr)
+        self._mon: zmq.Socket[Any] | None = mon
+        self.disconnects = 0
+
+    @property
+    def socket(self) -> zmq.Socket[Any] | None:
+        """The monitor's own socket (a master registers it in its poller)."""
+        return self._mon
+
+    def changed(self) -> bool:
+        """True if the peer went away since the last call; never blocks."""
+        mon = self._mon
+        if mon is None:
+            return False
+        gone = False
+        while True:
+            try:
+                frames = mon.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return gone
+            except zmq.ZMQError:  # closed under us (shutdown)
+                return gone
+            if len(frames) >= 1 and len(frames[0]) >= 2:
+                event = int.from_bytes(frames[0][:2], "little")
+                if event == zmq.EVENT_DISCONNECTED:
+                    gone = True
+                    self.disconnects += 1
+
+    def close(self) -> None:
+        """Stop monitoring (before the socket is closed)."""
+        mon, self._mon = self._mon, None
+        if mon is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._sock.disable_monitor()
+            mon.close(linger=0)
 
 
 def disconnect_pull(pull: zmq.Socket[Any], send_spec: str) -> None:
