@@ -45,6 +45,7 @@ from m2gate.protocol.messages import (
 )
 from m2gate.runtime.base import Runtime
 from m2gate.transports.zmq_async import AsyncZmqTransport
+from m2gate.transports.zmq_common import pull_limit
 
 log = logging.getLogger("m2gate.worker")
 
@@ -303,7 +304,9 @@ async def _main(cfg: Any, app: ASGIApp) -> int:
     lifespan = Lifespan(app)
     await lifespan.startup()
     defaults = EnvironDefaults(cfg.server_name, cfg.server_port, cfg.trust_x_forwarded_for)
-    transport = AsyncZmqTransport(cfg.send_spec, cfg.recv_spec, cfg.send_ident)
+    transport = AsyncZmqTransport(
+        cfg.send_spec, cfg.recv_spec, cfg.send_ident, pull_limit(cfg.mongrel2_content_length)
+    )
     worker = AsyncioRuntime(
         transport,
         app,

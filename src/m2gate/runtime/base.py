@@ -19,8 +19,10 @@ message at a time, from one thread or the loop only):
   the connection at admission, in the receiving loop, so an *upload done*
   that comes before anything started serving it is never lost (the early
   upload-done race, solved here only);
-- *upload done*: completes the upload in flight; one with no upload
-  announced is forged and served as a request (answered 400);
+- *upload done*: completes the upload in flight; one for an upload whose
+  request was already answered (the app did not wait for the whole body)
+  is late and ignored quietly; one with no upload announced is forged and
+  served as a request (answered 400);
 - *disconnect*: the connection is marked closed (writers and upload readers
   stop), pipelined requests behind it are dropped;
 - *credits*: added to the connection (flow control);
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -74,6 +77,7 @@ log = logging.getLogger("m2gate.worker")
 C = TypeVar("C", bound=Connection)
 
 FORGED_UPLOAD = "upload headers on an ordinary request"
+ANSWERED_UPLOADS_MAX = 1024  # late upload-done notices remembered
 
 
 class Runtime(Generic[C]):
@@ -103,6 +107,9 @@ class Runtime(Generic[C]):
         self._conns = self._table.conns
         self._lock = threading.Lock()
         self._frontend_changed: Callable[[], bool] | None = None
+        # (connection, announced path) of uploads answered before Mongrel2
+        # said they were done: their upload-done is late, not forged.
+        self._answered_uploads: OrderedDict[tuple[tuple[str, int], str], None] = OrderedDict()
 
     # -- lifecycle -----------------------------------------------------------
     def stop(self) -> None:
@@ -198,6 +205,13 @@ class Runtime(Generic[C]):
         with self._lock:
             conn = self._conns.get(msg.key)
             upload = conn.upload if conn is not None else None
+            late = (
+                upload is None
+                and self._answered_uploads.pop((msg.key, msg.start_path), True) is None
+            )
+        if late:
+            log.debug("late upload-done for %s:%s ignored", msg.sender, msg.conn_id)
+            return True
         if upload is None:
             return False
         if msg.start_path != upload.announced:
@@ -252,6 +266,11 @@ class Runtime(Generic[C]):
     def _end_upload(self, conn: C, upload: Upload) -> None:
         with self._lock:
             conn.upload = None
+            if not upload.done.is_set():  # answered first: its upload-done will be late
+                answered = self._answered_uploads
+                answered[(conn.key, upload.announced)] = None
+                if len(answered) > ANSWERED_UPLOADS_MAX:
+                    answered.popitem(last=False)
         if upload.path:  # only a path resolved inside the temp store is ours to delete
             upload.remove()
 

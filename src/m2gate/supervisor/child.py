@@ -54,7 +54,6 @@ from m2gate.supervisor.wire import (
     STARTED,
     STOP,
     conn_report,
-    probe_base,
 )
 from m2gate.transports.zmq_common import PubSink, open_pub
 
@@ -267,6 +266,7 @@ class WorkerSpec:
     master_pid: int
     app: Any = None  # preloaded by the master, else imported here
     close_fds: Sequence[int] = ()
+    probe: int = 0  # its first probe id (wire.probe_base in the master's block)
 
 
 def child_main(spec: WorkerSpec) -> int:
@@ -341,7 +341,7 @@ def _run(spec: WorkerSpec) -> int:
         link, sink, handler, on_done=link.done, on_started=link.started, **worker_options(cfg)
     )
     probe_uuid = replies.reply_uuid(cfg.recv_ident, cfg.send_ident)
-    link.attach(worker, sink, probe_uuid, probe_base(spec.serial), counter)
+    link.attach(worker, sink, probe_uuid, spec.probe, counter)
     if cfg.reload_on_change:
         link.send(LOADED, json.dumps(app_source_files()).encode())
     clean = worker.run(cfg.graceful_timeout)

@@ -11,6 +11,8 @@ Rules (each from a measured Mongrel2 fact):
 - Everything for a connection that is in flight on a worker goes to that
   worker: pipelined requests (it answers them in order), upload-done,
   disconnect and credits notices. Notices would otherwise never reach it.
+  An upload-done after the request was answered goes to the worker that
+  answered it: only it can tell a late notice from a forged one.
 - New work goes to the least loaded *ready* worker with a free thread.
   Nothing goes to a worker before its reply path is proven (``ready``):
   ZeroMQ silently drops what a fresh PUB sends before it has connected.
@@ -150,6 +152,12 @@ class Dispatcher:
                 return Forward(wid)  # completes the upload in flight: not a new request
             self._add(self.workers[wid], key, now, True, msg)
             return Forward(wid)
+        if isinstance(msg, UploadDone) and key not in self._queued_keys:
+            last = self.last.get(key)
+            if last is not None and last in self.workers:
+                # Most likely late: the worker that answered the upload knows.
+                # (It ignores it, or answers a forged one 400: not counted.)
+                return Forward(last)
         if key in self._queued_keys:
             return self._hold(msg, raw, now)  # behind an earlier request of this connection
         w = self.pick()

@@ -53,7 +53,7 @@ from m2gate.supervisor.state import Worker
 from m2gate.supervisor.systemd import sd_notify
 from m2gate.supervisor.watch import WATCH_INTERVAL, Watcher
 from m2gate.supervisor.wire import EXIT_APP_LOAD, READY
-from m2gate.transports.zmq_common import FrontendMonitor, open_pub
+from m2gate.transports.zmq_common import FrontendMonitor, open_pub, open_pull, pull_limit
 
 log = logging.getLogger("m2gate.master")
 
@@ -138,8 +138,9 @@ class Master:
         router.setsockopt(zmq.RCVHWM, 0)
         router.bind(self.endpoint)
         pub = open_pub(self.ctx, cfg.recv_spec, ("%s-master" % cfg.send_ident).encode("ascii"))
-        pull = self.ctx.socket(zmq.PULL)
-        pull.setsockopt(zmq.IDENTITY, cfg.send_ident.encode("ascii"))
+        pull = open_pull(
+            self.ctx, cfg.send_ident.encode("ascii"), pull_limit(cfg.mongrel2_content_length)
+        )
         pull.connect(cfg.send_spec)
         # Mongrel2's restarts: its connection ids start again at 1.
         self.frontend = FrontendMonitor(pull)
@@ -228,6 +229,7 @@ class Master:
             self.pid,
             self.app,
             self._fds_for_children(),
+            w.probe,
         )
         w.pid = workers.fork(spec)
         self.by_pid[w.pid] = w

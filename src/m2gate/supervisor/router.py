@@ -21,9 +21,10 @@ import zmq
 
 from m2gate.config.settings import Config
 from m2gate.protocol import replies
+from m2gate.protocol.errors import ProtocolError
 from m2gate.protocol.http import error_response, request_framing
-from m2gate.protocol.intake import parse_or_drop
-from m2gate.protocol.messages import Credits, Disconnect, Message, UnknownControl
+from m2gate.protocol.intake import log_dropped
+from m2gate.protocol.messages import Credits, Disconnect, Message, UnknownControl, parse_message
 from m2gate.supervisor.actions import Action
 from m2gate.supervisor.handoff import Dispatcher, Drop, Forward, Hold, Reject
 from m2gate.supervisor.lifecycle import Lifecycle
@@ -38,8 +39,8 @@ from m2gate.supervisor.wire import (
     LOADED,
     PROBE_SPAN,
     STARTED,
-    is_probe,
     parse_conn_report,
+    parse_probe_notice,
     probe_base,
     probe_slot,
 )
@@ -109,11 +110,14 @@ class Router:
             self.on_message(raw, now)
 
     def on_message(self, raw: bytes, now: float) -> None:
-        msg = parse_or_drop(raw, log)
-        if msg is None:
-            return
-        if isinstance(msg, Disconnect) and is_probe(msg.conn_id):
-            self._on_probe(msg.conn_id, now)
+        try:
+            msg = parse_message(raw)
+        except ProtocolError as exc:
+            probe = parse_probe_notice(raw)  # probe ids come back negative: not parsed
+            if probe is not None:
+                self._on_probe(probe, now)
+            else:
+                log_dropped(log, raw, exc)
             return
         if (
             self.life.stopping
@@ -148,9 +152,13 @@ class Router:
         else:
             assert isinstance(decision, Drop)
 
-    def _on_probe(self, conn_id: int, now: float) -> None:
-        slot = probe_slot(conn_id)
-        if slot == probe_base(0):
+    def _on_probe(self, probe_id: int, now: float) -> None:
+        block = self.life.probe_block
+        slot = probe_slot(probe_id, block)
+        if slot is None:
+            log.debug("probe notice %d is another master's", probe_id)
+            return
+        if slot == probe_base(0, block):
             if self.pub_ready_at is None:
                 self.pub_ready_at = now
                 log.debug("master reply path proven")
@@ -166,7 +174,7 @@ class Router:
         if self.pub_ready_at is not None or now < self._next_pub_probe:
             return
         self._next_pub_probe = now + PUB_PROBE_INTERVAL
-        probe = probe_base(0) + self._pub_probe % PROBE_SPAN
+        probe = probe_base(0, self.life.probe_block) + self._pub_probe % PROBE_SPAN
         self._pub_probe += 1
         with contextlib.suppress(zmq.ZMQError):
             self.pub.send(

@@ -28,11 +28,11 @@ class AsyncZmqTransport:
 
     send: Callable[[Sequence[bytes]], None]  # the PubSink's own send
 
-    def __init__(self, send_spec: str, recv_spec: str, identity: str) -> None:
+    def __init__(self, send_spec: str, recv_spec: str, identity: str, max_size: int = -1) -> None:
         self.send_spec = send_spec
         self.recv_spec = recv_spec
         self.ctx = zmq.asyncio.Context()
-        self.pull, pub = connect_pair(self.ctx, send_spec, recv_spec, identity)
+        self.pull, pub = connect_pair(self.ctx, send_spec, recv_spec, identity, max_size)
         self._async_pub = pub
         # A blocking shadow of the same socket: PUB sends complete at once,
         # and a plain call needs no future per reply.

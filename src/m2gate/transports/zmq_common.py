@@ -41,18 +41,43 @@ def open_pub(
     return pub
 
 
+# What a request message holds beside its body: the head Mongrel2 accepted
+# (limits.buffer_size, 4 KiB by default) re-encoded as tnetstring or JSON
+# (escaping can double it), Mongrel2's own keys, the sender and id.
+REQUEST_HEAD_ROOM = 64 * 1024
+
+
+def pull_limit(content_length: int) -> int:
+    """MAXMSGSIZE for a PULL from a Mongrel2 with this limits.content_length (0: none).
+
+    Bigger bodies reach us as upload files, so anything larger is not from
+    a Mongrel2 configured so: whoever bound the spec while Mongrel2 was
+    down. ZeroMQ drops such a peer before the message is allocated.
+    """
+    return content_length + REQUEST_HEAD_ROOM if content_length > 0 else -1
+
+
+def open_pull(ctx: zmq.Context[Any], identity: bytes, max_size: int = -1) -> Any:
+    """A PULL of ``ctx`` for Mongrel2's ``send_spec`` (not connected yet)."""
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    if max_size > 0:
+        pull.setsockopt(zmq.MAXMSGSIZE, max_size)
+    if identity:
+        pull.setsockopt(zmq.IDENTITY, identity)
+    return pull
+
+
 def connect_pair(
-    ctx: zmq.Context[Any], send_spec: str, recv_spec: str, identity: str
+    ctx: zmq.Context[Any], send_spec: str, recv_spec: str, identity: str, max_size: int = -1
 ) -> tuple[Any, Any]:
     """``(pull, pub)`` sockets of ``ctx``, connected to a Mongrel2 handler.
 
     The PUB connects first: a request we receive must find our reply path.
+    ``max_size``: the PULL's MAXMSGSIZE (:func:`pull_limit`; -1: none).
     """
     ident = identity.encode("ascii")
-    pull = ctx.socket(zmq.PULL)
-    pull.setsockopt(zmq.LINGER, 0)
-    if ident:
-        pull.setsockopt(zmq.IDENTITY, ident)
+    pull = open_pull(ctx, ident, max_size)
     pub = open_pub(ctx, recv_spec, ident)
     pull.connect(send_spec)
     return pull, pub

@@ -29,11 +29,11 @@ class ZmqTransport:
     blocking_recv = True  # False: wait through poller_class (cooperative under gevent)
     send: Callable[[Sequence[bytes]], None]  # the ReplySink side: the PubSink's own send
 
-    def __init__(self, send_spec: str, recv_spec: str, identity: str) -> None:
+    def __init__(self, send_spec: str, recv_spec: str, identity: str, max_size: int = -1) -> None:
         self.send_spec = send_spec
         self.recv_spec = recv_spec
         self.ctx = self.context_class()
-        self.pull, self.pub = connect_pair(self.ctx, send_spec, recv_spec, identity)
+        self.pull, self.pub = connect_pair(self.ctx, send_spec, recv_spec, identity, max_size)
         self.sink = PubSink(self.pub)
         self.send = self.sink.send  # no layer of ours between the writer and the socket
         self._monitor = FrontendMonitor(self.pull)
