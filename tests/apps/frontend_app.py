@@ -10,6 +10,9 @@ from urllib.parse import parse_qs
 
 StartResponse = Callable[..., Any]
 
+# A slow import (a big app): its workers cannot prove their reply path before.
+time.sleep(float(os.environ.get("FRONTEND_APP_LOAD_DELAY", "0")))
+
 
 def _stream(chunks: int, pause: float) -> Iterator[bytes]:
     yield b"pid %d\n" % os.getpid()
@@ -30,6 +33,12 @@ def application(environ: dict[str, Any], start_response: StartResponse) -> Itera
         return _stream(n, pause)
     if path == "/slow":
         time.sleep(float(query.get("s", ["1"])[0]))
+    if path == "/upload":  # answers once the body is read, before upload-done may come
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        got = len(environ["wsgi.input"].read(length))
+        body = b"read %d\n" % got
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
     body = b"answer for %s from %d\n" % (tag, os.getpid())
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]

@@ -143,7 +143,7 @@ class Master:
         )
         pull.connect(cfg.send_spec)
         # Mongrel2's restarts: its connection ids start again at 1.
-        self.frontend = FrontendMonitor(pull)
+        self.frontend = FrontendMonitor(pull, cfg.send_spec)
         self.router = Router(
             cfg, self.disp, self.life, self.watcher, (pull, router, pub), self.execute
         )

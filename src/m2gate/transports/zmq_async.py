@@ -41,7 +41,9 @@ class AsyncZmqTransport:
         self.sink = PubSink(self._pub)
         self.send = self.sink.send
         self._pull_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self.pull.underlying)
-        self._monitor = FrontendMonitor(self._pull_sync, zmq.Context.shadow(self.ctx.underlying))
+        self._monitor = FrontendMonitor(
+            self._pull_sync, send_spec, zmq.Context.shadow(self.ctx.underlying)
+        )
         self._receiving = True
 
     async def recv(self, timeout_ms: int | None = None) -> bytes | None:

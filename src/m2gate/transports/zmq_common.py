@@ -120,13 +120,23 @@ class FrontendMonitor:
     waited on: :meth:`changed` costs a few microseconds, so callers ask when
     idle or when a message does not match the state they hold, never per
     message.
+
+    With ``endpoint`` it also connects ``sock`` there again after each
+    disconnect: ZeroMQ gives up on a peer that broke the protocol (a frame
+    over MAXMSGSIZE, say from a stranger bound at the spec while Mongrel2
+    was down) and would never reconnect to the real Mongrel2 after it.
+    What was still queued from the old peer goes with the old pipe: it
+    belongs to the incarnation that just went away.
     """
 
-    __slots__ = ("_mon", "_sock", "disconnects")
+    __slots__ = ("_endpoint", "_mon", "_sock", "disconnects")
 
-    def __init__(self, sock: zmq.Socket[Any], ctx: zmq.Context[Any] | None = None) -> None:
+    def __init__(
+        self, sock: zmq.Socket[Any], endpoint: str = "", ctx: zmq.Context[Any] | None = None
+    ) -> None:
         """Monitor ``sock``; ``ctx``: a blocking context for the monitor's own socket."""
         self._sock = sock
+        self._endpoint = endpoint
         addr = "inproc://m2gate-frontend-%d" % next(_MONITORS)
         sock.monitor(addr, zmq.EVENT_DISCONNECTED)
         mon: zmq.Socket[Any] = (ctx or sock.context).socket(zmq.PAIR)
@@ -157,6 +167,16 @@ class FrontendMonitor:
                 if event == zmq.EVENT_DISCONNECTED:
                     gone = True
                     self.disconnects += 1
+                    if self._endpoint:
+                        self._reconnect()
+
+    def _reconnect(self) -> None:
+        with contextlib.suppress(zmq.ZMQError):  # already given up on: nothing to undo
+            self._sock.disconnect(self._endpoint)
+        try:
+            self._sock.connect(self._endpoint)
+        except zmq.ZMQError as exc:
+            log.warning("reconnecting to %s failed: %s", self._endpoint, exc)
 
     def close(self) -> None:
         """Stop monitoring (before the socket is closed)."""

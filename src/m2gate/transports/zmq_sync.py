@@ -36,7 +36,7 @@ class ZmqTransport:
         self.pull, self.pub = connect_pair(self.ctx, send_spec, recv_spec, identity, max_size)
         self.sink = PubSink(self.pub)
         self.send = self.sink.send  # no layer of ours between the writer and the socket
-        self._monitor = FrontendMonitor(self.pull)
+        self._monitor = FrontendMonitor(self.pull, send_spec)
         self._receiving = True
         self._poller = self.poller_class()
         self._poller.register(self.pull, zmq.POLLIN)
