@@ -22,7 +22,7 @@ from m2gate.supervisor.lifecycle import Lifecycle
 from m2gate.supervisor.router import Router
 from m2gate.supervisor.state import Worker, WorkerState
 from m2gate.supervisor.watch import Watcher
-from m2gate.supervisor.wire import DONE, READY, probe_base
+from m2gate.supervisor.wire import DONE, READY, echoed, probe_base
 
 from .helpers import SENDER, control, message, request_headers
 
@@ -101,7 +101,7 @@ def request(conn_id: int) -> bytes:
 def test_nothing_reaches_a_worker_before_its_probe_comes_back(rig: Rig) -> None:
     rig.deliver(request(1))
     assert len(rig.router.disp.queue) == 1 and not rig.dealer.poll(50)
-    rig.deliver(control("disconnect", conn_id=probe_base(rig.worker.serial) + 3))
+    rig.deliver(control("disconnect", conn_id=echoed(rig.worker.probe + 3)))
     assert rig.worker.state is WorkerState.READY
     assert Send(rig.worker, READY) in rig.ran
     assert rig.to_worker() == [request(1)]  # the queued request follows
@@ -111,12 +111,12 @@ def test_the_masters_own_probe_proves_its_reply_path(rig: Rig) -> None:
     assert rig.router.pub_ready_at is None
     rig.router.probe_pub(1.0)
     assert rig.published().startswith(b"m2gate-test ")
-    rig.deliver(control("disconnect", conn_id=probe_base(0) + 1))
+    rig.deliver(control("disconnect", conn_id=echoed(probe_base(0, rig.life.probe_block) + 1)))
     assert rig.router.pub_ready_at == 1.0
 
 
 def ready(rig: Rig) -> None:
-    rig.deliver(control("disconnect", conn_id=probe_base(rig.worker.serial)))
+    rig.deliver(control("disconnect", conn_id=echoed(rig.worker.probe)))
     assert rig.worker.state is WorkerState.READY
 
 

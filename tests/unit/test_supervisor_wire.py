@@ -13,21 +13,22 @@ from m2gate.supervisor.state import InFlight, Worker, WorkerState
 from m2gate.supervisor.status import document, worker_status
 
 
-def test_probe_ids_stay_in_a_c_int_and_map_back_to_their_process() -> None:
-    last = wire.probe_base(wire.PROBE_SLOTS - 1) + wire.PROBE_SPAN - 1
-    assert last < 2**31
+def test_probe_ids_come_back_negative_and_map_to_their_own_masters_process() -> None:
+    block = wire.new_probe_block()
+    assert wire.PROBE_LOW <= block and block + wire.PROBE_BLOCK <= wire.PROBE_HIGH
     for serial in (0, 1, 7, wire.PROBE_SLOTS - 1):
-        base = wire.probe_base(serial)
+        base = wire.probe_base(serial, block)
         for attempt in (0, 1, wire.PROBE_SPAN - 1):
-            assert wire.is_probe(base + attempt)
-            assert wire.probe_slot(base + attempt) == base
-    assert wire.probe_base(wire.PROBE_SLOTS) == wire.probe_base(0)  # wraps around
+            assert wire.echoed(base + attempt) < 0  # as Mongrel2 prints it: a C int
+            assert wire.probe_slot(base + attempt, block) == base
+    assert wire.probe_base(wire.PROBE_SLOTS, block) == wire.probe_base(0, block)  # wraps
 
 
-def test_real_connection_ids_are_not_probes() -> None:
-    assert not wire.is_probe(1)
-    assert not wire.is_probe(wire.PROBE_BASE - 1)
-    assert not wire.is_probe(wire.PROBE_BASE + wire.PROBE_SLOTS * wire.PROBE_SPAN)
+def test_another_masters_probe_and_real_ids_are_not_ours() -> None:
+    block = wire.PROBE_LOW + 5 * wire.PROBE_BLOCK
+    assert wire.probe_slot(block - 1, block) is None
+    assert wire.probe_slot(block + wire.PROBE_BLOCK, block) is None
+    assert wire.probe_slot(1, block) is None
 
 
 def test_worker_status_follows_the_state() -> None:

@@ -263,6 +263,18 @@ class Config:
         validate=_non_negative,
         accepted="a number of seconds >= 0",
     )
+    mongrel2_content_length: int = setting(
+        20480,
+        "Mongrel2's limits.content_length in bytes (keep them equal): a request message"
+        " larger than it plus 64 KiB for the headers is refused by ZeroMQ (MAXMSGSIZE on"
+        " every PULL), whoever sent it; bigger bodies reach us as upload files. Websocket"
+        " frames are not bounded by Mongrel2: raise it above the largest frame you accept."
+        " 0: no limit.",
+        section="mongrel2",
+        metavar="BYTES",
+        validate=_non_negative,
+        accepted="a number of bytes >= 0",
+    )
     threads: int = setting(
         1,
         "Worker threads per process.",

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from m2gate.protocol import replies
@@ -48,6 +48,7 @@ class Connection:
         "closed",
         "conn_id",
         "credits",
+        "epoch",
         "flow_control",
         "key",
         "lock",
@@ -67,6 +68,7 @@ class Connection:
         self.uuid = uuid
         self.busy = False
         self.closed = False
+        self.epoch = 0  # the Mongrel2 incarnation its id belongs to (ConnectionTable.reset)
         self.lock = threading.Lock()
         self._cond: threading.Condition | None = None
         self.flow_control = False
@@ -164,6 +166,7 @@ class OutputBuffer:
         "flush_interval",
         "flusher",
         "max_message",
+        "on_started",
         "sink",
     )
 
@@ -176,8 +179,13 @@ class OutputBuffer:
         flusher: Flusher | None,
         max_message: int,
         flush_interval: float,
+        on_started: Callable[[Connection], None] | None = None,
     ) -> None:
         self.conn = conn
+        # Called once, just before the first part of a response leaves while
+        # more is to come (a supervisor must then never answer in its place).
+        # A response sent whole by ``finish`` never calls it.
+        self.on_started = on_started
         self.sink = sink
         self.flusher = flusher
         self._scheduled = False
@@ -195,6 +203,13 @@ class OutputBuffer:
 
     def credits_arrived(self) -> None:
         """Called by :meth:`Connection.add_credits` while this response is written."""
+
+    def _starting_locked(self) -> None:
+        """A part of the response is about to leave before its end: say so, once."""
+        cb = self.on_started
+        if cb is not None:
+            self.on_started = None
+            cb(self.conn)
 
     def _take_locked(self, limit: int) -> bytes:
         payload = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
@@ -280,6 +295,8 @@ class Output(OutputBuffer):
             self._buf.append(data)
             self._size += len(data)
             if self._size >= self._target or self.flusher is None or self.flush_interval <= 0:
+                if self.on_started is not None:
+                    self._starting_locked()
                 if not self._send_ready_locked():
                     self._wait_send_locked(())
             elif not self._scheduled:
@@ -288,6 +305,8 @@ class Output(OutputBuffer):
 
     def _wait_send_locked(self, tail: Sequence[bytes]) -> None:
         """Flow control: wait for credits until the buffer (then ``tail``) is sent."""
+        if self.on_started is not None and self.bytes_sent:
+            self._starting_locked()  # finish() sent a part and must wait for the rest
         while True:
             self.conn.wait_locked(1.0)
             if self._send_ready_locked(tail):
@@ -302,6 +321,8 @@ class Output(OutputBuffer):
         with self.conn.lock:
             self._scheduled = False
             if not self.done and not self.conn.closed:
+                if self.on_started is not None and self._buf:
+                    self._starting_locked()
                 self._send_ready_locked()
 
     def finish(self, data: bytes = b"", close: bool = False) -> None:

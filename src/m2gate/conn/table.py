@@ -11,6 +11,14 @@ A client can pipeline without limit, so the waiting requests are bounded by
 connection closed after it; anything after that is dropped at once. The
 threaded worker calls this under its own lock; the asyncio worker, on its
 loop, needs none, so the table has no lock of its own.
+
+Connection ids restart at 1 when Mongrel2 restarts, so an id names a client
+only within one Mongrel2 incarnation: :meth:`ConnectionTable.reset` forgets
+every connection of the old one and starts a new ``epoch`` (each
+:class:`~m2gate.conn.connection.Connection` carries the epoch it was made
+in). ``on_held``, if set, is asked before a request joins a connection the
+table already holds, the one place where an old incarnation's state would
+swallow a new client's request; it may reset the table and return True.
 """
 
 from __future__ import annotations
@@ -29,7 +37,15 @@ Key = tuple[str, int]
 class ConnectionTable(Generic[C]):
     """Connections with a request in flight, or with flow-control credits to keep."""
 
-    __slots__ = ("_factory", "_reply_ident", "conns", "disconnects", "max_pipelined")
+    __slots__ = (
+        "_factory",
+        "_reply_ident",
+        "conns",
+        "disconnects",
+        "epoch",
+        "max_pipelined",
+        "on_held",
+    )
 
     def __init__(
         self,
@@ -42,6 +58,8 @@ class ConnectionTable(Generic[C]):
         self.max_pipelined = max_pipelined
         self.conns: dict[Key, C] = {}
         self.disconnects = 0  # notices that came while a request was being served
+        self.epoch = 0  # Mongrel2 incarnations seen go away (see reset)
+        self.on_held: Callable[[], bool] | None = None
 
     def admit(self, msg: Message) -> tuple[C, bool | None]:
         """The connection for request ``msg``; True if it may start now.
@@ -51,9 +69,13 @@ class ConnectionTable(Generic[C]):
         the connection closes before its turn (the caller counts it done).
         """
         conn = self.conns.get(msg.key)
+        if conn is not None and self.on_held is not None and self.on_held():
+            conn = None  # the table was reset: that was an old incarnation's
         if conn is None or (conn.closed and not conn.busy):
             uuid = reply_uuid(self._reply_ident, msg.sender)
             conn = self.conns[msg.key] = self._factory(msg.sender, msg.conn_id, uuid)
+            if self.epoch:
+                conn.epoch = self.epoch
             credits = msg.header("DOWNLOAD_CREDITS")
             if credits is not None and credits.isascii() and credits.isdigit():
                 conn.grant(int(credits))
@@ -67,6 +89,21 @@ class ConnectionTable(Generic[C]):
             return conn, None
         conn.busy = True
         return conn, True
+
+    def reset(self, epoch: int | None = None) -> list[tuple[C, int]]:
+        """Mongrel2 went away: forget every connection, start ``epoch`` (default: next).
+
+        Returns ``(conn, pipelined requests dropped)`` for each: the caller
+        marks them closed, so nothing more is sent for them (their ids may
+        already belong to new clients). A request still being served on one
+        ends as usual; :meth:`done` leaves the new table alone.
+        """
+        old = [(conn, len(conn.pending)) for conn in self.conns.values()]
+        for conn, _ in old:
+            conn.pending.clear()
+        self.conns.clear()
+        self.epoch = self.epoch + 1 if epoch is None else epoch
+        return old
 
     def disconnected(self, key: Key) -> tuple[C, int] | None:
         """A disconnect notice: ``(conn, pipelined requests dropped)``, None if unknown.

@@ -46,10 +46,12 @@ from m2gate.protocol.messages import (
 )
 from m2gate.runtime.base import Runtime, refusal_status
 from m2gate.transports.zmq_async import AsyncZmqTransport
+from m2gate.transports.zmq_common import pull_limit
 
 log = logging.getLogger("m2gate.worker")
 
 UPLOAD_CHUNK = 256 * 1024
+FRONTEND_CHECK = 0.1  # seconds between checks that Mongrel2 is still the same
 
 
 class AsyncTransport(Protocol):
@@ -88,6 +90,7 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         )
         self.websocket_queue = websocket_queue
         self.transport = transport
+        self.watch_frontend(getattr(transport, "frontend_changed", None))
         self.app = app
         self.defaults = defaults
         self.max_message = max_message
@@ -116,6 +119,8 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         background = [receiver, asyncio.create_task(self._upload_timer())]
         if self.idle_keepalive > 0:
             background.append(asyncio.create_task(self._keepalive_loop(self.idle_keepalive)))
+        if self._frontend_changed is not None:
+            background.append(asyncio.create_task(self._frontend_loop()))
         await self._stop.wait()
         for task in background:
             task.cancel()
@@ -149,6 +154,12 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         while True:
             await asyncio.sleep(min(0.25, self.uploads.timeout / 4))
             self.expire_uploads(time.monotonic())
+
+    async def _frontend_loop(self) -> None:
+        """Every 100 ms: did Mongrel2 go away? (its connection ids restart at 1)."""
+        while True:
+            await asyncio.sleep(FRONTEND_CHECK)
+            self.check_frontend()
 
     async def _keepalive_loop(self, interval: float) -> None:
         """Reset Mongrel2's idle timers (limits.min_ping) for connections in use.
@@ -328,7 +339,12 @@ async def _main(cfg: Any, app: ASGIApp) -> int:
     await lifespan.startup()
     defaults = EnvironDefaults(cfg.server_name, cfg.server_port, cfg.trust_x_forwarded_for)
     transport = AsyncZmqTransport(
-        cfg.send_spec, cfg.recv_spec, cfg.send_ident, cfg.send_hwm, cfg.send_timeout
+        cfg.send_spec,
+        cfg.recv_spec,
+        cfg.send_ident,
+        cfg.send_hwm,
+        cfg.send_timeout,
+        pull_limit(cfg.mongrel2_content_length),
     )
     worker = AsyncioRuntime(
         transport,

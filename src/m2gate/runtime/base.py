@@ -27,13 +27,20 @@ message at a time, from one thread or the loop only):
   with ``UploadStore.stream`` the app is called at once and reads as
   Mongrel2 writes;
 - *upload done*: completes the upload in flight (and releases a held
-  request); one with no upload announced is forged and served as a request
-  (answered 400);
+  request); one for an upload whose request was already answered (the app
+  did not wait for the whole body) is late and ignored quietly; one with no
+  upload announced is forged and served as a request (answered 400);
 - *disconnect*: the connection is marked closed (writers and upload readers
   stop), pipelined requests behind it are dropped;
 - *credits*: added to the connection (flow control);
 - *websocket frame*: :meth:`Runtime._frame` (no websockets: answered 400);
-- unknown control messages: ignored.
+- unknown control messages: ignored;
+- *Mongrel2 went away* (its connection ids restart at 1): every connection
+  of the old incarnation is marked closed and forgotten
+  (:meth:`Runtime.reset_frontend`), so no reply of an old request reaches a
+  new client that got the same id. The source says so
+  (``frontend_changed()``, asked when idle and when a request joins a
+  connection already held), or a supervisor does (its reset frame).
 
 And for serving: every request accepted ends in exactly one ``on_done``
 call, served or dropped (a supervisor counts requests in flight with it);
@@ -55,6 +62,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Generic, TypeVar
@@ -94,6 +102,7 @@ C = TypeVar("C", bound=Connection)
 FORGED_UPLOAD = "upload headers on an ordinary request"
 FORGED_DONE = "a forged upload-done header on an upload"
 OVERLOADED = "503 Service Unavailable"
+ANSWERED_UPLOADS_MAX = 1024  # late upload-done notices remembered
 
 
 class Runtime(Generic[C]):
@@ -127,6 +136,10 @@ class Runtime(Generic[C]):
         self._lock = threading.Lock()
         # Requests held until their upload is complete, by connection key.
         self._held: dict[tuple[str, int], tuple[C, Message]] = {}
+        self._frontend_changed: Callable[[], bool] | None = None
+        # (connection, announced path) of uploads answered before Mongrel2
+        # said they were done: their upload-done is late, not forged.
+        self._answered_uploads: OrderedDict[tuple[tuple[str, int], str], None] = OrderedDict()
 
     # -- lifecycle -----------------------------------------------------------
     def stop(self) -> None:
@@ -137,6 +150,42 @@ class Runtime(Generic[C]):
     def disconnects(self) -> int:
         """Disconnect notices that came while a request was being served."""
         return self._table.disconnects
+
+    # -- the front-end's incarnations ----------------------------------------
+    def watch_frontend(self, changed: Callable[[], bool] | None) -> None:
+        """Use ``changed()`` (True once per Mongrel2 gone away) to detect restarts."""
+        self._frontend_changed = changed
+        self._table.on_held = self._held_changed if changed is not None else None
+
+    def check_frontend(self) -> None:
+        """From the receiving loop when idle: reset if Mongrel2 went away."""
+        changed = self._frontend_changed
+        if changed is not None and changed():
+            self.reset_frontend()
+
+    def reset_frontend(self, epoch: int | None = None) -> None:
+        """Drop every connection of Mongrel2's old incarnation (receiving thread)."""
+        with self._lock:
+            self._reset_locked(epoch)
+
+    def _held_changed(self) -> bool:
+        # The table's on_held, under _lock: a request joins a held connection.
+        changed = self._frontend_changed
+        if changed is not None and changed():
+            self._reset_locked(None)
+            return True
+        return False
+
+    def _reset_locked(self, epoch: int | None) -> None:
+        old = self._table.reset(epoch)
+        for conn, dropped in old:
+            conn.mark_closed()  # its writer sends nothing more: the id is no longer its
+            self._report_dropped(conn, dropped)
+        log.warning(
+            "Mongrel2 went away: forgot %d connection(s) of its old incarnation (epoch %d)",
+            len(old),
+            self._table.epoch,
+        )
 
     # -- receiving -----------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -255,6 +304,13 @@ class Runtime(Generic[C]):
         with self._lock:
             conn = self._conns.get(msg.key)
             upload = conn.upload if conn is not None else None
+            late = (
+                upload is None
+                and self._answered_uploads.pop((msg.key, msg.start_path), True) is None
+            )
+        if late:
+            log.debug("late upload-done for %s:%s ignored", msg.sender, msg.conn_id)
+            return True
         if upload is None:
             return False
         if msg.start_path != upload.announced:
@@ -392,6 +448,11 @@ class Runtime(Generic[C]):
         with self._lock:
             if conn.upload is upload:
                 conn.upload = None
+            if not upload.done.is_set():  # answered first: its upload-done will be late
+                answered = self._answered_uploads
+                answered[(conn.key, upload.announced)] = None
+                if len(answered) > ANSWERED_UPLOADS_MAX:
+                    answered.popitem(last=False)
         upload.remove()  # only a file claimed inside the temp store is ours to delete
 
     def _refusal(

@@ -18,6 +18,7 @@ from m2gate.conn.uploads import UploadStore
 from m2gate.loading import load_app
 from m2gate.protocol.http import SERVER_HEADER
 from m2gate.runtime.threaded import ThreadedRuntime
+from m2gate.transports.zmq_common import pull_limit
 from m2gate.transports.zmq_sync import ZmqTransport
 
 log = logging.getLogger("m2gate")
@@ -82,7 +83,12 @@ def serve(cfg: Config) -> int:
         transport_class = gevent_worker.GreenZmqTransport
         worker_class = partial(gevent_worker.GeventRuntime, connections=cfg.gevent_connections)
     transport = transport_class(
-        cfg.send_spec, cfg.recv_spec, cfg.send_ident, cfg.send_hwm, cfg.send_timeout
+        cfg.send_spec,
+        cfg.recv_spec,
+        cfg.send_ident,
+        cfg.send_hwm,
+        cfg.send_timeout,
+        pull_limit(cfg.mongrel2_content_length),
     )
     worker = worker_class(transport, transport, handler, **worker_options(cfg))
 

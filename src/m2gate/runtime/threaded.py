@@ -65,9 +65,12 @@ class ThreadedRuntime(Runtime[Connection]):
         on_done: Callable[[Connection], None] | None = None,
         backlog: int = 1000,
         max_pipelined: int = 16,
+        on_started: Callable[[Connection], None] | None = None,
     ) -> None:
         super().__init__(Connection, reply_ident, uploads, on_done, server_header, max_pipelined)
+        self.on_started = on_started  # a response's first part leaves before its end
         self.source = source
+        self.watch_frontend(getattr(source, "frontend_changed", None))
         self.sink = sink
         self.handler = handler
         self.threads = threads
@@ -92,6 +95,8 @@ class ThreadedRuntime(Runtime[Connection]):
                     self.feed(data)
                 except Exception:  # a bug of ours must not stop the receiving
                     log.exception("failed to handle a message (%d bytes)", len(data))
+            else:
+                self.check_frontend()  # idle: e.g. Mongrel2 is gone
             self.expire_uploads(time.monotonic())
         # Stop accepting, but serve what Mongrel2 already pushed to us.
         self.source.stop_receiving()
@@ -143,7 +148,9 @@ class ThreadedRuntime(Runtime[Connection]):
                 log.exception("internal error on an app thread; it goes on")
 
     def _serve(self, conn: Connection, msg: Message) -> bool:
-        out = Output(conn, self.sink, self._flusher, self.max_message, self.flush_interval)
+        out = Output(
+            conn, self.sink, self._flusher, self.max_message, self.flush_interval, self.on_started
+        )
         try:
             if isinstance(msg, HTTPRequest):
                 self.handler(msg, out)

@@ -41,6 +41,7 @@ from m2gate.runtime.threaded import ThreadedRuntime
 from m2gate.supervisor.watch import app_source_files
 from m2gate.supervisor.wire import (
     DONE,
+    EPOCH,
     EXIT_APP_LOAD,
     FATAL,
     HEARTBEAT,
@@ -50,8 +51,9 @@ from m2gate.supervisor.wire import (
     PROBE_INTERVAL,
     PROBE_SPAN,
     READY,
+    STARTED,
     STOP,
-    probe_base,
+    conn_report,
 )
 from m2gate.transports.zmq_common import PubSink, open_pub
 
@@ -144,17 +146,29 @@ class MasterLink:
         self._probe_base = base
         self.exceptions = exceptions
 
-    # -- called from app threads (and the receiving thread) ---------------
+    # -- called from app threads (and the receiving and flusher threads) ---
     def done(self, conn: Connection) -> None:
+        sock = self._thread_socket()
+        if sock is not None:
+            sock.send_multipart((DONE, conn_report(conn.sender, conn.conn_id, conn.epoch)))
+
+    def started(self, conn: Connection) -> None:
+        """A response's first part leaves before its end: the master must not answer for it."""
+        sock = self._thread_socket()
+        if sock is not None:
+            sock.send_multipart((STARTED, b"%s %d" % (conn.sender.encode("latin-1"), conn.conn_id)))
+
+    def _thread_socket(self) -> zmq.Socket[Any] | None:
+        """This thread's own DEALER (None once closed: nobody listens any more)."""
         sock: zmq.Socket[Any] | None = getattr(self._tls, "sock", None)
         if sock is None:
             with self._lock:
                 if self._closed:
-                    return  # a thread outliving the graceful timeout: nobody listens
+                    return None  # a thread outliving the graceful timeout
                 sock = self._dealer(b"%s.%d" % (self.wid, len(self._done_socks)))
                 self._done_socks.append(sock)
             self._tls.sock = sock
-        sock.send_multipart((DONE, b"%s %d" % (conn.sender.encode("latin-1"), conn.conn_id)))
+        return sock
 
     # -- RequestSource -----------------------------------------------------
     def recv(self, timeout_ms: int) -> bytes | None:
@@ -200,6 +214,11 @@ class MasterLink:
         elif kind == STOP:
             if self.worker is not None:
                 self.worker.stop()
+        elif kind == EPOCH:
+            # Mongrel2 went away: before any request of its next incarnation,
+            # forget (and stop writing to) every connection of the old one.
+            if self.worker is not None and len(frames) > 2 and frames[2].isdigit():
+                self.worker.reset_frontend(int(frames[2]))
         else:
             log.warning("unknown frame from the master: %r", kind[:20])
         return None
@@ -247,6 +266,7 @@ class WorkerSpec:
     master_pid: int
     app: Any = None  # preloaded by the master, else imported here
     close_fds: Sequence[int] = ()
+    probe: int = 0  # its first probe id (wire.probe_base in the master's block)
 
 
 def child_main(spec: WorkerSpec) -> int:
@@ -317,9 +337,11 @@ def _run(spec: WorkerSpec) -> int:
     handler = wsgi_handler(cfg, app, multithread=cfg.threads > 1, multiprocess=cfg.processes > 1)
     identity = b"%s-%s" % (cfg.send_ident.encode("ascii"), spec.wid)
     sink = PubSink(open_pub(ctx, cfg.recv_spec, identity, hwm=cfg.send_hwm), cfg.send_timeout)
-    worker = ThreadedRuntime(link, sink, handler, on_done=link.done, **worker_options(cfg))
+    worker = ThreadedRuntime(
+        link, sink, handler, on_done=link.done, on_started=link.started, **worker_options(cfg)
+    )
     probe_uuid = replies.reply_uuid(cfg.recv_ident, cfg.send_ident)
-    link.attach(worker, sink, probe_uuid, probe_base(spec.serial), counter)
+    link.attach(worker, sink, probe_uuid, spec.probe, counter)
     if cfg.reload_on_change:
         link.send(LOADED, json.dumps(app_source_files()).encode())
     clean = worker.run(cfg.graceful_timeout)

@@ -11,6 +11,8 @@ Rules (each from a measured Mongrel2 fact):
 - Everything for a connection that is in flight on a worker goes to that
   worker: pipelined requests (it answers them in order), upload-done,
   disconnect and credits notices. Notices would otherwise never reach it.
+  An upload-done after the request was answered goes to the worker that
+  answered it: only it can tell a late notice from a forged one.
 - New work goes to the least loaded *ready* worker with a free thread.
   Nothing goes to a worker before its reply path is proven (``ready``):
   ZeroMQ silently drops what a fresh PUB sends before it has connected.
@@ -35,7 +37,7 @@ from m2gate.protocol.messages import (
     UnknownControl,
     UploadDone,
 )
-from m2gate.supervisor.state import InFlight, Key, Worker, WorkerState
+from m2gate.supervisor.state import InFlight, Key, Worker, WorkerState, stale_key
 
 # Idle keep-alive connections remembered for their notices (credits, disconnect).
 LAST_SERVED_MAX = 65536
@@ -94,6 +96,7 @@ class Dispatcher:
         # Connections whose request waits in its worker for upload-done (no app runs).
         self.uploading: set[Key] = set()
         self.hold_uploads = True  # False with stream_uploads: the app reads as it arrives
+        self.epoch = 0  # Mongrel2 incarnations gone (see reset_frontend)
 
     # -- workers -----------------------------------------------------------
     def add_worker(self, w: Worker) -> None:
@@ -158,6 +161,12 @@ class Dispatcher:
                 return Forward(wid)  # completes the upload in flight: not a new request
             self._add(self.workers[wid], key, now, True, msg)
             return Forward(wid)
+        if isinstance(msg, UploadDone) and key not in self._queued_keys:
+            last = self.last.get(key)
+            if last is not None and last in self.workers:
+                # Most likely late: the worker that answered the upload knows.
+                # (It ignores it, or answers a forged one 400: not counted.)
+                return Forward(last)
         if key in self._queued_keys:
             return self._hold(msg, raw, now)  # behind an earlier request of this connection
         w = self.pick()
@@ -186,11 +195,16 @@ class Dispatcher:
             self._order[best.wid] = next(self._turn)
         return best
 
-    def on_done(self, wid: bytes, key: Key, now: float) -> bool:
-        """A worker finished (or dropped) one request of ``key``; False if unknown."""
+    def on_done(self, wid: bytes, key: Key, now: float, epoch: int | None = None) -> bool:
+        """A worker finished (or dropped) one request of ``key``; False if unknown.
+
+        ``epoch``: the Mongrel2 incarnation the worker served it in (None: the current one).
+        """
         w = self.workers.get(wid)
         if w is None:
             return False
+        if epoch is not None and epoch != self.epoch:
+            key = stale_key(epoch, key)
         entries = w.inflight.get(key)
         if not entries:
             return False
@@ -203,12 +217,46 @@ class Dispatcher:
         else:
             del w.inflight[key]
             self.uploading.discard(key)
+            if entry.epoch != self.epoch:
+                return True  # of an old incarnation: nothing to remember
             if self.owner.get(key) == wid:
                 del self.owner[key]
             self.last[key] = wid
             self.last.move_to_end(key)
             if len(self.last) > LAST_SERVED_MAX:
                 self.last.popitem(last=False)
+        return True
+
+    def reset_frontend(self) -> int:
+        """Mongrel2 went away: its connection ids are void. Returns requests dropped.
+
+        Queued requests are dropped unanswered (their clients are gone, and
+        their ids may name new clients); requests in flight stay counted on
+        their workers under :func:`~m2gate.supervisor.state.stale_key`
+        until done, but nothing routes to them or answers for them.
+        """
+        old = self.epoch
+        self.epoch += 1
+        dropped = len(self.queue)
+        self.queue.clear()
+        self._queued_keys.clear()
+        self.owner.clear()
+        self.last.clear()
+        self.uploading.clear()
+        for w in self.workers.values():
+            w.inflight = {
+                (stale_key(old, k) if q and q[0].epoch == old else k): q
+                for k, q in w.inflight.items()
+            }
+        return dropped
+
+    def mark_started(self, wid: bytes, key: Key) -> bool:
+        """``wid``'s response to ``key`` began to stream; False if not in flight there."""
+        w = self.workers.get(wid)
+        entries = w.inflight.get(key) if w is not None else None
+        if not entries:
+            return False
+        entries[0].streaming = True
         return True
 
     def dispatch_queued(self, now: float) -> list[tuple[bytes, Queued]]:
@@ -271,7 +319,7 @@ class Dispatcher:
         if q is None:
             q = w.inflight[key] = deque()
             self.owner[key] = w.wid
-        q.append(InFlight(key, now, pipelined, "%s %s" % (msg.method, msg.path)))
+        q.append(InFlight(key, now, pipelined, "%s %s" % (msg.method, msg.path), epoch=self.epoch))
         if self.hold_uploads and announced_path(msg) is not None:
             self.uploading.add(key)
 

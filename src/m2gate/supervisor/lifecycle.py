@@ -33,7 +33,7 @@ from m2gate.config.settings import Config
 from m2gate.supervisor.actions import Action, Dump, Fatal, Kill, Notify, Send, Spawn
 from m2gate.supervisor.handoff import Dispatcher
 from m2gate.supervisor.state import InFlight, Worker, WorkerState
-from m2gate.supervisor.wire import EXIT_APP_LOAD, READY, STOP, probe_base
+from m2gate.supervisor.wire import EXIT_APP_LOAD, READY, STOP, new_probe_block, probe_base
 
 log = logging.getLogger("m2gate.master")
 
@@ -65,6 +65,8 @@ class Lifecycle:
         self.rand = rand  # for max_requests_jitter
         self.workers: dict[bytes, Worker] = {}
         self.serial = 0
+        # This master's own probe ids (random per start: see supervisor/wire.py).
+        self.probe_block = new_probe_block()
         self.generation = 1  # serving now
         self.pending_gen: int | None = None  # being started by a reload
         self.last_gen = 1
@@ -221,7 +223,7 @@ class Lifecycle:
             generation,
             cfg.threads,
             serial=self.serial,
-            probe=probe_base(self.serial),
+            probe=probe_base(self.serial, self.probe_block),
             started=now,
             max_requests=limit,
             replaces=replaces,

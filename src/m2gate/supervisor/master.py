@@ -52,8 +52,8 @@ from m2gate.supervisor.router import Router
 from m2gate.supervisor.state import Worker
 from m2gate.supervisor.systemd import sd_notify
 from m2gate.supervisor.watch import WATCH_INTERVAL, Watcher
-from m2gate.supervisor.wire import EXIT_APP_LOAD
-from m2gate.transports.zmq_common import open_pub
+from m2gate.supervisor.wire import EXIT_APP_LOAD, READY
+from m2gate.transports.zmq_common import FrontendMonitor, open_pub, open_pull, pull_limit
 
 log = logging.getLogger("m2gate.master")
 
@@ -138,15 +138,19 @@ class Master:
         router.setsockopt(zmq.RCVHWM, 0)
         router.bind(self.endpoint)
         pub = open_pub(self.ctx, cfg.recv_spec, ("%s-master" % cfg.send_ident).encode("ascii"))
-        pull = self.ctx.socket(zmq.PULL)
-        pull.setsockopt(zmq.IDENTITY, cfg.send_ident.encode("ascii"))
+        pull = open_pull(
+            self.ctx, cfg.send_ident.encode("ascii"), pull_limit(cfg.mongrel2_content_length)
+        )
         pull.connect(cfg.send_spec)
+        # Mongrel2's restarts: its connection ids start again at 1.
+        self.frontend = FrontendMonitor(pull, cfg.send_spec)
         self.router = Router(
             cfg, self.disp, self.life, self.watcher, (pull, router, pub), self.execute
         )
         self.poller = zmq.Poller()
         self.poller.register(pull, zmq.POLLIN)
         self.poller.register(router, zmq.POLLIN)
+        self.poller.register(self.frontend.socket, zmq.POLLIN)
         self.poller.register(self._wake_r.fileno(), zmq.POLLIN)
         control_path = (
             control_path_for(self.pidfile.path)
@@ -179,6 +183,7 @@ class Master:
         signal.set_wakeup_fd(-1)
         # Let the 503/504 answers we published leave before the context goes.
         self.router.pub.close(linger=1000)
+        self.frontend.close()
         self.router.pull.close(linger=0)
         self.router.router.close(linger=0)
         self.ctx.term()
@@ -205,6 +210,8 @@ class Master:
             elif isinstance(a, Dump):
                 workers.signal_worker(a.worker, signal.SIGUSR2)
             elif isinstance(a, Send):
+                if a.frame == READY and self.disp.epoch:
+                    self.router.send_epoch(a.worker.wid)  # before its first request
                 self.router.send(a.worker.wid, b"", a.frame)
             elif isinstance(a, Notify):
                 sd_notify(a.state)
@@ -222,6 +229,7 @@ class Master:
             self.pid,
             self.app,
             self._fds_for_children(),
+            w.probe,
         )
         w.pid = workers.fork(spec)
         self.by_pid[w.pid] = w
@@ -261,6 +269,8 @@ class Master:
             if self.life.done:
                 break
             events = dict(self.poller.poll(int(TICK * 1000)))
+            if events.get(self.frontend.socket) and self.frontend.changed():
+                self.router.frontend_gone()  # before any message of the next incarnation
             if self._wake_r.fileno() in events:
                 self._on_wake()
             if events.get(router):

@@ -30,8 +30,9 @@ from m2gate.conn.uploads import (
     remove_claimed,
 )
 from m2gate.protocol import replies
+from m2gate.protocol.errors import ProtocolError
 from m2gate.protocol.http import error_response, request_framing
-from m2gate.protocol.intake import parse_or_drop
+from m2gate.protocol.intake import log_dropped
 from m2gate.protocol.messages import (
     Credits,
     Disconnect,
@@ -39,6 +40,7 @@ from m2gate.protocol.messages import (
     UnknownControl,
     UploadDone,
     UploadStart,
+    parse_message,
 )
 from m2gate.supervisor.actions import Action
 from m2gate.supervisor.handoff import Dispatcher, Drop, Forward, Hold, Reject
@@ -47,12 +49,15 @@ from m2gate.supervisor.state import Key, Worker, WorkerState
 from m2gate.supervisor.watch import Watcher
 from m2gate.supervisor.wire import (
     DONE,
+    EPOCH,
     FATAL,
     HEARTBEAT,
     HELLO,
     LOADED,
     PROBE_SPAN,
-    is_probe,
+    STARTED,
+    parse_conn_report,
+    parse_probe_notice,
     probe_base,
     probe_slot,
 )
@@ -93,6 +98,32 @@ class Router:
         # Temp files Mongrel2 announced for requests in flight or queued, by connection.
         self.uploads: dict[Key, tuple[str, Identity]] = {}
 
+    # -- Mongrel2's incarnations ---------------------------------------------
+    def frontend_gone(self) -> None:
+        """Mongrel2 went away (the PULL's monitor said so): its connection ids are void.
+
+        Called before any message of its next incarnation is handled: the
+        workers hear ``epoch N`` before the next request on the same pipe,
+        so a request for a reused id never joins an old connection, and no
+        reply (theirs or ours) goes to an old connection's id.
+        """
+        for key in [k for k in self.uploads if k not in self.disp.owner]:
+            self.drop_upload(key)  # queued, so dropped now: nobody else removes it
+        self.uploads.clear()  # the rest are in flight: their workers remove them
+        dropped = self.disp.reset_frontend()
+        log.warning(
+            "Mongrel2 went away: forgot its connections (epoch %d, %d queued request(s) dropped)",
+            self.disp.epoch,
+            dropped,
+        )
+        for w in list(self.life.workers.values()):
+            if w.ready_at is not None and w.state is not WorkerState.KILLED:
+                self.send_epoch(w.wid)
+
+    def send_epoch(self, wid: bytes) -> None:
+        """Tell ``wid`` the current epoch (a worker not ready yet hears it with ``ready``)."""
+        self.send(wid, b"", EPOCH, b"%d" % self.disp.epoch)
+
     # -- Mongrel2 -> workers --------------------------------------------------
     def on_pull(self, now: float) -> None:
         for _ in range(BATCH):
@@ -106,11 +137,14 @@ class Router:
                 log.exception("failed to route a message (%d bytes)", len(raw))
 
     def on_message(self, raw: bytes, now: float) -> None:
-        msg = parse_or_drop(raw, log)
-        if msg is None:
-            return
-        if isinstance(msg, Disconnect) and is_probe(msg.conn_id):
-            self._on_probe(msg.conn_id, now)
+        try:
+            msg = parse_message(raw)
+        except ProtocolError as exc:
+            probe = parse_probe_notice(raw)  # probe ids come back negative: not parsed
+            if probe is not None:
+                self._on_probe(probe, now)
+            else:
+                log_dropped(log, raw, exc)
             return
         if isinstance(msg, (UploadStart, UploadDone)):
             self._announced(msg)
@@ -165,9 +199,13 @@ class Router:
         if found is not None and remove_claimed(*found):
             log.info("removed the upload of %s:%s", key[0], key[1])
 
-    def _on_probe(self, conn_id: int, now: float) -> None:
-        slot = probe_slot(conn_id)
-        if slot == probe_base(0):
+    def _on_probe(self, probe_id: int, now: float) -> None:
+        block = self.life.probe_block
+        slot = probe_slot(probe_id, block)
+        if slot is None:
+            log.debug("probe notice %d is another master's", probe_id)
+            return
+        if slot == probe_base(0, block):
             if self.pub_ready_at is None:
                 self.pub_ready_at = now
                 log.debug("master reply path proven")
@@ -183,7 +221,7 @@ class Router:
         if self.pub_ready_at is not None or now < self._next_pub_probe:
             return
         self._next_pub_probe = now + PUB_PROBE_INTERVAL
-        probe = probe_base(0) + self._pub_probe % PROBE_SPAN
+        probe = probe_base(0, self.life.probe_block) + self._pub_probe % PROBE_SPAN
         self._pub_probe += 1
         with contextlib.suppress(zmq.ZMQError):
             self.pub.send(
@@ -232,6 +270,15 @@ class Router:
         except (zmq.ZMQError, ValueError) as exc:
             log.warning("could not answer %s to %s:%s: %s", status, sender, conn_id, exc)
 
+    def close(self, sender: str, conn_id: int) -> None:
+        """Close a client connection whose response had already begun (nothing else fits)."""
+        uuid = replies.reply_uuid(self.cfg.recv_ident, sender)
+        try:
+            for m in replies.close(uuid, [conn_id]):
+                self.pub.send(m)
+        except (zmq.ZMQError, ValueError) as exc:
+            log.warning("could not close %s:%s: %s", sender, conn_id, exc)
+
     # -- workers -> master ----------------------------------------------------
     def on_router(self, now: float) -> None:
         freed = False
@@ -255,17 +302,21 @@ class Router:
         if w is None:
             return False
         if kind == DONE:
-            sender, _, conn_id = frames[2].rpartition(b" ") if len(frames) > 2 else (b"", b"", b"")
-            if not (conn_id.isascii() and conn_id.isdigit()):
+            report = parse_conn_report(frames[2]) if len(frames) > 2 else None
+            if report is None:
                 return False
-            key = (sender.decode("latin-1"), int(conn_id))
-            if not self.disp.on_done(wid, key, now):
+            key = (report[0], report[1])
+            if not self.disp.on_done(wid, key, now, report[2]):
                 return False
             if key not in self.disp.owner:
                 self.uploads.pop(key, None)  # the worker served it and removed its file
             self.run(self.life.on_done(w, now))
             return True
-        if kind == HEARTBEAT:
+        if kind == STARTED:
+            report = parse_conn_report(frames[2]) if len(frames) > 2 else None
+            if report is not None and report[2] == self.disp.epoch:
+                self.disp.mark_started(wid, (report[0], report[1]))
+        elif kind == HEARTBEAT:
             self._on_heartbeat(w, frames[2] if len(frames) > 2 else b"{}", now)
         elif kind == FATAL:
             w.fatal = frames[2].decode("utf-8", "replace") if len(frames) > 2 else ""
@@ -304,17 +355,29 @@ class Router:
         expected = w.state is WorkerState.STOPPING and code == 0
         how = "exited with %d" % code if code >= 0 else "killed by signal %d" % -code
         if lost:
-            keys = list(dict.fromkeys(e.key for e in lost))
+            # The first entry of a connection is the one being served; only
+            # it can have started to stream. Its client already has a status
+            # line and part of a body: another response would land inside
+            # that body, so such a connection only gets closed.
+            first: dict[Key, bool] = {}
+            for e in lost:
+                if e.epoch == self.disp.epoch:  # an old incarnation's id is nobody's to answer
+                    first.setdefault(e.key, e.streaming)
+            cut = sum(first.values())
             log.warning(
-                "worker %s (pid %d) %s with %d request(s) in flight: answering %s",
+                "worker %s (pid %d) %s with %d request(s) in flight: answering %s%s",
                 w.wid.decode(),
                 w.pid,
                 how,
                 len(lost),
                 w.answer,
+                " (%d response(s) already streaming: closed)" % cut if cut else "",
             )
-            for key in keys:
-                self.answer(key[0], key[1], w.answer)
+            for key, streaming in first.items():
+                if streaming:
+                    self.close(key[0], key[1])
+                else:
+                    self.answer(key[0], key[1], w.answer)
         elif expected:
             log.info(
                 "worker %s (pid %d) exited after %d request(s)", w.wid.decode(), w.pid, w.requests

@@ -61,6 +61,17 @@ class InFlight:
     started: float  # when the worker could start it (after the ones before it)
     pipelined: bool
     what: str = ""  # "METHOD PATH", for status
+    streaming: bool = False  # part of its response is out: only a close may follow
+    epoch: int = 0  # the Mongrel2 incarnation its connection id belongs to
+
+
+def stale_key(epoch: int, key: Key) -> Key:
+    """Where a worker's entry of an old Mongrel2 incarnation waits for its done report.
+
+    Its id may already name a new client: the entry keeps the worker's
+    thread counted as busy, but no new request joins it and nobody answers it.
+    """
+    return ("%d %s" % (epoch, key[0]), key[1])
 
 
 @dataclass

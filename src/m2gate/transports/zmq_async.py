@@ -17,7 +17,12 @@ from collections.abc import Callable, Sequence
 import zmq
 import zmq.asyncio
 
-from m2gate.transports.zmq_common import PubSink, connect_pair, disconnect_pull
+from m2gate.transports.zmq_common import (
+    FrontendMonitor,
+    PubSink,
+    connect_pair,
+    disconnect_pull,
+)
 
 
 class AsyncZmqTransport:
@@ -32,11 +37,14 @@ class AsyncZmqTransport:
         identity: str,
         hwm: int = 0,
         send_timeout: float = 30.0,
+        max_size: int = -1,
     ) -> None:
         self.send_spec = send_spec
         self.recv_spec = recv_spec
         self.ctx = zmq.asyncio.Context()
-        self.pull, pub = connect_pair(self.ctx, send_spec, recv_spec, identity, hwm)
+        self.pull, pub = connect_pair(
+            self.ctx, send_spec, recv_spec, identity, hwm=hwm, max_size=max_size
+        )
         self._async_pub = pub
         # A blocking shadow of the same socket: PUB sends complete at once,
         # and a plain call needs no future per reply.
@@ -45,6 +53,9 @@ class AsyncZmqTransport:
         self.sink = PubSink(self._pub, send_timeout)
         self.send = self.sink.send
         self._pull_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self.pull.underlying)
+        self._monitor = FrontendMonitor(
+            self._pull_sync, send_spec, zmq.Context.shadow(self.ctx.underlying)
+        )
         self._receiving = True
 
     async def recv(self, timeout_ms: int | None = None) -> bytes | None:
@@ -69,6 +80,10 @@ class AsyncZmqTransport:
             return None
         return data
 
+    def frontend_changed(self) -> bool:
+        """True once each time Mongrel2 went away (see :class:`FrontendMonitor`)."""
+        return self._receiving and self._monitor.changed()
+
     def stop_receiving(self) -> None:
         """Disconnect the PULL so Mongrel2 pushes new requests elsewhere."""
         if self._receiving:
@@ -77,6 +92,7 @@ class AsyncZmqTransport:
 
     def close(self, linger_s: float) -> None:
         """Close both sockets, giving queued replies ``linger_s`` to leave."""
+        self._monitor.close()
         self.pull.close(linger=0)
         self._async_pub.close(linger=int(linger_s * 1000))
         self.ctx.term()

@@ -20,6 +20,7 @@ at most ``hwm`` messages (each at most ``max_message`` bytes).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -31,6 +32,8 @@ import zmq
 from m2gate.transports.base import ReplyStalled
 
 log = logging.getLogger("m2gate.transport")
+
+_MONITORS = itertools.count()
 
 # Below this a copy is cheaper than pinning the buffer for zero-copy.
 COPY_BELOW = 65536
@@ -64,18 +67,48 @@ def open_pub(
     return pub
 
 
+# What a request message holds beside its body: the head Mongrel2 accepted
+# (limits.buffer_size, 4 KiB by default) re-encoded as tnetstring or JSON
+# (escaping can double it), Mongrel2's own keys, the sender and id.
+REQUEST_HEAD_ROOM = 64 * 1024
+
+
+def pull_limit(content_length: int) -> int:
+    """MAXMSGSIZE for a PULL from a Mongrel2 with this limits.content_length (0: none).
+
+    Bigger bodies reach us as upload files, so anything larger is not from
+    a Mongrel2 configured so: whoever bound the spec while Mongrel2 was
+    down. ZeroMQ drops such a peer before the message is allocated.
+    """
+    return content_length + REQUEST_HEAD_ROOM if content_length > 0 else -1
+
+
+def open_pull(ctx: zmq.Context[Any], identity: bytes, max_size: int = -1) -> Any:
+    """A PULL of ``ctx`` for Mongrel2's ``send_spec`` (not connected yet)."""
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    if max_size > 0:
+        pull.setsockopt(zmq.MAXMSGSIZE, max_size)
+    if identity:
+        pull.setsockopt(zmq.IDENTITY, identity)
+    return pull
+
+
 def connect_pair(
-    ctx: zmq.Context[Any], send_spec: str, recv_spec: str, identity: str, hwm: int = 0
+    ctx: zmq.Context[Any],
+    send_spec: str,
+    recv_spec: str,
+    identity: str,
+    hwm: int = 0,
+    max_size: int = -1,
 ) -> tuple[Any, Any]:
     """``(pull, pub)`` sockets of ``ctx``, connected to a Mongrel2 handler.
 
     The PUB connects first: a request we receive must find our reply path.
+    ``max_size``: the PULL's MAXMSGSIZE (:func:`pull_limit`; -1: none).
     """
     ident = identity.encode("ascii")
-    pull = ctx.socket(zmq.PULL)
-    pull.setsockopt(zmq.LINGER, 0)
-    if ident:
-        pull.setsockopt(zmq.IDENTITY, ident)
+    pull = open_pull(ctx, ident, max_size)
     pub = open_pub(ctx, recv_spec, ident, hwm=hwm)
     pull.connect(send_spec)
     return pull, pub
@@ -147,6 +180,85 @@ class PubSink:
         """Close the PUB, giving queued replies ``linger_s`` to leave."""
         with self._lock:
             self.pub.close(linger=int(linger_s * 1000))
+
+
+class FrontendMonitor:
+    """Tells when the Mongrel2 behind a socket went away (it may have restarted).
+
+    Connection ids restart at 1 when Mongrel2 restarts: whatever a process
+    holds for a connection of the old incarnation must go, or a reply meant
+    for an old client reaches a new one that got the same id. ZeroMQ's
+    socket monitor reports the TCP/IPC connection dropping
+    (``EVENT_DISCONNECTED``); only that counts (the first connect is not a
+    change, and a reconnect always follows a disconnect). It is polled, not
+    waited on: :meth:`changed` costs a few microseconds, so callers ask when
+    idle or when a message does not match the state they hold, never per
+    message.
+
+    With ``endpoint`` it also connects ``sock`` there again after each
+    disconnect: ZeroMQ gives up on a peer that broke the protocol (a frame
+    over MAXMSGSIZE, say from a stranger bound at the spec while Mongrel2
+    was down) and would never reconnect to the real Mongrel2 after it.
+    What was still queued from the old peer goes with the old pipe: it
+    belongs to the incarnation that just went away.
+    """
+
+    __slots__ = ("_endpoint", "_mon", "_sock", "disconnects")
+
+    def __init__(
+        self, sock: zmq.Socket[Any], endpoint: str = "", ctx: zmq.Context[Any] | None = None
+    ) -> None:
+        """Monitor ``sock``; ``ctx``: a blocking context for the monitor's own socket."""
+        self._sock = sock
+        self._endpoint = endpoint
+        addr = "inproc://m2gate-frontend-%d" % next(_MONITORS)
+        sock.monitor(addr, zmq.EVENT_DISCONNECTED)
+        mon: zmq.Socket[Any] = (ctx or sock.context).socket(zmq.PAIR)
+        mon.connect(addr)
+        self._mon: zmq.Socket[Any] | None = mon
+        self.disconnects = 0
+
+    @property
+    def socket(self) -> zmq.Socket[Any] | None:
+        """The monitor's own socket (a master registers it in its poller)."""
+        return self._mon
+
+    def changed(self) -> bool:
+        """True if the peer went away since the last call; never blocks."""
+        mon = self._mon
+        if mon is None:
+            return False
+        gone = False
+        while True:
+            try:
+                frames = mon.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return gone
+            except zmq.ZMQError:  # closed under us (shutdown)
+                return gone
+            if len(frames) >= 1 and len(frames[0]) >= 2:
+                event = int.from_bytes(frames[0][:2], "little")
+                if event == zmq.EVENT_DISCONNECTED:
+                    gone = True
+                    self.disconnects += 1
+                    if self._endpoint:
+                        self._reconnect()
+
+    def _reconnect(self) -> None:
+        with contextlib.suppress(zmq.ZMQError):  # already given up on: nothing to undo
+            self._sock.disconnect(self._endpoint)
+        try:
+            self._sock.connect(self._endpoint)
+        except zmq.ZMQError as exc:
+            log.warning("reconnecting to %s failed: %s", self._endpoint, exc)
+
+    def close(self) -> None:
+        """Stop monitoring (before the socket is closed)."""
+        mon, self._mon = self._mon, None
+        if mon is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._sock.disable_monitor()
+            mon.close(linger=0)
 
 
 def disconnect_pull(pull: zmq.Socket[Any], send_spec: str) -> None:

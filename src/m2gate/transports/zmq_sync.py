@@ -6,7 +6,12 @@ from collections.abc import Callable, Sequence
 
 import zmq
 
-from m2gate.transports.zmq_common import PubSink, connect_pair, disconnect_pull
+from m2gate.transports.zmq_common import (
+    FrontendMonitor,
+    PubSink,
+    connect_pair,
+    disconnect_pull,
+)
 
 
 class ZmqTransport:
@@ -32,13 +37,17 @@ class ZmqTransport:
         identity: str,
         hwm: int = 0,
         send_timeout: float = 30.0,
+        max_size: int = -1,
     ) -> None:
         self.send_spec = send_spec
         self.recv_spec = recv_spec
         self.ctx = self.context_class()
-        self.pull, self.pub = connect_pair(self.ctx, send_spec, recv_spec, identity, hwm)
+        self.pull, self.pub = connect_pair(
+            self.ctx, send_spec, recv_spec, identity, hwm=hwm, max_size=max_size
+        )
         self.sink = PubSink(self.pub, send_timeout)
         self.send = self.sink.send  # no layer of ours between the writer and the socket
+        self._monitor = FrontendMonitor(self.pull, send_spec)
         self._receiving = True
         self._poller = self.poller_class()
         self._poller.register(self.pull, zmq.POLLIN)
@@ -70,6 +79,10 @@ class ZmqTransport:
         data = self.pull.recv()
         return data
 
+    def frontend_changed(self) -> bool:
+        """True once each time Mongrel2 went away (see :class:`FrontendMonitor`)."""
+        return self._receiving and self._monitor.changed()
+
     def stop_receiving(self) -> None:
         """Disconnect the PULL so Mongrel2 pushes new requests elsewhere."""
         if self._receiving:
@@ -78,6 +91,7 @@ class ZmqTransport:
 
     def close(self, linger_s: float) -> None:
         """Close both sockets, giving queued replies ``linger_s`` to leave."""
+        self._monitor.close()
         self.pull.close(linger=0)
         self.sink.close(linger_s)
         self.ctx.term()
