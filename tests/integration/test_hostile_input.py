@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from m2gate.ops import control
+from m2gate.cli import control
+from m2gate.ops.pidfile import control_path_for
 from m2gate.testing.mongrel2 import Mongrel2
 
 pytestmark = pytest.mark.integration
@@ -165,14 +166,14 @@ def pid_alive(pid: int) -> bool:
 
 
 def worker_pids(pidfile: Path) -> set[int]:
-    doc = control.request(control.control_path_for(str(pidfile)), "status", timeout=10)
+    doc = control.request(control_path_for(str(pidfile)), "status", timeout=10)
     return {w["pid"] for w in doc["workers"]}
 
 
 def wait_workers(pidfile: Path, count: int) -> set[int]:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        doc = control.request(control.control_path_for(str(pidfile)), "status", timeout=10)
+        doc = control.request(control_path_for(str(pidfile)), "status", timeout=10)
         workers = doc["workers"]
         if len(workers) == count and all(w["status"] != "starting" for w in workers):
             return {w["pid"] for w in workers}

@@ -51,7 +51,7 @@ CORPUS = sorted((ROOT / "tests" / "corpus").glob("*.bin"))
 SEEDS = [p.read_bytes() for p in CORPUS]
 SENDER = b"fuzz-0000-4000-8000-000000000001"
 
-PROBE_BASE = 1_500_000_000  # supervisor.child: ids of the workers' reply-path probes
+PROBE_BASE = 1_500_000_000  # ids far above any real one (probes use 2**31 and up: wire.py)
 CHECK_ID_BASE = 900_000_000  # ids of the well-formed requests that must be answered
 DEFAULT_MESSAGES = 20_000  # per mode: 40,000 in `make test` (single + -p 2)
 LONG_MESSAGES = 500_000  # per mode: 1,000,000 in `make test-long`
@@ -108,7 +108,7 @@ def netstring(data: bytes, tag: bytes = b",") -> bytes:
 CONN_IDS = st.one_of(
     st.integers(1, 400),  # ids a batch reuses (pipelining, notices for them)
     st.integers(0, 2**64),  # connections that do not exist
-    st.sampled_from([PROBE_BASE, PROBE_BASE + 150, 2**31 - 1]),
+    st.sampled_from([PROBE_BASE, PROBE_BASE + 150, 2**31 - 1, 2**31, 2**32 - 2]),
 ).map(lambda i: b"%d" % i)
 RAW_IDS = st.one_of(
     CONN_IDS, CONN_IDS, CONN_IDS, st.sampled_from([b"", b"-1", b"1\xb2", b"9" * 30, b"9" * 5000])
@@ -375,7 +375,9 @@ class FakeMongrel2:
                 if not raw.isdigit():
                     continue
                 conn_id = int(raw)
-                if conn_id >= PROBE_BASE:  # Mongrel2: "reply to an unknown connection"
+                if conn_id >= 2**31:  # Mongrel2 echoes ids it never handed out as a C int
+                    self.notice(b"%d" % (conn_id - 2**32))
+                elif conn_id >= PROBE_BASE:  # Mongrel2: "reply to an unknown connection"
                     self.notice(raw)
                 elif conn_id >= CHECK_ID_BASE and body.startswith(b"HTTP/1.1 200"):
                     self.answered.add(conn_id)
