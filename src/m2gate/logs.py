@@ -14,8 +14,9 @@ import threading
 from typing import Any, TextIO
 
 from m2gate.adapters.accesslog import AccessLogger
+from m2gate.config.declare import ConfigError
 from m2gate.config.paths import open_own, uid_of
-from m2gate.config.settings import Config, ConfigError
+from m2gate.config.settings import Config
 
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 

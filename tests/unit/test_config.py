@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from m2gate.cli import build_parser
+from m2gate.config.declare import ConfigError
 from m2gate.config.loader import load
-from m2gate.config.settings import Config, ConfigError
+from m2gate.config.settings import Config
 
 SPEC = "tcp://127.0.0.1:9997"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from m2gate.config import paths
-from m2gate.config.settings import ConfigError
+from m2gate.config.declare import ConfigError
 from m2gate.ops.listener import SocketInUse, bind_unix
 
 WRITE = os.O_WRONLY | os.O_APPEND | os.O_CREAT

@@ -13,7 +13,8 @@ import pytest
 import zmq
 
 from m2gate import logs
-from m2gate.config.settings import Config, ConfigError
+from m2gate.config.declare import ConfigError
+from m2gate.config.settings import Config
 from m2gate.testing.mongrel2 import free_port
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from m2gate.config import mongrel2db
+from m2gate.config.declare import ConfigError
 from m2gate.config.resolve import resolve_specs
-from m2gate.config.settings import Config, ConfigError
+from m2gate.config.settings import Config
 from m2gate.testing.mongrel2 import HandlerSpec, Mongrel2
 
 ROOT_SPEC = HandlerSpec("/", send_ident="11111111-aaaa-4aaa-8aaa-000000000001")

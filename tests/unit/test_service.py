@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from m2gate import cli
+from m2gate.config.declare import ConfigError
 from m2gate.config.loader import load
-from m2gate.config.settings import Config, ConfigError
+from m2gate.config.settings import Config
 from m2gate.ops import appdir, confine
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")

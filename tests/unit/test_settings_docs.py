@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from m2gate.config import docs
-from m2gate.config.settings import env_var, flag, settings
+from m2gate.config.declare import env_var, flag
+from m2gate.config.settings import settings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from m2gate.config.settings import Config, ConfigError
+from m2gate.config.declare import ConfigError
+from m2gate.config.settings import Config
 from m2gate.supervisor.serve import needs_master, serve
 
 

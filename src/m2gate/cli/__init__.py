@@ -14,9 +14,9 @@ from typing import Any, NoReturn
 
 from m2gate import __version__
 from m2gate.cli.control import add_commands, run_command
+from m2gate.config.declare import ConfigError
 from m2gate.config.loader import add_arguments
 from m2gate.config.resolve import configure, init_values
-from m2gate.config.settings import ConfigError
 from m2gate.loading import AppLoadError
 
 EXIT_CONFIG = 2

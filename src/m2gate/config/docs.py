@@ -10,7 +10,8 @@ import sys
 from dataclasses import MISSING
 from typing import Any, Literal, get_args, get_origin
 
-from m2gate.config.settings import describe_type, env_var, flag, settings
+from m2gate.config.declare import describe_type, env_var, flag
+from m2gate.config.settings import settings
 
 
 def _type_name(kind: Any) -> str:

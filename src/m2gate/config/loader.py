@@ -8,14 +8,8 @@ import tomllib
 from collections.abc import Collection, Mapping
 from typing import Any, get_origin
 
-from m2gate.config.settings import (
-    Config,
-    ConfigError,
-    convert,
-    env_var,
-    flag,
-    settings,
-)
+from m2gate.config.declare import ConfigError, convert, env_var, flag
+from m2gate.config.settings import Config, settings
 
 
 def add_arguments(parser: argparse.ArgumentParser, exclude: Collection[str] = ()) -> None:

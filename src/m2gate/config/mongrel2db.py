@@ -11,7 +11,8 @@ import os
 import sqlite3
 from dataclasses import dataclass
 
-from m2gate.config.settings import Config, ConfigError
+from m2gate.config.declare import ConfigError
+from m2gate.config.settings import Config
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import pwd
 import stat
 from collections.abc import Iterable
 
-from m2gate.config.settings import ConfigError
+from m2gate.config.declare import ConfigError
 
 OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # NONBLOCK: a FIFO cannot hang us
 

@@ -14,8 +14,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from m2gate.config import mongrel2db
+from m2gate.config.checks import SPEC_ACCEPTED, split_spec
+from m2gate.config.declare import ConfigError
 from m2gate.config.loader import load
-from m2gate.config.settings import SPEC_ACCEPTED, Config, ConfigError, settings, split_spec
+from m2gate.config.settings import Config, settings
 
 log = logging.getLogger("m2gate")
 

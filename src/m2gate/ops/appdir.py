@@ -11,8 +11,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from m2gate.config.declare import ConfigError
 from m2gate.config.loader import APP_DIR_FILE
-from m2gate.config.settings import ConfigError, settings
+from m2gate.config.settings import settings
 
 APP_DIR_LAYOUT = ("app", "logs", "run")
 

@@ -27,7 +27,8 @@ import sys
 from collections.abc import Iterable
 
 from m2gate import logs
-from m2gate.config.settings import Config, ConfigError, settings
+from m2gate.config.declare import ConfigError
+from m2gate.config.settings import Config, settings
 
 log = logging.getLogger("m2gate")
 

@@ -23,8 +23,8 @@ import stat
 import threading
 from typing import Self
 
+from m2gate.config.declare import ConfigError
 from m2gate.config.paths import check_directory, unlink_if_same
-from m2gate.config.settings import ConfigError
 
 log = logging.getLogger("m2gate.listener")
 

@@ -13,8 +13,8 @@ import errno
 import fcntl
 import os
 
+from m2gate.config.declare import ConfigError
 from m2gate.config.paths import OPEN_FLAGS, open_own, uid_of, unlink_if_same
-from m2gate.config.settings import ConfigError
 
 
 class AlreadyRunning(Exception):

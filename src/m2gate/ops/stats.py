@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from m2gate.config.settings import ConfigError
+from m2gate.config.declare import ConfigError
 from m2gate.ops.listener import Ident, Listener, SocketInUse, adopt, bind_unix, prebind
 
 log = logging.getLogger("m2gate.stats")

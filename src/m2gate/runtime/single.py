@@ -13,7 +13,8 @@ from m2gate import logs
 from m2gate.adapters.asgi import resolve_interface
 from m2gate.adapters.common import EnvironDefaults
 from m2gate.adapters.wsgi import WSGIApp, WSGIHandler
-from m2gate.config.settings import Config, ConfigError
+from m2gate.config.declare import ConfigError
+from m2gate.config.settings import Config
 from m2gate.conn.uploads import UploadStore
 from m2gate.loading import load_app
 from m2gate.protocol.http import SERVER_HEADER

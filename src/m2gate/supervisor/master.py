@@ -38,7 +38,8 @@ from typing import Any
 import zmq
 
 from m2gate import __version__, logs
-from m2gate.config.settings import Config, ConfigError
+from m2gate.config.declare import ConfigError
+from m2gate.config.settings import Config
 from m2gate.loading import load_app
 from m2gate.ops.control import ControlServer
 from m2gate.ops.pidfile import PidFile, control_path_for

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from m2gate.config.settings import Config, ConfigError
+from m2gate.config.declare import ConfigError
+from m2gate.config.settings import Config
 from m2gate.ops.pidfile import AlreadyRunning, PidFile
 from m2gate.supervisor.master import Master
 
