@@ -45,8 +45,8 @@ from m2gate.protocol.messages import (
     WebSocketHandshake,
 )
 from m2gate.runtime.base import Runtime, refusal_status
+from m2gate.runtime.options import transport_args
 from m2gate.transports.zmq_async import AsyncZmqTransport
-from m2gate.transports.zmq_common import pull_limit
 
 log = logging.getLogger("m2gate.worker")
 
@@ -338,14 +338,7 @@ async def _main(cfg: Any, app: ASGIApp) -> int:
     lifespan = Lifespan(app)
     await lifespan.startup()
     defaults = EnvironDefaults(cfg.server_name, cfg.server_port, cfg.trust_x_forwarded_for)
-    transport = AsyncZmqTransport(
-        cfg.send_spec,
-        cfg.recv_spec,
-        cfg.send_ident,
-        cfg.send_hwm,
-        cfg.send_timeout,
-        pull_limit(cfg.mongrel2_content_length),
-    )
+    transport = AsyncZmqTransport(*transport_args(cfg))
     worker = AsyncioRuntime(
         transport,
         app,

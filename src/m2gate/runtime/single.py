@@ -7,19 +7,13 @@ import signal
 from collections.abc import Callable
 from functools import partial
 from types import FrameType
-from typing import Any
 
-from m2gate import logs
 from m2gate.adapters.asgi import resolve_interface
-from m2gate.adapters.common import EnvironDefaults
-from m2gate.adapters.wsgi import WSGIApp, WSGIHandler
 from m2gate.config.declare import ConfigError
 from m2gate.config.settings import Config
-from m2gate.conn.uploads import UploadStore
 from m2gate.loading import load_app
-from m2gate.protocol.http import SERVER_HEADER
+from m2gate.runtime.options import transport_args, worker_options, wsgi_handler
 from m2gate.runtime.threaded import ThreadedRuntime
-from m2gate.transports.zmq_common import pull_limit
 from m2gate.transports.zmq_sync import ZmqTransport
 
 log = logging.getLogger("m2gate")
@@ -27,33 +21,6 @@ log = logging.getLogger("m2gate")
 _GEVENT_WSGI_ONLY = (
     "worker_class: gevent serves WSGI apps; ASGI apps run on asyncio (accepted: threads)"
 )
-
-
-def wsgi_handler(cfg: Config, app: WSGIApp, multithread: bool, multiprocess: bool) -> WSGIHandler:
-    """The WSGI adapter as the settings shape it (one process or a worker)."""
-    return WSGIHandler(
-        app,
-        EnvironDefaults(cfg.server_name, cfg.server_port, cfg.trust_x_forwarded_for),
-        multithread=multithread,
-        multiprocess=multiprocess,
-        access_log=logs.access_logger(),
-    )
-
-
-def worker_options(cfg: Config) -> dict[str, Any]:
-    """The :class:`ThreadedRuntime` arguments that come straight from the settings."""
-    return {
-        "threads": cfg.threads,
-        "reply_ident": cfg.recv_ident.encode("ascii"),
-        "max_message": cfg.max_message,
-        "flush_interval": cfg.flush_interval,
-        "server_header": SERVER_HEADER,
-        "uploads": UploadStore(
-            cfg.upload_dir, cfg.mongrel2_chroot, cfg.upload_timeout, cfg.stream_uploads
-        ),
-        "backlog": cfg.backlog,
-        "max_pipelined": cfg.max_pipelined,
-    }
 
 
 def serve(cfg: Config) -> int:
@@ -83,14 +50,7 @@ def serve(cfg: Config) -> int:
     if green:
         transport_class = gevent_worker.GreenZmqTransport
         worker_class = partial(gevent_worker.GeventRuntime, connections=cfg.gevent_connections)
-    transport = transport_class(
-        cfg.send_spec,
-        cfg.recv_spec,
-        cfg.send_ident,
-        cfg.send_hwm,
-        cfg.send_timeout,
-        pull_limit(cfg.mongrel2_content_length),
-    )
+    transport = transport_class(*transport_args(cfg))
     worker = worker_class(transport, transport, handler, **worker_options(cfg))
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

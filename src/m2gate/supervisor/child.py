@@ -36,7 +36,7 @@ from m2gate.config.settings import Config
 from m2gate.conn.connection import Connection
 from m2gate.loading import AppLoadError, load_app
 from m2gate.protocol import replies
-from m2gate.runtime.single import worker_options, wsgi_handler
+from m2gate.runtime.options import worker_options, wsgi_handler
 from m2gate.runtime.threaded import ThreadedRuntime
 from m2gate.supervisor.watch import app_source_files
 from m2gate.supervisor.wire import (

@@ -19,13 +19,13 @@ import zmq.asyncio
 
 from m2gate.transports.zmq_common import (
     FrontendMonitor,
+    HandlerSockets,
     PubSink,
     connect_pair,
-    disconnect_pull,
 )
 
 
-class AsyncZmqTransport:
+class AsyncZmqTransport(HandlerSockets):
     """Connects a PULL to Mongrel2's ``send_spec`` and a PUB to its ``recv_spec``."""
 
     send: Callable[[Sequence[bytes]], None]  # the PubSink's own send
@@ -80,19 +80,8 @@ class AsyncZmqTransport:
             return None
         return data
 
-    def frontend_changed(self) -> bool:
-        """True once each time Mongrel2 went away (see :class:`FrontendMonitor`)."""
-        return self._receiving and self._monitor.changed()
-
-    def stop_receiving(self) -> None:
-        """Disconnect the PULL so Mongrel2 pushes new requests elsewhere."""
-        if self._receiving:
-            self._receiving = False
-            disconnect_pull(self.pull, self.send_spec)
-
     def close(self, linger_s: float) -> None:
         """Close both sockets, giving queued replies ``linger_s`` to leave."""
-        self._monitor.close()
-        self.pull.close(linger=0)
+        self._close_pull()
         self._async_pub.close(linger=int(linger_s * 1000))
         self.ctx.term()

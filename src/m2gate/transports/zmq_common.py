@@ -267,3 +267,30 @@ def disconnect_pull(pull: zmq.Socket[Any], send_spec: str) -> None:
         pull.disconnect(send_spec)
     except zmq.ZMQError as exc:  # already gone: nothing more will come
         log.debug("disconnect %s: %s", send_spec, exc)
+
+
+class HandlerSockets:
+    """What the blocking and the asyncio transports share: their PULL's end of life.
+
+    Subclasses set ``pull``, ``send_spec``, ``_monitor`` (a
+    :class:`FrontendMonitor` on the PULL) and ``_receiving``.
+    """
+
+    pull: Any
+    send_spec: str
+    _monitor: FrontendMonitor
+    _receiving: bool
+
+    def frontend_changed(self) -> bool:
+        """True once each time Mongrel2 went away (see :class:`FrontendMonitor`)."""
+        return self._receiving and self._monitor.changed()
+
+    def stop_receiving(self) -> None:
+        """Disconnect the PULL so Mongrel2 pushes new requests elsewhere."""
+        if self._receiving:
+            self._receiving = False
+            disconnect_pull(self.pull, self.send_spec)
+
+    def _close_pull(self) -> None:
+        self._monitor.close()
+        self.pull.close(linger=0)

@@ -8,13 +8,13 @@ import zmq
 
 from m2gate.transports.zmq_common import (
     FrontendMonitor,
+    HandlerSockets,
     PubSink,
     connect_pair,
-    disconnect_pull,
 )
 
 
-class ZmqTransport:
+class ZmqTransport(HandlerSockets):
     """Connects to a Mongrel2 handler's ``send_spec`` (PULL) and ``recv_spec`` (PUB).
 
     The PULL is only used by the receiving thread. The PUB is shared through
@@ -79,19 +79,8 @@ class ZmqTransport:
         data = self.pull.recv()
         return data
 
-    def frontend_changed(self) -> bool:
-        """True once each time Mongrel2 went away (see :class:`FrontendMonitor`)."""
-        return self._receiving and self._monitor.changed()
-
-    def stop_receiving(self) -> None:
-        """Disconnect the PULL so Mongrel2 pushes new requests elsewhere."""
-        if self._receiving:
-            self._receiving = False
-            disconnect_pull(self.pull, self.send_spec)
-
     def close(self, linger_s: float) -> None:
         """Close both sockets, giving queued replies ``linger_s`` to leave."""
-        self._monitor.close()
-        self.pull.close(linger=0)
+        self._close_pull()
         self.sink.close(linger_s)
         self.ctx.term()
