@@ -28,10 +28,15 @@ message at a time, from one thread or the loop only):
   Mongrel2 writes;
 - *upload done*: completes the upload in flight (and releases a held
   request); one for an upload whose request was already answered (the app
-  did not wait for the whole body) is late and ignored quietly; one with no
-  upload announced is forged and served as a request (answered 400);
+  did not wait for the whole body) is late and ignored quietly, until that
+  connection's disconnect; one with no upload announced (or after the
+  disconnect) is forged and served as a request (answered 400). A
+  supervisor decides the same way which of them it counts in flight
+  (:mod:`m2gate.supervisor.handoff`), so a request it counts always gets
+  its ``on_done``;
 - *disconnect*: the connection is marked closed (writers and upload readers
-  stop), pipelined requests behind it are dropped;
+  stop), pipelined requests behind it are dropped, and its answered uploads
+  are forgotten (nothing of that connection can be late any more);
 - *credits*: added to the connection (flow control);
 - *websocket frame*: :meth:`Runtime._frame` (no websockets: answered 400);
 - unknown control messages: ignored;
@@ -137,9 +142,10 @@ class Runtime(Generic[C]):
         # Requests held until their upload is complete, by connection key.
         self._held: dict[tuple[str, int], tuple[C, Message]] = {}
         self._frontend_changed: Callable[[], bool] | None = None
-        # (connection, announced path) of uploads answered before Mongrel2
-        # said they were done: their upload-done is late, not forged.
-        self._answered_uploads: OrderedDict[tuple[tuple[str, int], str], None] = OrderedDict()
+        # The announced path of the upload each connection had answered before
+        # Mongrel2 said it was done: its upload-done is late, not forged (until
+        # the connection's disconnect: the master forgets it then too).
+        self._answered_uploads: OrderedDict[tuple[str, int], str] = OrderedDict()
 
     # -- lifecycle -----------------------------------------------------------
     def stop(self) -> None:
@@ -178,6 +184,7 @@ class Runtime(Generic[C]):
 
     def _reset_locked(self, epoch: int | None) -> None:
         old = self._table.reset(epoch)
+        self._answered_uploads.clear()  # the master forgets which worker answered them too
         for conn, dropped in old:
             conn.mark_closed()  # its writer sends nothing more: the id is no longer its
             self._report_dropped(conn, dropped)
@@ -306,7 +313,8 @@ class Runtime(Generic[C]):
             upload = conn.upload if conn is not None else None
             late = (
                 upload is None
-                and self._answered_uploads.pop((msg.key, msg.start_path), True) is None
+                and self._answered_uploads.get(msg.key) == msg.start_path
+                and self._answered_uploads.pop(msg.key) is not None
             )
         if late:
             log.debug("late upload-done for %s:%s ignored", msg.sender, msg.conn_id)
@@ -322,11 +330,17 @@ class Runtime(Generic[C]):
 
     def _disconnected(self, msg: Message) -> None:
         with self._lock:
+            # An upload-done after the disconnect is no longer late: the
+            # master counts it as a request (it forgot the connection), so
+            # it must be served, and reported done, like one.
+            self._answered_uploads.pop(msg.key, None)
             found = self._table.disconnected(msg.key)
         if found is None:
             return
         conn, dropped = found
         conn.mark_closed()
+        with self._lock:  # answered by its app thread just before the close
+            self._answered_uploads.pop(msg.key, None)
         self._release(msg.key)  # a held upload ends now (Mongrel2 removes a partial file)
         self._report_dropped(conn, dropped)
         log.debug("client %s:%s disconnected", msg.sender, msg.conn_id)
@@ -448,9 +462,11 @@ class Runtime(Generic[C]):
         with self._lock:
             if conn.upload is upload:
                 conn.upload = None
-            if not upload.done.is_set():  # answered first: its upload-done will be late
+            if not upload.done.is_set() and not conn.closed:
+                # Answered first: its upload-done will be late (a client gone has none)
                 answered = self._answered_uploads
-                answered[(conn.key, upload.announced)] = None
+                answered[conn.key] = upload.announced
+                answered.move_to_end(conn.key)
                 if len(answered) > ANSWERED_UPLOADS_MAX:
                     answered.popitem(last=False)
         upload.remove()  # only a file claimed inside the temp store is ours to delete
