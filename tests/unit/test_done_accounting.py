@@ -164,3 +164,44 @@ def test_a_disconnect_while_in_flight_forgets_the_connection_in_the_master() -> 
     late = upload(Path("/tmp/upload.Ab12Cd"), done=True)
     assert disp.assign(parse_message(late), late, 2.0) == Forward(WID)
     assert len(disp.workers[WID].inflight[key]) == 1  # counted: the worker reports it done
+
+
+def test_a_client_that_acks_no_credits_frees_its_thread(tmp_path: Path) -> None:
+    # Granted a 12-byte window and never a credit more: the writer gives the
+    # connection up after credits_timeout, and the thread serves the next one.
+    reports: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+    sink = Sink()
+    worker = ThreadedRuntime(
+        NoSource(),
+        sink,
+        WSGIHandler(app, EnvironDefaults(), True, False),
+        threads=1,
+        flush_interval=0,
+        on_done=reports.put,
+        credits_timeout=0.3,
+    )
+    worker._start()
+    started = time.monotonic()
+    worker.feed(message(request_headers("GET", "/", DOWNLOAD_CREDITS="12"), conn_id=5))
+    worker.feed(message(request_headers("GET", "/"), conn_id=6))
+    assert reports.get(timeout=5).conn_id == 5
+    assert 0.25 < time.monotonic() - started < 3.0
+    assert reports.get(timeout=5).conn_id == 6 and b"hello" in sink.data(6)
+    assert len(sink.data(5)) == 12  # what the window allowed, then the close
+    assert any(m.endswith(b" 1:5, ") for m in sink.sent)  # Mongrel2 is told to close it
+    assert worker.drain(2.0)
+
+
+def test_the_asyncio_writer_gives_up_waiting_for_credits_too() -> None:
+    import asyncio
+
+    from m2gate.conn.async_connection import AsyncConnection, AsyncOutput
+
+    conn = AsyncConnection("S", 5, b"S")
+    conn.grant(12)
+    sink = Sink()
+    out = AsyncOutput(conn, sink, 1 << 20, 0, credits_timeout=0.2)
+    started = time.monotonic()
+    asyncio.run(out.afinish(b"x" * 100, close=True))
+    assert 0.15 < time.monotonic() - started < 2.0
+    assert conn.closed and out.done and len(sink.data(5)) == 12
