@@ -205,3 +205,30 @@ def test_the_asyncio_writer_gives_up_waiting_for_credits_too() -> None:
     asyncio.run(out.afinish(b"x" * 100, close=True))
     assert 0.15 < time.monotonic() - started < 2.0
     assert conn.closed and out.done and len(sink.data(5)) == 12
+
+
+def test_a_front_end_reset_ends_the_requests_held_for_their_uploads(tmp_path: Path) -> None:
+    # Held until upload-done; Mongrel2 goes away: neither upload-done nor a
+    # disconnect can come for the old connection now, so it ends at once
+    # (one on_done, its temp file removed), not at the upload timeout.
+    store = tmp_path / "store"
+    store.mkdir()
+    spooled = store / "upload.Ab12Cd"
+    spooled.write_bytes(b"hello")
+    reports: queue.SimpleQueue[Connection] = queue.SimpleQueue()
+    worker = ThreadedRuntime(
+        NoSource(),
+        Sink(),
+        WSGIHandler(app, EnvironDefaults(), True, False),
+        flush_interval=0,
+        uploads=UploadStore(str(store), timeout=0),
+        on_done=reports.put,
+    )
+    worker._start()
+    worker.feed(upload(spooled))
+    time.sleep(0.1)
+    assert worker._held and reports.empty()
+    worker.reset_frontend()
+    assert reports.get(timeout=5).conn_id == 7 and not worker._held
+    time.sleep(0.1)
+    assert reports.empty() and not spooled.exists()

@@ -41,7 +41,8 @@ message at a time, from one thread or the loop only):
 - *websocket frame*: :meth:`Runtime._frame` (no websockets: answered 400);
 - unknown control messages: ignored;
 - *Mongrel2 went away* (its connection ids restart at 1): every connection
-  of the old incarnation is marked closed and forgotten
+  of the old incarnation is marked closed and forgotten, its requests held
+  for their uploads end at once, not started
   (:meth:`Runtime.reset_frontend`), so no reply of an old request reaches a
   new client that got the same id. The source says so
   (``frontend_changed()``, asked when idle and when a request joins a
@@ -141,6 +142,9 @@ class Runtime(Generic[C]):
         self._lock = threading.Lock()
         # Requests held until their upload is complete, by connection key.
         self._held: dict[tuple[str, int], tuple[C, Message]] = {}
+        # Held requests of connections a front-end reset dropped: started (as
+        # not started: their clients are gone) once the lock is released.
+        self._orphans: list[tuple[C, Message]] = []
         self._frontend_changed: Callable[[], bool] | None = None
         # The announced path of the upload each connection had answered before
         # Mongrel2 said it was done: its upload-done is late, not forged (until
@@ -173,6 +177,12 @@ class Runtime(Generic[C]):
         """Drop every connection of Mongrel2's old incarnation (receiving thread)."""
         with self._lock:
             self._reset_locked(epoch)
+        self._start_orphans()
+
+    def _start_orphans(self) -> None:
+        """Held requests of a reset's old connections: each ends now (one ``on_done``)."""
+        while self._orphans:
+            self._submit(*self._orphans.pop())
 
     def _held_changed(self) -> bool:
         # The table's on_held, under _lock: a request joins a held connection.
@@ -185,6 +195,11 @@ class Runtime(Generic[C]):
     def _reset_locked(self, epoch: int | None) -> None:
         old = self._table.reset(epoch)
         self._answered_uploads.clear()  # the master forgets which worker answered them too
+        for conn, msg in self._held.values():  # no upload-done or disconnect can reach them
+            if conn.upload is not None:
+                conn.upload.held = False
+            self._orphans.append((conn, msg))
+        self._held.clear()
         for conn, dropped in old:
             conn.mark_closed()  # its writer sends nothing more: the id is no longer its
             self._report_dropped(conn, dropped)
@@ -249,6 +264,8 @@ class Runtime(Generic[C]):
                             upload.rejected = str(exc)
                     conn.upload = upload
                     held = bool(start) and self._hold(conn, msg)
+        if self._orphans:  # admit() reset the table (a new Mongrel2)
+            self._start_orphans()
         if start and not held:
             self._submit(conn, msg)
         elif start is None:  # beyond the pipelining bound, after the 503: never served
