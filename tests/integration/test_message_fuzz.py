@@ -38,6 +38,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import strategies as st
 
 from m2gate.protocol import tnetstring
+from m2gate.supervisor import wire
 from m2gate.testing.mongrel2 import free_port
 
 pytestmark = [
@@ -51,7 +52,7 @@ CORPUS = sorted((ROOT / "tests" / "corpus").glob("*.bin"))
 SEEDS = [p.read_bytes() for p in CORPUS]
 SENDER = b"fuzz-0000-4000-8000-000000000001"
 
-PROBE_BASE = 1_500_000_000  # ids far above any real one (probes use 2**31 and up: wire.py)
+PROBE_BASE = wire.PROBE_LOW  # supervisor.wire: the master's and workers' probe ids
 CHECK_ID_BASE = 900_000_000  # ids of the well-formed requests that must be answered
 DEFAULT_MESSAGES = 20_000  # per mode: 40,000 in `make test` (single + -p 2)
 LONG_MESSAGES = 500_000  # per mode: 1,000,000 in `make test-long`
@@ -375,10 +376,9 @@ class FakeMongrel2:
                 if not raw.isdigit():
                     continue
                 conn_id = int(raw)
-                if conn_id >= 2**31:  # Mongrel2 echoes ids it never handed out as a C int
-                    self.notice(b"%d" % (conn_id - 2**32))
-                elif conn_id >= PROBE_BASE:  # Mongrel2: "reply to an unknown connection"
-                    self.notice(raw)
+                if PROBE_BASE <= conn_id < wire.PROBE_HIGH:
+                    # Mongrel2: "reply to an unknown connection", the id printed as a C int
+                    self.notice(b"%d" % wire.echoed(conn_id))
                 elif conn_id >= CHECK_ID_BASE and body.startswith(b"HTTP/1.1 200"):
                     self.answered.add(conn_id)
 

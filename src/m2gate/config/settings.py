@@ -145,6 +145,15 @@ class Config:
         validate=non_negative,
         accepted="a number of seconds >= 0",
     )
+    credits_timeout: float = setting(
+        60.0,
+        "Seconds a response waits for Mongrel2's flow-control credits (download.flow_control:"
+        " a client that reads nothing acks none); then its connection is closed and the app"
+        " stops as for a client gone, so no thread waits forever. 0: no limit.",
+        section="mongrel2",
+        validate=non_negative,
+        accepted="a number of seconds >= 0",
+    )
     mongrel2_content_length: int = setting(
         20480,
         "Mongrel2's limits.content_length in bytes (keep them equal): a request message"

@@ -11,9 +11,11 @@ which would wait on a Condition inside the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Callable
 
-from m2gate.conn.connection import Connection, OutputBuffer
+from m2gate.conn.connection import CREDITS_TIMEOUT, Connection, OutputBuffer
 from m2gate.protocol import replies
 from m2gate.protocol.errors import ClientDisconnected
 from m2gate.transports.base import ReplySink
@@ -51,9 +53,14 @@ class AsyncOutput(OutputBuffer):
     __slots__ = ("_draining", "_timer", "_wake")
 
     def __init__(
-        self, conn: Connection, sink: ReplySink, max_message: int, flush_interval: float
+        self,
+        conn: Connection,
+        sink: ReplySink,
+        max_message: int,
+        flush_interval: float,
+        credits_timeout: float = CREDITS_TIMEOUT,
     ) -> None:
-        super().__init__(conn, sink, None, max_message, flush_interval)
+        super().__init__(conn, sink, None, max_message, flush_interval, None, credits_timeout)
         self._timer: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self._draining = False
@@ -91,14 +98,24 @@ class AsyncOutput(OutputBuffer):
     async def _drain(self) -> None:
         """Send everything; with flow control, wait for the credits it needs."""
         self._draining = True
+        deadline: float | None = None
         try:
             while True:
                 if self.conn.closed:
                     raise ConnectionGone()
                 if self._send_ready_locked():
                     return
+                if deadline is None:
+                    deadline = self._credits_deadline() or float("inf")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    try:
+                        self._credits_expired()
+                    except ClientDisconnected:
+                        raise ConnectionGone() from None
                 self._wake.clear()
-                await self._wake.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), left if left < 1e9 else None)
         finally:
             self._draining = False
 

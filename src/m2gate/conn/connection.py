@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("m2gate.output")
 
 MIN_MESSAGE = 64 * 1024
+# Seconds a response waits for flow-control credits before its connection is
+# given up (the ``credits_timeout`` setting): a client that never reads must
+# not hold an app thread forever.
+CREDITS_TIMEOUT = 60.0
 
 
 class Connection:
@@ -162,6 +166,7 @@ class OutputBuffer:
         "bytes_sent",
         "closing",
         "conn",
+        "credits_timeout",
         "done",
         "flush_interval",
         "flusher",
@@ -180,8 +185,10 @@ class OutputBuffer:
         max_message: int,
         flush_interval: float,
         on_started: Callable[[Connection], None] | None = None,
+        credits_timeout: float = CREDITS_TIMEOUT,
     ) -> None:
         self.conn = conn
+        self.credits_timeout = credits_timeout  # 0: wait as long as the client lets us
         # Called once, just before the first part of a response leaves while
         # more is to come (a supervisor must then never answer in its place).
         # A response sent whole by ``finish`` never calls it.
@@ -190,8 +197,8 @@ class OutputBuffer:
         self.flusher = flusher
         self._scheduled = False
         self.max_message = max_message
-        if conn.flow_control:
-            self.max_message = min(max_message, conn.max_credit_message)
+        if conn.flow_control:  # at least a byte: a 0-byte window could send nothing ever
+            self.max_message = max(1, min(max_message, conn.max_credit_message))
         self.flush_interval = flush_interval
         self._buf: list[bytes] = []
         self._size = 0
@@ -261,6 +268,36 @@ class OutputBuffer:
             self._given_up()
         return True
 
+    def _credits_deadline(self) -> float | None:
+        """When a writer that starts waiting for credits now gives up (None: never)."""
+        return time.monotonic() + self.credits_timeout if self.credits_timeout > 0 else None
+
+    def _credits_expired(self) -> None:
+        """No credits came in ``credits_timeout``: give the connection up, tell Mongrel2.
+
+        The client reads nothing (or Mongrel2 lost it): the connection is
+        closed at Mongrel2 (a close reply needs no credits) and marked closed
+        here, so the app stops as for a client that went away and its thread
+        is free again.
+        """
+        conn = self.conn
+        log.warning(
+            "no flow-control credits from %s:%s for %.1fs (%d bytes unsent): connection closed",
+            conn.sender,
+            conn.conn_id,
+            self.credits_timeout,
+            self._size,
+        )
+        conn.closed = True
+        self._buf = []
+        self._size = 0
+        self.closing = True
+        try:
+            self.sink.send(replies.close(conn.uuid, [conn.conn_id]))
+        except ReplyStalled:
+            pass  # the sink logged it; the connection is lost either way
+        raise ClientDisconnected()
+
     def _given_up(self) -> None:
         """Mongrel2 stopped reading and part of this reply was dropped: the connection is lost.
 
@@ -307,10 +344,15 @@ class Output(OutputBuffer):
         """Flow control: wait for credits until the buffer (then ``tail``) is sent."""
         if self.on_started is not None and self.bytes_sent:
             self._starting_locked()  # finish() sent a part and must wait for the rest
+        deadline = self._credits_deadline()
         while True:
-            self.conn.wait_locked(1.0)
+            wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if wait > 0:
+                self.conn.wait_locked(wait)
             if self._send_ready_locked(tail):
                 return
+            if deadline is not None and time.monotonic() >= deadline:
+                self._credits_expired()
 
     def credits_arrived(self) -> None:
         """Credits came while data waited: let the flusher send it."""

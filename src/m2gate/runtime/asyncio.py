@@ -33,6 +33,7 @@ from m2gate.adapters.asgi import (
 )
 from m2gate.adapters.common import EnvironDefaults
 from m2gate.conn.async_connection import AsyncConnection, AsyncOutput
+from m2gate.conn.connection import CREDITS_TIMEOUT
 from m2gate.conn.uploads import Upload, UploadRejected, UploadStore, open_upload
 from m2gate.protocol import replies
 from m2gate.protocol.errors import ClientDisconnected
@@ -84,6 +85,7 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         access_log: AccessLogger | None = None,
         max_pipelined: int = 16,
         websocket_queue: int = 16 * 1024 * 1024,
+        credits_timeout: float = CREDITS_TIMEOUT,
     ) -> None:
         super().__init__(
             AsyncConnection, reply_ident, uploads, on_done, max_pipelined=max_pipelined
@@ -95,6 +97,7 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         self.defaults = defaults
         self.max_message = max_message
         self.flush_interval = flush_interval
+        self.credits_timeout = credits_timeout
         self.ws_close_timeout = ws_close_timeout
         self.idle_keepalive = idle_keepalive
         self.access_log = access_log
@@ -225,7 +228,9 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
             next_msg = self._done(conn, keep)
 
     async def _serve(self, conn: AsyncConnection, msg: Message) -> bool:
-        out = AsyncOutput(conn, self.transport, self.max_message, self.flush_interval)
+        out = AsyncOutput(
+            conn, self.transport, self.max_message, self.flush_interval, self.credits_timeout
+        )
         try:
             if isinstance(msg, HTTPRequest):
                 cycle = HTTPCycle(msg, conn, out, msg.body, self.access_log)
@@ -346,6 +351,7 @@ async def _main(cfg: Any, app: ASGIApp) -> int:
         reply_ident=cfg.recv_ident.encode("ascii"),
         max_message=cfg.max_message,
         flush_interval=cfg.flush_interval,
+        credits_timeout=cfg.credits_timeout,
         uploads=UploadStore(
             cfg.upload_dir, cfg.mongrel2_chroot, cfg.upload_timeout, cfg.stream_uploads
         ),

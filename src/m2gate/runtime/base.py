@@ -28,15 +28,21 @@ message at a time, from one thread or the loop only):
   Mongrel2 writes;
 - *upload done*: completes the upload in flight (and releases a held
   request); one for an upload whose request was already answered (the app
-  did not wait for the whole body) is late and ignored quietly; one with no
-  upload announced is forged and served as a request (answered 400);
+  did not wait for the whole body) is late and ignored quietly, until that
+  connection's disconnect; one with no upload announced (or after the
+  disconnect) is forged and served as a request (answered 400). A
+  supervisor decides the same way which of them it counts in flight
+  (:mod:`m2gate.supervisor.handoff`), so a request it counts always gets
+  its ``on_done``;
 - *disconnect*: the connection is marked closed (writers and upload readers
-  stop), pipelined requests behind it are dropped;
+  stop), pipelined requests behind it are dropped, and its answered uploads
+  are forgotten (nothing of that connection can be late any more);
 - *credits*: added to the connection (flow control);
 - *websocket frame*: :meth:`Runtime._frame` (no websockets: answered 400);
 - unknown control messages: ignored;
 - *Mongrel2 went away* (its connection ids restart at 1): every connection
-  of the old incarnation is marked closed and forgotten
+  of the old incarnation is marked closed and forgotten, its requests held
+  for their uploads end at once, not started
   (:meth:`Runtime.reset_frontend`), so no reply of an old request reaches a
   new client that got the same id. The source says so
   (``frontend_changed()``, asked when idle and when a request joins a
@@ -136,10 +142,14 @@ class Runtime(Generic[C]):
         self._lock = threading.Lock()
         # Requests held until their upload is complete, by connection key.
         self._held: dict[tuple[str, int], tuple[C, Message]] = {}
+        # Held requests of connections a front-end reset dropped: started (as
+        # not started: their clients are gone) once the lock is released.
+        self._orphans: list[tuple[C, Message]] = []
         self._frontend_changed: Callable[[], bool] | None = None
-        # (connection, announced path) of uploads answered before Mongrel2
-        # said they were done: their upload-done is late, not forged.
-        self._answered_uploads: OrderedDict[tuple[tuple[str, int], str], None] = OrderedDict()
+        # The announced path of the upload each connection had answered before
+        # Mongrel2 said it was done: its upload-done is late, not forged (until
+        # the connection's disconnect: the master forgets it then too).
+        self._answered_uploads: OrderedDict[tuple[str, int], str] = OrderedDict()
 
     # -- lifecycle -----------------------------------------------------------
     def stop(self) -> None:
@@ -167,6 +177,12 @@ class Runtime(Generic[C]):
         """Drop every connection of Mongrel2's old incarnation (receiving thread)."""
         with self._lock:
             self._reset_locked(epoch)
+        self._start_orphans()
+
+    def _start_orphans(self) -> None:
+        """Held requests of a reset's old connections: each ends now (one ``on_done``)."""
+        while self._orphans:
+            self._submit(*self._orphans.pop())
 
     def _held_changed(self) -> bool:
         # The table's on_held, under _lock: a request joins a held connection.
@@ -178,6 +194,12 @@ class Runtime(Generic[C]):
 
     def _reset_locked(self, epoch: int | None) -> None:
         old = self._table.reset(epoch)
+        self._answered_uploads.clear()  # the master forgets which worker answered them too
+        for conn, msg in self._held.values():  # no upload-done or disconnect can reach them
+            if conn.upload is not None:
+                conn.upload.held = False
+            self._orphans.append((conn, msg))
+        self._held.clear()
         for conn, dropped in old:
             conn.mark_closed()  # its writer sends nothing more: the id is no longer its
             self._report_dropped(conn, dropped)
@@ -242,6 +264,8 @@ class Runtime(Generic[C]):
                             upload.rejected = str(exc)
                     conn.upload = upload
                     held = bool(start) and self._hold(conn, msg)
+        if self._orphans:  # admit() reset the table (a new Mongrel2)
+            self._start_orphans()
         if start and not held:
             self._submit(conn, msg)
         elif start is None:  # beyond the pipelining bound, after the 503: never served
@@ -306,7 +330,8 @@ class Runtime(Generic[C]):
             upload = conn.upload if conn is not None else None
             late = (
                 upload is None
-                and self._answered_uploads.pop((msg.key, msg.start_path), True) is None
+                and self._answered_uploads.get(msg.key) == msg.start_path
+                and self._answered_uploads.pop(msg.key) is not None
             )
         if late:
             log.debug("late upload-done for %s:%s ignored", msg.sender, msg.conn_id)
@@ -322,11 +347,17 @@ class Runtime(Generic[C]):
 
     def _disconnected(self, msg: Message) -> None:
         with self._lock:
+            # An upload-done after the disconnect is no longer late: the
+            # master counts it as a request (it forgot the connection), so
+            # it must be served, and reported done, like one.
+            self._answered_uploads.pop(msg.key, None)
             found = self._table.disconnected(msg.key)
         if found is None:
             return
         conn, dropped = found
         conn.mark_closed()
+        with self._lock:  # answered by its app thread just before the close
+            self._answered_uploads.pop(msg.key, None)
         self._release(msg.key)  # a held upload ends now (Mongrel2 removes a partial file)
         self._report_dropped(conn, dropped)
         log.debug("client %s:%s disconnected", msg.sender, msg.conn_id)
@@ -448,9 +479,11 @@ class Runtime(Generic[C]):
         with self._lock:
             if conn.upload is upload:
                 conn.upload = None
-            if not upload.done.is_set():  # answered first: its upload-done will be late
+            if not upload.done.is_set() and not conn.closed:
+                # Answered first: its upload-done will be late (a client gone has none)
                 answered = self._answered_uploads
-                answered[(conn.key, upload.announced)] = None
+                answered[conn.key] = upload.announced
+                answered.move_to_end(conn.key)
                 if len(answered) > ANSWERED_UPLOADS_MAX:
                     answered.popitem(last=False)
         upload.remove()  # only a file claimed inside the temp store is ours to delete

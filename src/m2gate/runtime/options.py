@@ -41,6 +41,7 @@ def worker_options(cfg: Config) -> dict[str, Any]:
         ),
         "backlog": cfg.backlog,
         "max_pipelined": cfg.max_pipelined,
+        "credits_timeout": cfg.credits_timeout,
     }
 
 

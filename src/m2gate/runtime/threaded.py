@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO, Protocol
 
-from m2gate.conn.connection import Connection, Flusher, Output
+from m2gate.conn.connection import CREDITS_TIMEOUT, Connection, Flusher, Output
 from m2gate.conn.uploads import UploadRejected, UploadStore, open_upload
 from m2gate.protocol.errors import ClientDisconnected
 from m2gate.protocol.http import SERVER_HEADER
@@ -66,8 +66,10 @@ class ThreadedRuntime(Runtime[Connection]):
         backlog: int = 1000,
         max_pipelined: int = 16,
         on_started: Callable[[Connection], None] | None = None,
+        credits_timeout: float = CREDITS_TIMEOUT,
     ) -> None:
         super().__init__(Connection, reply_ident, uploads, on_done, server_header, max_pipelined)
+        self.credits_timeout = credits_timeout
         self.on_started = on_started  # a response's first part leaves before its end
         self.source = source
         self.watch_frontend(getattr(source, "frontend_changed", None))
@@ -149,7 +151,13 @@ class ThreadedRuntime(Runtime[Connection]):
 
     def _serve(self, conn: Connection, msg: Message) -> bool:
         out = Output(
-            conn, self.sink, self._flusher, self.max_message, self.flush_interval, self.on_started
+            conn,
+            self.sink,
+            self._flusher,
+            self.max_message,
+            self.flush_interval,
+            self.on_started,
+            self.credits_timeout,
         )
         try:
             if isinstance(msg, HTTPRequest):

@@ -12,7 +12,11 @@ Rules (each from a measured Mongrel2 fact):
   worker: pipelined requests (it answers them in order), upload-done,
   disconnect and credits notices. Notices would otherwise never reach it.
   An upload-done after the request was answered goes to the worker that
-  answered it: only it can tell a late notice from a forged one.
+  answered it: only it can tell a late notice from a forged one. After the
+  connection's disconnect nothing of it is late: an upload-done is then a
+  new (forged) request, counted like one, and the worker answers it and
+  reports it done (:mod:`m2gate.runtime.base`: both sides forget the
+  connection at its disconnect, so they agree on what is counted).
 - New work goes to the least loaded *ready* worker with a free thread.
   Nothing goes to a worker before its reply path is proven (``ready``):
   ZeroMQ silently drops what a fresh PUB sends before it has connected.
@@ -95,6 +99,9 @@ class Dispatcher:
         self._order: dict[bytes, int] = {}
         # Connections whose request waits in its worker for upload-done (no app runs).
         self.uploading: set[Key] = set()
+        # Connections whose disconnect came while in flight: not remembered in
+        # ``last`` when done (their worker forgot them already).
+        self._left: set[Key] = set()
         self.hold_uploads = True  # False with stream_uploads: the app reads as it arrives
         self.epoch = 0  # Mongrel2 incarnations gone (see reset_frontend)
 
@@ -128,6 +135,7 @@ class Dispatcher:
                 del self.owner[key]
             self.last.pop(key, None)
             self.uploading.discard(key)
+            self._left.discard(key)
         return lost
 
     def idle_retiring(self) -> list[Worker]:
@@ -145,6 +153,9 @@ class Dispatcher:
                 return Drop()
             wid = self.owner.get(key)
             if wid is not None:
+                if isinstance(msg, Disconnect):
+                    self.last.pop(key, None)
+                    self._left.add(key)
                 return Forward(wid)
             if isinstance(msg, Disconnect):
                 self._unqueue(key)
@@ -221,6 +232,9 @@ class Dispatcher:
                 return True  # of an old incarnation: nothing to remember
             if self.owner.get(key) == wid:
                 del self.owner[key]
+                if key in self._left:
+                    self._left.discard(key)
+                    return True  # the client is gone: nothing more comes for it
             self.last[key] = wid
             self.last.move_to_end(key)
             if len(self.last) > LAST_SERVED_MAX:
@@ -243,6 +257,7 @@ class Dispatcher:
         self.owner.clear()
         self.last.clear()
         self.uploading.clear()
+        self._left.clear()
         for w in self.workers.values():
             w.inflight = {
                 (stale_key(old, k) if q and q[0].epoch == old else k): q
@@ -312,6 +327,7 @@ class Dispatcher:
                 self.uploading.discard(key)
                 if self.owner.get(key) == wid:
                     del self.owner[key]
+                    self._left.discard(key)
 
     # -- internals ---------------------------------------------------------
     def _add(self, w: Worker, key: Key, now: float, pipelined: bool, msg: Message) -> None:
