@@ -32,6 +32,7 @@ from typing import Any
 import zmq
 
 from m2gate import logs
+from m2gate.adapters.asgi.base import resolve_interface
 from m2gate.config.settings import Config
 from m2gate.conn.connection import Connection
 from m2gate.loading import AppLoadError, load_app
@@ -356,9 +357,12 @@ def _run(spec: WorkerSpec) -> int:
 
 
 def _check_supported(cfg: Config, app: Any) -> None:
-    """Worker processes run threaded WSGI; the other kinds run single-process."""
-    from m2gate.adapters.asgi import resolve_interface
+    """Worker processes run threaded WSGI; the other kinds run single-process.
 
+    ``resolve_interface`` is imported with this module, in the master, before
+    ``--user`` drops privileges: the unprivileged worker may not be able to
+    read the standard library (or the venv) any more.
+    """
     if resolve_interface(cfg.interface, app) == "asgi":
         raise AppLoadError(
             "app %s is an ASGI app: run it without --processes (one process) for now" % cfg.app
