@@ -43,6 +43,7 @@ from m2gate.runtime.asyncio import AsyncioRuntime
 from m2gate.runtime.threaded import ThreadedRuntime
 
 from .helpers import SENDER, RawValue, control, message, request_headers
+from .test_asgi_worker import FakeTransport
 
 pytestmark = pytest.mark.usefixtures("both_codecs")
 
@@ -449,48 +450,28 @@ def test_threaded_runtime_answers_400_and_serves_the_next_request() -> None:
 
 
 def test_asyncio_runtime_answers_400_and_serves_the_next_request() -> None:
-    class Transport:
-        def __init__(self) -> None:
-            self.queue: asyncio.Queue[bytes] = asyncio.Queue()
-            for data in hostile_then_good():
-                self.queue.put_nowait(data)
-            self.sink = Sink()
-
-        async def recv(self, timeout_ms: int | None = None) -> bytes | None:
-            return await self.queue.get()
-
-        def recv_nowait(self) -> bytes | None:
-            try:
-                return self.queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return None
-
-        def send(self, messages: Sequence[bytes]) -> None:
-            self.sink.send(messages)
-
-        def stop_receiving(self) -> None:
-            pass
-
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    async def go() -> Transport:
-        transport = Transport()
+    async def go() -> Sink:
+        transport = FakeTransport(hostile_then_good())
+        sink = Sink()
+        sink.sent = transport.sent  # the replies, read as they arrive
         runtime = AsyncioRuntime(transport, app, EnvironDefaults(), flush_interval=0)
         task = asyncio.create_task(runtime.run(5.0))
         for _ in range(200):
             await asyncio.sleep(0.01)
-            if transport.sink.replies_to(99):
+            if sink.replies_to(99):
                 break
         runtime.stop()
         assert await task
-        return transport
+        return sink
 
-    transport = asyncio.run(go())
+    sink = asyncio.run(go())
     for conn_id in range(1, len(HOSTILE) + 1):
-        assert transport.sink.replies_to(conn_id).startswith(b"HTTP/1.1 400 "), conn_id
-    assert transport.sink.replies_to(99).startswith(b"HTTP/1.1 200 OK")
+        assert sink.replies_to(conn_id).startswith(b"HTTP/1.1 400 "), conn_id
+    assert sink.replies_to(99).startswith(b"HTTP/1.1 200 OK")
 
 
 @pytest.mark.parametrize("value", [b"3:\xfdbc#", b"3:\xfdbc#\xf1", b"2:\xff1#"])

@@ -88,16 +88,20 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         credits_timeout: float = CREDITS_TIMEOUT,
     ) -> None:
         super().__init__(
-            AsyncConnection, reply_ident, uploads, on_done, max_pipelined=max_pipelined
+            AsyncConnection,
+            reply_ident,
+            uploads,
+            on_done,
+            max_pipelined=max_pipelined,
+            max_message=max_message,
+            flush_interval=flush_interval,
+            credits_timeout=credits_timeout,
         )
         self.websocket_queue = websocket_queue
         self.transport = transport
         self.watch_frontend(getattr(transport, "frontend_changed", None))
         self.app = app
         self.defaults = defaults
-        self.max_message = max_message
-        self.flush_interval = flush_interval
-        self.credits_timeout = credits_timeout
         self.ws_close_timeout = ws_close_timeout
         self.idle_keepalive = idle_keepalive
         self.access_log = access_log

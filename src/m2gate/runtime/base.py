@@ -73,7 +73,7 @@ from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Generic, TypeVar
 
-from m2gate.conn.connection import Connection
+from m2gate.conn.connection import CREDITS_TIMEOUT, Connection
 from m2gate.conn.table import ConnectionTable
 from m2gate.conn.uploads import (
     Upload,
@@ -129,7 +129,14 @@ class Runtime(Generic[C]):
         on_done: Callable[[C], None] | None = None,
         server_header: bytes = SERVER_HEADER,
         max_pipelined: int = 16,
+        max_message: int = 4 * 1024 * 1024,
+        flush_interval: float = 0.005,
+        credits_timeout: float = CREDITS_TIMEOUT,
     ) -> None:
+        # How every response's writer merges and paces its messages.
+        self.max_message = max_message
+        self.flush_interval = flush_interval
+        self.credits_timeout = credits_timeout
         self.uploads = uploads or UploadStore("")
         self.on_done = on_done
         self.server_header = server_header

@@ -68,8 +68,17 @@ class ThreadedRuntime(Runtime[Connection]):
         on_started: Callable[[Connection], None] | None = None,
         credits_timeout: float = CREDITS_TIMEOUT,
     ) -> None:
-        super().__init__(Connection, reply_ident, uploads, on_done, server_header, max_pipelined)
-        self.credits_timeout = credits_timeout
+        super().__init__(
+            Connection,
+            reply_ident,
+            uploads,
+            on_done,
+            server_header,
+            max_pipelined,
+            max_message,
+            flush_interval,
+            credits_timeout,
+        )
         self.on_started = on_started  # a response's first part leaves before its end
         self.source = source
         self.watch_frontend(getattr(source, "frontend_changed", None))
@@ -77,8 +86,6 @@ class ThreadedRuntime(Runtime[Connection]):
         self.handler = handler
         self.threads = threads
         self.backlog = backlog
-        self.max_message = max_message
-        self.flush_interval = flush_interval
         self._queue: queue.SimpleQueue[tuple[Connection, Message] | None] = queue.SimpleQueue()
         self._flusher = Flusher()
         self._workers = [
