@@ -11,12 +11,20 @@ from m2gate.supervisor.serve import needs_master, serve
 
 def test_plain_settings_run_one_process() -> None:
     assert not needs_master(Config())
-    assert not needs_master(Config(processes=1, threads=8))
+    assert not needs_master(Config(processes=0, threads=8))
+
+
+def test_asking_for_one_worker_process_gets_a_master() -> None:
+    """``-p 1``: one worker under a master (reloads), not a single process."""
+    assert needs_master(Config(processes=1))
+    assert Config(processes=1).workers == 1
+    assert Config(pidfile="/tmp/m2gate.pid").workers == 1  # master for another reason
 
 
 @pytest.mark.parametrize(
     "settings",
     [
+        {"processes": 1},
         {"processes": 2},
         {"preload": True},
         {"pidfile": "/tmp/m2gate.pid"},

@@ -209,12 +209,14 @@ class Config:
         accepted="a number of seconds >= 0",
     )
     processes: int = setting(
-        1,
-        "Worker processes; the master owns the Mongrel2 sockets and hands requests to them.",
+        0,
+        "Worker processes under a master, which owns the Mongrel2 sockets and hands requests"
+        " to them (reloads, recycling, harakiri); 0: one process, no master, unless an option"
+        " that needs the master is given (then one worker).",
         section="workers",
         short="-p",
-        validate=positive,
-        accepted="an integer >= 1",
+        validate=non_negative,
+        accepted="an integer >= 0",
     )
     preload: bool = setting(
         False,
@@ -479,6 +481,11 @@ class Config:
         section="mongrel2",
         metavar="NAME",
     )
+
+    @property
+    def workers(self) -> int:
+        """Worker processes a master runs: ``processes``, at least one."""
+        return max(1, self.processes)
 
 
 def settings() -> list[tuple[dataclasses.Field[Any], Meta, Any]]:

@@ -90,7 +90,7 @@ class Lifecycle:
     # == facts in, actions out ================================================
     def start(self, now: float) -> list[Action]:
         """The first generation."""
-        for _ in range(self.cfg.processes):
+        for _ in range(self.cfg.workers):
             self._spawn(self.generation, now)
         return self._take()
 
@@ -370,7 +370,7 @@ class Lifecycle:
         self.reload_started = now
         self._out.append(Notify("RELOADING=1"))
         log.info("reload (%s): starting generation %d", why, self.pending_gen)
-        for _ in range(self.cfg.processes):
+        for _ in range(self.cfg.workers):
             self._spawn(self.pending_gen, now)
         return self.pending_gen
 
@@ -379,7 +379,7 @@ class Lifecycle:
         if gen is None:
             return
         new = [p for p in self.workers.values() if p.generation == gen]
-        if len(new) < self.cfg.processes or any(p.ready_at is None for p in new):
+        if len(new) < self.cfg.workers or any(p.ready_at is None for p in new):
             return
         for p in list(self.workers.values()):
             if p.generation < gen:

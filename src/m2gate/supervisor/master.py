@@ -113,7 +113,7 @@ class Master:
                 self.pid,
                 cfg.send_spec,
                 cfg.recv_spec,
-                cfg.processes,
+                cfg.workers,
                 cfg.threads,
             )
             self.execute(self.life.start(time.monotonic()))

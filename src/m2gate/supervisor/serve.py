@@ -13,7 +13,7 @@ from m2gate.supervisor.master import Master
 def needs_master(cfg: Config) -> bool:
     """Whether ``cfg`` asks for anything only the master provides."""
     return bool(
-        cfg.processes > 1
+        cfg.processes >= 1
         or cfg.preload
         or cfg.pidfile
         or cfg.harakiri
@@ -29,10 +29,12 @@ def needs_master(cfg: Config) -> bool:
 def serve(cfg: Config) -> int:
     """``m2gate serve``: the master with its workers, or one process.
 
-    One process when nothing needs a master (no ``-p``, pidfile, reload
-    triggers, worker hygiene, stats): measured on 2 CPUs it serves about 2.5x
-    the requests of a master with one worker, each request crossing two
-    processes there (docs/operations.md).
+    ``-p N`` (any N >= 1) always runs a master: a user who asked for one
+    worker under a master gets reloads and recycling. Without ``-p`` one
+    process serves, unless another option needs the master (pidfile, reload
+    triggers, worker hygiene, stats); it costs less CPU per request than a
+    master and one worker, each request crossing two processes there
+    (measured: benchmarks/README.md; the decision: docs/operations.md).
     """
     from m2gate.ops import confine
 

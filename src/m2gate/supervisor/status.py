@@ -69,7 +69,7 @@ def document(
         "generation": life.generation,
         "reloading_to": life.pending_gen,
         "stopping": life.stopping,
-        "processes": cfg.processes,
+        "processes": cfg.workers,
         "threads": cfg.threads,
         "queued": queued,
         "requests": life.served_by_gone + sum(w.requests for w in workers),
