@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from m2gate.adapters.common import (
     EnvironDefaults,
-    client_headers,
+    is_client_header,
     remote_addr,
     server_address,
     split_path,
@@ -59,22 +59,52 @@ def status_line(code: int) -> str:
 
 
 def latin1_to_utf8(text: str) -> str:
+    if text.isascii():
+        return text  # nearly every path: nothing to re-decode
     return text.encode("latin-1").decode("utf-8", "replace")
 
 
+# Header name -> its bytes in the scope, b"" for names the app must not see
+# (the rules of adapters.common.is_client_header), so each name is checked and
+# encoded once, not per request.
+_SCOPE_NAMES: dict[str, bytes] = {}
+
+
+def _scope_name(name: str) -> bytes:
+    key = name.encode("latin-1") if is_client_header(name) else b""
+    if len(_SCOPE_NAMES) >= 4096:
+        _SCOPE_NAMES.clear()  # bounded: names are client-chosen
+    _SCOPE_NAMES[name] = key
+    return key
+
+
 def _scope_headers(msg: Message) -> list[tuple[bytes, bytes]]:
-    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in client_headers(msg)]
+    """The client headers (see :func:`~m2gate.adapters.common.client_headers`) as bytes."""
+    names = _SCOPE_NAMES
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in msg.headers.items():
+        key = names.get(name)
+        if key is None:
+            key = _scope_name(name)
+        if key:
+            text = value if type(value) is str else ", ".join(value)
+            out.append((key, text.encode("latin-1")))
+    return out
 
 
 def _base_scope(
-    kind: str, msg: Message, scheme: str, defaults: EnvironDefaults, state: dict[str, Any]
+    kind: str,
+    msg: Message,
+    scheme: str,
+    http_scheme: str,
+    defaults: EnvironDefaults,
+    state: dict[str, Any],
 ) -> dict[str, Any]:
     # split_path gives WSGI's latin-1 strings; ASGI wants the UTF-8 characters.
-    root_path, path = (latin1_to_utf8(p) for p in split_path(msg))
-    http_scheme = msg.header("URL_SCHEME") or "http"
+    root_path, path = split_path(msg)
+    root_path, path = latin1_to_utf8(root_path), latin1_to_utf8(path)
     server_name, server_port = server_address(msg, http_scheme, defaults)
     version = msg.header("VERSION") or "HTTP/1.0"
-    raw_path = msg.path.encode("latin-1")
     client = remote_addr(msg, defaults)
     return {
         "type": kind,
@@ -83,7 +113,7 @@ def _base_scope(
         "scheme": scheme,
         # ASGI wants the full path with root_path in front of it.
         "path": root_path + path,
-        "raw_path": raw_path,
+        "raw_path": msg.path.encode("latin-1"),
         "root_path": root_path,
         "query_string": (msg.header("QUERY") or "").encode("latin-1"),
         "headers": _scope_headers(msg),
@@ -99,7 +129,8 @@ def _base_scope(
 
 def http_scope(msg: Message, defaults: EnvironDefaults, state: dict[str, Any]) -> dict[str, Any]:
     """The ASGI ``http`` scope of a Mongrel2 request."""
-    scope = _base_scope("http", msg, msg.header("URL_SCHEME") or "http", defaults, state)
+    scheme = msg.header("URL_SCHEME") or "http"
+    scope = _base_scope("http", msg, scheme, scheme, defaults, state)
     scope["method"] = msg.method
     return scope
 
@@ -108,8 +139,9 @@ def websocket_scope(
     msg: Message, defaults: EnvironDefaults, state: dict[str, Any]
 ) -> dict[str, Any]:
     """The ASGI ``websocket`` scope of a Mongrel2 ``WEBSOCKET_HANDSHAKE``."""
-    scheme = "wss" if msg.header("URL_SCHEME") == "https" else "ws"
-    scope = _base_scope("websocket", msg, scheme, defaults, state)
+    http_scheme = msg.header("URL_SCHEME") or "http"
+    scheme = "wss" if http_scheme == "https" else "ws"
+    scope = _base_scope("websocket", msg, scheme, http_scheme, defaults, state)
     offered = msg.header("sec-websocket-protocol") or ""
     scope["subprotocols"] = [p.strip() for p in offered.split(",") if p.strip()]
     scope["extensions"] = {"websocket.http.response": {}}

@@ -54,7 +54,8 @@ class HTTPCycle:
         self._status: str | None = None
         self._headers: list[tuple[str, str]] = []
         self.complete = False
-        self._ended = asyncio.Event()
+        self._over = False  # the response ended or the client left
+        self._ended: asyncio.Event | None = None  # made only if the app waits for it
         self.nbytes = 0  # body bytes sent, for the access log
         self.access_log = access_log
 
@@ -64,7 +65,14 @@ class HTTPCycle:
 
     # -- what the runtime sees --------------------------------------------
     def client_gone(self) -> None:
-        self._ended.set()
+        self._end()
+
+    def _end(self) -> None:
+        # An asyncio.Event per request costs more than the hello-world app:
+        # made only when receive() has to wait for the end.
+        self._over = True
+        if self._ended is not None:
+            self._ended.set()
 
     async def run(self, app: ASGIApp, scope: Scope) -> None:
         """Call ``app``; always finishes the response (500 or a cut connection)."""
@@ -87,7 +95,7 @@ class HTTPCycle:
                     self._log_error(exc)
                     await self._fail(exc)
             finally:
-                self._ended.set()
+                self._end()
                 conn.on_close = None  # one request at a time: nothing else set it meanwhile
             if not self.complete and not self.out.done:
                 if self._status is None:
@@ -146,14 +154,14 @@ class HTTPCycle:
                 chunk = await anext(self._source, None)
             except ClientDisconnected:
                 chunk = None
-                self._ended.set()
+                self._end()
             except RemoteProtocolError:
                 # A broken upload: the app sees a disconnect, the client a 400.
                 log.warning("upload for %s %s broke off", self.msg.method, self.msg.path)
                 self._body_done = True
                 if not self.resp.head_sent and not self.out.done:
                     await self._fail(RemoteProtocolError("broken upload"))
-                self._ended.set()
+                self._end()
                 return {"type": "http.disconnect"}
             if chunk is not None and not self.conn.closed:
                 return {"type": "http.request", "body": chunk, "more_body": True}
@@ -161,7 +169,10 @@ class HTTPCycle:
                 self._body_done = True
                 return {"type": "http.request", "body": b"", "more_body": False}
         if not (self.conn.closed or self.complete):
-            await self._ended.wait()
+            if not self._over:
+                if self._ended is None:
+                    self._ended = asyncio.Event()
+                await self._ended.wait()
         return {"type": "http.disconnect"}
 
     async def send(self, message: ASGIMessage) -> None:
@@ -185,8 +196,10 @@ class HTTPCycle:
             raise RuntimeError("http.response.body after the response finished")
         if self.conn.closed:
             raise ConnectionGone()
-        body = bytes(message.get("body", b""))
-        more = bool(message.get("more_body", False))
+        body = message.get("body", b"")
+        if type(body) is not bytes:
+            body = bytes(body)
+        more = message.get("more_body", False)
         resp = self.resp
         if not more:
             payload = b""
@@ -197,7 +210,7 @@ class HTTPCycle:
                 self.nbytes += len(body)
             payload += framed + resp.end()
             self.complete = True
-            self._ended.set()
+            self._end()
             await self.out.afinish(payload, close=not resp.keep_alive or self._body_pending())
             return
         if not resp.head_sent:
