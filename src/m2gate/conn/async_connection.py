@@ -62,7 +62,7 @@ class AsyncOutput(OutputBuffer):
     ) -> None:
         super().__init__(conn, sink, None, max_message, flush_interval, None, credits_timeout)
         self._timer: asyncio.TimerHandle | None = None
-        self._wake = asyncio.Event()
+        self._wake: asyncio.Event | None = None  # made by the first wait for credits
         self._draining = False
 
     async def awrite(self, data: bytes) -> None:
@@ -113,18 +113,23 @@ class AsyncOutput(OutputBuffer):
                         self._credits_expired()
                     except ClientDisconnected:
                         raise ConnectionGone() from None
-                self._wake.clear()
+                if self._wake is None:
+                    self._wake = asyncio.Event()
+                wake = self._wake
+                wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), left if left < 1e9 else None)
+                    await asyncio.wait_for(wake.wait(), left if left < 1e9 else None)
         finally:
             self._draining = False
 
     def wake(self) -> None:
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
 
     def credits_arrived(self) -> None:
         """Credits came: a waiting writer resumes, or data held back leaves now."""
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
         if self._buf and not self.done and not self._draining and not self.conn.closed:
             self._send_ready_locked()
 
