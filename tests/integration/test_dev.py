@@ -224,6 +224,21 @@ def test_code_change_restarts_the_app(dev: StartDev, tmp_path: Path, kind: str) 
     assert_stopped(d)
 
 
+def test_an_app_that_does_not_load_is_started_again_once_fixed(
+    dev: StartDev, tmp_path: Path
+) -> None:
+    app = tmp_path / "app.py"
+    write_app(app, "def application(environ, start_response)\n", "v0")  # a syntax error
+    d = dev("app.py:application")
+    wait_until(lambda: "m2gate exited with status 3; it restarts" in d.output, "the load failure")
+    assert "SyntaxError" in d.output
+    assert d.proc.poll() is None  # Mongrel2 and dev stay up, waiting for the fix
+    write_app(app, WSGI_APP, "v1")
+    d.wait_ready()
+    assert d.get("/ok").text == "v1 /ok"
+    assert_stopped(d)
+
+
 def test_worker_processes_reload_through_the_master(dev: StartDev, tmp_path: Path) -> None:
     app = tmp_path / "app.py"
     write_app(app, WSGI_APP, "v1")
@@ -241,6 +256,17 @@ def test_worker_processes_reload_through_the_master(dev: StartDev, tmp_path: Pat
         "the new workers",
     )
     assert_stopped(d)
+
+
+def test_a_killed_dev_takes_mongrel2_and_the_app_with_it(dev: StartDev, tmp_path: Path) -> None:
+    write_app(tmp_path / "app.py", WSGI_APP, "v1")
+    d = dev("app.py:application").wait_ready()
+    pids = d.pids()
+    assert all(pid_alive(p) for p in pids)
+    os.kill(d.proc.pid, signal.SIGKILL)  # no chance to clean up: the parent-death signals do
+    d.proc.wait(timeout=10)
+    for pid in pids:
+        wait_until(lambda pid=pid: not pid_alive(pid), "pid %d to be gone" % pid, timeout=20)
 
 
 def test_without_mongrel2_on_path_one_line_and_exit_2(tmp_path: Path) -> None:

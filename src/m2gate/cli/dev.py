@@ -435,7 +435,7 @@ class DevServer:
                 "restarts when a %s file under %s changes"
                 % ("/".join(self.tree.suffixes), ", ".join(self.tree.roots))
             )
-        elif self.master:
+        elif self.tree is not None:
             self.say("the master reloads its workers when the app's modules change")
 
     def run(self) -> int:
@@ -461,7 +461,8 @@ class DevServer:
                 self.say("mongrel2 exited; see %s" % self.m2.error_log)
                 return EXIT_FAILED
             if self.child is not None and not ready:
-                ready = answered(self.m2)
+                # A master that could not load the app answers 503 on its way out.
+                ready = answered(self.m2) and self.child.poll() is None
                 if ready and not self.announced:
                     self.announced = True
                     self.banner()
