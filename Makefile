@@ -59,8 +59,10 @@ bench: install bench-deps
 		echo "== $$f"; $(PY) "$$f"; \
 	done; [ $$found = 1 ] || echo "no benchmarks/*.py yet"
 
+# `m2gate dev`: a Mongrel2 (config and logs in .m2gate-dev/) and the example app,
+# restarted when it changes; prints the URL, Ctrl-C stops both. PORT=8080 picks the port.
 demo: install
-	$(PY) scripts/demo.py
+	$(VENV)/bin/m2gate dev examples/hello.py:application --threads 4 $(if $(PORT),--port $(PORT))
 
 # docs/settings.md is generated from src/m2gate/config/settings.py (a test checks it).
 docs: install
@@ -71,5 +73,5 @@ corpus: install
 	$(PY) tools/capture_corpus.py
 
 clean:
-	rm -rf demo-run .pytest_cache .mypy_cache .ruff_cache .hypothesis build
+	rm -rf demo-run .m2gate-dev .pytest_cache .mypy_cache .ruff_cache .hypothesis build
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +

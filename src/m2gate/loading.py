@@ -67,7 +67,7 @@ def load_app(target: str, chdir: str = "", paste: str = "") -> Any:
             "no application given: pass APP as module:attr, a Django project directory"
             " or --paste FILE.ini (setting app)"
         )
-    django_dir = _django_project(target)
+    django_dir = django_project(target)
     if django_dir:
         return load_django(django_dir)
     return load_module_app(target)
@@ -174,7 +174,7 @@ def _call_factory(
 _SETTINGS_RE = re.compile(r"""DJANGO_SETTINGS_MODULE['"]\s*,\s*['"]([A-Za-z_][\w.]*)['"]""")
 
 
-def _django_project(target: str) -> str:
+def django_project(target: str) -> str:
     """The project directory if ``target`` names one (or its manage.py), else ''."""
     if ":" in target:
         return ""
@@ -186,17 +186,26 @@ def _django_project(target: str) -> str:
     return ""
 
 
+def settings_default(path: str) -> str:
+    """The DJANGO_SETTINGS_MODULE default a manage.py, wsgi.py or asgi.py sets ('' if none).
+
+    Read as text, not imported: finding the settings must not run the project.
+    """
+    with open(path, encoding="utf-8") as fh:
+        match = _SETTINGS_RE.search(fh.read())
+    return match.group(1) if match else ""
+
+
 def django_settings_module(project: str) -> str:
     """manage.py's DJANGO_SETTINGS_MODULE default, else ``<name>/settings.py``."""
     try:
-        with open(os.path.join(project, "manage.py"), encoding="utf-8") as fh:
-            match = _SETTINGS_RE.search(fh.read())
+        module = settings_default(os.path.join(project, "manage.py"))
     except OSError as exc:
         raise AppLoadError(
             "django project %s: cannot read manage.py: %s" % (project, exc.strerror or exc)
         ) from None
-    if match:
-        return match.group(1)
+    if module:
+        return module
     name = os.path.basename(project)
     if os.path.isfile(os.path.join(project, name, "settings.py")):
         return name + ".settings"
