@@ -114,32 +114,55 @@ class WSGIHandler:
 
     def environ(self, msg: Message, body: IO[bytes]) -> dict[str, Any]:
         """Build the PEP 3333 environ for ``msg`` with ``body`` as wsgi.input."""
-        header = msg.header
-        scheme = header("URL_SCHEME") or "http"
+        headers = msg.headers
+        get = headers.get
+        env: dict[str, Any] = self.base.copy()
+        # Mongrel2's own (uppercase) keys come once, as strings; a list (a
+        # repeated key, never seen from Mongrel2) takes the general path.
+        method, query, version, pattern, scheme = (
+            get("METHOD"),
+            get("QUERY", ""),
+            get("VERSION", "HTTP/1.0"),
+            get("PATTERN", ""),
+            get("URL_SCHEME", "http"),
+        )
+        if not (
+            type(method) is str
+            and type(query) is str
+            and type(version) is str
+            and type(pattern) is str
+            and type(scheme) is str
+        ):
+            header = msg.header
+            method = header("METHOD")
+            query = header("QUERY")
+            version = header("VERSION")
+            pattern = header("PATTERN")
+            scheme = header("URL_SCHEME")
+        scheme = scheme or "http"
         script_name, path_info = split_path(msg)
         server_name, server_port = server_address(msg, scheme, self.defaults)
-        env: dict[str, Any] = self.base.copy()
-        env["REQUEST_METHOD"] = header("METHOD") or ""
+        env["REQUEST_METHOD"] = method or ""
         env["SCRIPT_NAME"] = script_name
         env["PATH_INFO"] = path_info
-        env["QUERY_STRING"] = header("QUERY") or ""
+        env["QUERY_STRING"] = query or ""
         env["SERVER_NAME"] = server_name
         env["SERVER_PORT"] = server_port
-        env["SERVER_PROTOCOL"] = header("VERSION") or "HTTP/1.0"
+        env["SERVER_PROTOCOL"] = version or "HTTP/1.0"
         env["REMOTE_ADDR"] = remote_addr(msg, self.defaults)
         env["wsgi.url_scheme"] = scheme
         env["wsgi.input"] = body
         env["wsgi.errors"] = ErrorStream()
         env["m2gate.sender"] = msg.sender
         env["m2gate.conn_id"] = msg.conn_id
-        env["m2gate.pattern"] = header("PATTERN") or ""
+        env["m2gate.pattern"] = pattern or ""
         keys = _ENVIRON_KEYS
-        for name, value in msg.headers.items():
+        for name, value in headers.items():
             key = keys.get(name)
             if key is None:
                 key = _environ_key(name)
             if key:
-                env[key] = value if isinstance(value, str) else ", ".join(value)
+                env[key] = value if type(value) is str else ", ".join(value)
         if "CONTENT_LENGTH" not in env and msg.body:
             env["CONTENT_LENGTH"] = str(len(msg.body))
         return env
