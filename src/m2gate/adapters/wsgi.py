@@ -119,13 +119,14 @@ class WSGIHandler:
         env: dict[str, Any] = self.base.copy()
         # Mongrel2's own (uppercase) keys come once, as strings; a list (a
         # repeated key, never seen from Mongrel2) takes the general path.
-        method, query, version, pattern, scheme = (
+        values: tuple[Any, ...] = (
             get("METHOD"),
             get("QUERY", ""),
             get("VERSION", "HTTP/1.0"),
             get("PATTERN", ""),
             get("URL_SCHEME", "http"),
         )
+        method, query, version, pattern, scheme = values
         if not (
             type(method) is str
             and type(query) is str

@@ -9,6 +9,7 @@ messages for a big body), and a timer flushes whatever waits longer than
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -378,6 +379,23 @@ class Output(OutputBuffer):
                 return
             self.closing = close
             tail = replies.close(conn.uuid, [conn.conn_id]) if close else []
+            if (
+                not self._buf
+                and not conn.flow_control
+                and not conn.closed
+                and 0 < len(data) <= self.max_message
+            ):
+                # Nearly every response: whole, small, nothing buffered before it.
+                self.bytes_sent += len(data)
+                self.done = True
+                if conn.output is self:
+                    conn.output = None
+                try:
+                    self.sink.send([replies.reply(conn.uuid, conn.conn_id, data), *tail])
+                except ReplyStalled:
+                    with contextlib.suppress(ClientDisconnected):
+                        self._given_up()  # the connection is lost, as on the slow path
+                return
             try:
                 if data and not conn.closed:
                     self._buf.append(data)
