@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-__all__ = ["HandlerSpec", "Mongrel2", "Mongrel2Error", "free_port"]
+__all__ = ["DirSpec", "HandlerSpec", "Mongrel2", "Mongrel2Error", "free_port"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,33 @@ class HandlerSpec:
     recv_spec: str = ""
     send_ident: str = field(default_factory=lambda: str(uuid.uuid4()))
     protocol: str = "tnetstring"
+
+
+@dataclass
+class DirSpec:
+    """One Mongrel2 ``Dir`` route: Mongrel2 itself serves the files under ``base``.
+
+    ``route`` is a URL prefix (``/static/``); a request for ``/static/css/a.css``
+    reads ``base/css/a.css``. ``base`` must be absolute: Mongrel2 resolves it
+    against its own working directory, which is not the caller's.
+    """
+
+    route: str
+    base: str
+    index_file: str = "index.html"
+    default_ctype: str = "application/octet-stream"
+
+
+_DIR_MAX_PATH: Final = 256  # Mongrel2's default limits.dir_max_path
+
+
+def _check_dir(spec: DirSpec) -> DirSpec:
+    """``spec`` with its base ending in ``/`` (Mongrel2 refuses it otherwise)."""
+    if not spec.route.startswith("/") or not spec.route.endswith("/"):
+        raise Mongrel2Error(f"Dir route {spec.route!r} must start and end with /")
+    if not os.path.isabs(spec.base):
+        raise Mongrel2Error(f"Dir base {spec.base!r} must be an absolute path")
+    return dataclasses.replace(spec, base=spec.base.rstrip("/") + "/")
 
 
 # PIDs of every Mongrel2 this process started and has not reaped yet, so that an
@@ -159,23 +186,31 @@ class Mongrel2:
         settings: dict[str, object] | None = None,
         port: int | None = None,
         *,
+        bind_addr: str = "127.0.0.1",
+        dirs: list[DirSpec] | None = None,
         startup_timeout: float = 10.0,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.startup_timeout = startup_timeout
+        self.bind_addr = bind_addr
         self._fixed_port = port
         self._requested = list(handlers or [HandlerSpec()])
         self.port = 0
         self.handlers: list[HandlerSpec] = []
         self._assign_ports()
-        routes = [spec.route for spec in self.handlers]
+        self.dirs = [_check_dir(spec) for spec in dirs or []]
+        routes = [spec.route for spec in self.handlers] + [spec.route for spec in self.dirs]
         if len(set(routes)) != len(routes):
-            raise Mongrel2Error(f"duplicate handler routes: {routes}")
+            raise Mongrel2Error(f"duplicate routes: {routes}")
         self.settings: dict[str, object] = {
             "server.daemonize": 0,
             "limits.content_length": DEFAULT_CONTENT_LENGTH,
             "upload.temp_store": str(self.workdir / "tmp" / "upload.XXXXXX"),
         }
+        # Mongrel2 refuses a Dir whose base or route is as long as this limit.
+        longest = max((len(x) for d in self.dirs for x in (d.base, d.route)), default=0)
+        if longest >= _DIR_MAX_PATH:
+            self.settings["limits.dir_max_path"] = longest + 1
         self.settings.update(settings or {})
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
@@ -225,9 +260,14 @@ class Mongrel2:
         return self.handlers[0]
 
     @property
+    def connect_host(self) -> str:
+        """Where to reach the listener: its address, or loopback for a wildcard one."""
+        return "127.0.0.1" if self.bind_addr in ("", "0.0.0.0") else self.bind_addr
+
+    @property
     def url(self) -> str:
         """Base URL of the HTTP listener, without trailing slash."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.connect_host}:{self.port}"
 
     @property
     def conf_path(self) -> Path:
@@ -271,7 +311,7 @@ class Mongrel2:
         return self.pid is not None
 
     def render_config(self) -> str:
-        """The m2.conf text: one Server, one Host, one Handler per spec, no chroot."""
+        """The m2.conf text: one Server, one Host, a Handler or Dir per spec, no chroot."""
         routes = []
         for spec in self.handlers:
             routes.append(
@@ -281,6 +321,13 @@ class Mongrel2:
                 f"recv_spec={_conf_string(spec.recv_spec)}, recv_ident={_conf_string('')}, "
                 f"protocol={_conf_string(spec.protocol)})"
             )
+        for d in self.dirs:
+            routes.append(
+                f"        {_conf_string(d.route)}: Dir("
+                f"base={_conf_string(d.base)}, "
+                f"index_file={_conf_string(d.index_file)}, "
+                f"default_ctype={_conf_string(d.default_ctype)})"
+            )
         settings = ",\n    ".join(
             f"{_conf_string(key)}: {_conf_value(value)}" for key, value in self.settings.items()
         )
@@ -289,7 +336,8 @@ class Mongrel2:
             f"main = Server(uuid={_conf_string(self.server_uuid)},\n"
             '    access_log="logs/access.log", error_log="logs/error.log",\n'
             '    pid_file="run/mongrel2.pid", control_port="ipc://run/control",\n'
-            '    default_host="localhost", name="main", bind_addr="127.0.0.1",\n'
+            '    default_host="localhost", name="main",\n'
+            f"    bind_addr={_conf_string(self.bind_addr)},\n"
             f"    port={self.port},\n"
             '    hosts=[Host(name="localhost", routes={\n' + ",\n".join(routes) + "\n    })]\n)\n\n"
             f"settings = {{\n    {settings}\n}}\n\n"
@@ -422,7 +470,7 @@ class Mongrel2:
         bad request never reaches a handler, so it leaves no trace there.
         """
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+            with socket.create_connection((self.connect_host, self.port), timeout=1.0) as sock:
                 sock.sendall(b"M2GATE-PROBE\r\n\r\n")
                 reply = b""
                 while b"\r\n\r\n" not in reply and len(reply) < 4096:
