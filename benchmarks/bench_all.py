@@ -280,7 +280,12 @@ def machine() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         out = subprocess.run(
-            ["lscpu"], capture_output=True, text=True, timeout=10, check=False, env={"LC_ALL": "C"}
+            ["lscpu"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+            env=dict(os.environ, LC_ALL="C"),
         ).stdout
         for line in out.splitlines():
             name, _, value = line.partition(":")
@@ -636,8 +641,7 @@ def _sides(value: str) -> list[str]:
     unknown = [k for k in keys if k not in SIDE_KEYS]
     if unknown or not keys:
         raise argparse.ArgumentTypeError(
-            "--sides: expected a comma-separated subset of %s, got %r"
-            % (",".join(SIDE_KEYS), value)
+            "expected a comma-separated subset of %s, got %r" % (",".join(SIDE_KEYS), value)
         )
     return keys
 
@@ -645,9 +649,7 @@ def _sides(value: str) -> list[str]:
 def _variant(value: str) -> tuple[str, str]:
     label, sep, command = value.partition("=")
     if not sep or not label.strip() or not command.strip() or not label.isidentifier():
-        raise argparse.ArgumentTypeError(
-            "--variant: expected LABEL=COMMAND with LABEL a word, got %r" % value
-        )
+        raise argparse.ArgumentTypeError("expected LABEL=COMMAND with LABEL a word, got %r" % value)
     return label, command
 
 
