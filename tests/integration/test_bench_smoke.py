@@ -1,4 +1,4 @@
-"""benchmarks/bench_wsgi.py still runs end to end (smoke only, no timing assertions)."""
+"""The benchmark scripts still run end to end (smoke only, no timing assertions)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,18 +19,19 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed"),
 ]
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_wsgi.py"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def test_quick_benchmark_both_sides_answer() -> None:
+def _run(script: str, *args: str, timeout: float = 90) -> tuple[dict[str, Any], str]:
+    """Run ``benchmarks/<script> --json ARGS``; its parsed report and its stderr."""
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--quick", "--json"],
+        [sys.executable, str(BENCHMARKS / script), "--json", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
     try:
-        out, err = proc.communicate(timeout=90)
+        out, err = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             # SIGTERM lets the script stop its own Mongrel2 and handlers by PID.
@@ -42,7 +44,12 @@ def test_quick_benchmark_both_sides_answer() -> None:
                 proc.wait()
     stderr = err.decode(errors="replace")
     assert proc.returncode == 0, stderr
-    report = json.loads(out)
+    report: dict[str, Any] = json.loads(out)
+    return report, stderr
+
+
+def test_quick_benchmark_both_sides_answer() -> None:
+    report, stderr = _run("bench_wsgi.py", "--quick")
     names = [side["name"] for side in report["sides"]]
     assert names == ["naive", "m2gate threads=1"], stderr
     for side in report["sides"]:
@@ -51,3 +58,73 @@ def test_quick_benchmark_both_sides_answer() -> None:
         assert sum(side["wrk"]["errors"].values()) == 0
     assert report["ok"]
     assert report["sides"][1]["ratio"] is not None
+
+
+def _check_runs(report: dict[str, Any], expected: list[tuple[str, str]], stderr: str) -> None:
+    """Every (side, access log) ran once, in order, answered without errors."""
+    assert [(r["side"], r["access_log"]) for r in report["sides"]] == expected, stderr
+    for run in report["sides"]:
+        assert run["ok"], (run["name"], run["wrk"], stderr)
+        assert run["wrk"]["requests"] > 0
+        assert sum(run["wrk"]["errors"].values()) == 0
+        assert run["mongrel2_cpu_us_per_req"] > 0
+        assert (run["ratio"] is None) == (run["side"] == "naive")
+    assert report["ok"]
+    assert [(m["side"], m["access_log"]) for m in report["summary"]] == expected
+
+
+def test_bench_all_static_naive_dev_and_master_with_both_access_logs() -> None:
+    report, stderr = _run(
+        "bench_all.py", "--quick", "--warmup", "0", "--sides", "static,naive,dev,p2", timeout=120
+    )
+    sides = ["static", "naive", "dev", "p2"]
+    _check_runs(report, [(s, log) for log in ("off", "on") for s in sides], stderr)
+    by_side = {(r["side"], r["access_log"]): r for r in report["sides"]}
+    # Mongrel2 answers the static file alone; every handler side has a CPU figure.
+    assert by_side["static", "off"]["handler_cpu_us_per_req"] is None
+    assert by_side["static", "off"]["handler_pids"] == []
+    for side in ("naive", "dev", "p2"):
+        assert by_side[side, "on"]["handler_cpu_us_per_req"] > 0
+    # -p 2 is a master and its workers: the whole process tree is counted.
+    assert len(by_side["p2", "off"]["handler_pids"]) >= 3, by_side["p2", "off"]
+    assert list(report["installs"]) == ["dev"]
+    dev = report["installs"]["dev"]
+    assert isinstance(dev["probe"]["c_decoder"], bool)
+    assert dev["probe"]["file"].startswith(str(BENCHMARKS.parent / "src")), dev
+    machine = report["machine"]
+    assert machine["cpu_model"] and machine["cpus"] and machine["python"] and machine["date"]
+    assert machine["mongrel2"].startswith("Mongrel2/")
+    goals = {g["side"] + "/" + g["against"]: g for g in report["goals"]}
+    assert len(report["goals"]) == 4
+    assert isinstance(goals["p2/dev"]["met"], bool)
+    assert goals["p2/dev"]["value"] == goals["p2/dev"]["rounds"][0] > 0
+    assert goals["asgi/naive"]["met"] is None  # not run: not evaluated
+    assert "-p 2 >= 0.90x one process (dev install, same rounds): " in stderr
+
+
+def test_bench_all_pip_side_runs_a_plain_pip_install(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    report, stderr = _run(
+        "bench_all.py",
+        "--quick",
+        "--warmup",
+        "0",
+        "--sides",
+        "naive,pip",
+        "--access-log",
+        "off",
+        "--cache-dir",
+        str(cache),
+        timeout=240,
+    )
+    _check_runs(report, [("naive", "off"), ("pip", "off")], stderr)
+    pip = report["installs"]["pip"]
+    (venv,) = cache.glob("venv-*")
+    assert pip["where"] == str(venv)
+    assert (venv / ".m2gate-bench-ready").exists()
+    # Not editable, not this tree's src: the package was copied into the venv.
+    assert pip["probe"]["file"].startswith(str(venv)), pip
+    assert pip["pythonpath"] is None
+    assert isinstance(pip["probe"]["c_decoder"], bool)
+    assert report["sides"][1]["command"].startswith(str(venv / "bin" / "m2gate"))
+    assert report["goals"][0]["side"] == "pip" and isinstance(report["goals"][0]["met"], bool)
