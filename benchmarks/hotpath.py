@@ -19,6 +19,7 @@ microseconds per request. Run: ``.venv/bin/python benchmarks/hotpath.py``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import json
 import socket
@@ -32,17 +33,21 @@ from typing import Any
 
 import zmq
 
+from m2gate.adapters.asgi import HTTPCycle, http_scope
 from m2gate.adapters.common import EnvironDefaults
 from m2gate.adapters.wsgi import WSGIHandler
+from m2gate.conn.async_connection import AsyncConnection, AsyncOutput
 from m2gate.conn.connection import Connection, Output
 from m2gate.protocol import replies
 from m2gate.protocol.http import SERVER_HEADER, Response, request_framing
 from m2gate.protocol.messages import Message, parse_message
+from m2gate.runtime.asyncio import AsyncioRuntime
 from m2gate.runtime.threaded import ThreadedRuntime
 from m2gate.testing.mongrel2 import HandlerSpec, Mongrel2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "apps"))
 from hello import application
+from hello_asgi import app as asgi_app
 
 WRK_REQUEST = b"GET /app/ HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n"
 
@@ -114,7 +119,10 @@ def worker_feed_us(
     32 connection ids cycle like wrk's 32 connections. ``inline`` serves in
     the feeding thread (no handoff) to isolate the queue's cost.
     """
-    msgs = [with_conn_id(raw, 1000 + i % 32) for i in range(n)]
+    # Ids cycle like wrk's 32 connections when served inline (each request ends
+    # before the next); through the queue every request gets its own id, so
+    # none is pipelined behind another (wrk does not pipeline).
+    msgs = [with_conn_id(raw, 1000 + (i % 32 if inline else i)) for i in range(n)]
     best_cpu = best_wall = float("inf")
     for _ in range(repeat):
         sink = NullSink()
@@ -170,6 +178,71 @@ def zmq_costs(raw: bytes, reply: bytes, n: int) -> dict[str, float]:
         ctx.term()
 
 
+class NullAsyncTransport:
+    """The asyncio runtime's transport with nothing to receive and a counting send."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def recv(self, timeout_ms: int | None = None) -> bytes | None:
+        await asyncio.sleep(3600)
+        return None
+
+    def recv_nowait(self) -> bytes | None:
+        return None
+
+    def send(self, messages: Sequence[bytes]) -> None:
+        self.count += len(messages)
+
+    def stop_receiving(self) -> None:
+        pass
+
+
+def asgi_stages(raw: bytes, n: int, repeat: int) -> dict[str, float]:
+    """The ASGI path, stage by stage, on one event loop (CPU µs per request).
+
+    The whole-runtime figure feeds bursts of 32 requests (wrk's 32
+    connections), then lets the loop run their tasks to the end.
+    """
+    msg = parse_message(raw)
+    defaults = EnvironDefaults()
+    msgs = [with_conn_id(raw, 1000 + i % 32) for i in range(n)]
+
+    async def cycles(count: int) -> None:
+        sink = NullAsyncTransport()
+        for _ in range(count):
+            conn = AsyncConnection(msg.sender, msg.conn_id, msg.sender.encode())
+            out = AsyncOutput(conn, sink, 4 << 20, 0.005)
+            cycle = HTTPCycle(msg, conn, out, msg.body)
+            await cycle.run(asgi_app, http_scope(msg, defaults, {}))
+
+    async def runtime() -> None:
+        transport = NullAsyncTransport()
+        worker = AsyncioRuntime(transport, asgi_app, defaults)
+        for i in range(0, n, 32):
+            for data in msgs[i : i + 32]:
+                worker.feed(data)
+            while worker._tasks:
+                await asyncio.sleep(0)
+        if transport.count != n:
+            raise RuntimeError("the asyncio runtime did not answer every request")
+
+    def on_loop(make: Callable[[], Any]) -> float:
+        best = float("inf")
+        for _ in range(repeat):
+            start = time.process_time()
+            asyncio.run(make())
+            best = min(best, time.process_time() - start)
+        return best / n * 1e6
+
+    return {
+        "ASGI: parse_message": best_us(lambda: parse_message(raw), n, repeat),
+        "ASGI: http_scope": best_us(lambda: http_scope(msg, defaults, {}), n, repeat),
+        "ASGI: HTTPCycle + app + AsyncOutput (awaited in one task)": on_loop(lambda: cycles(n)),
+        "ASGI: AsyncioRuntime.feed -> task -> reply (bursts of 32)": on_loop(runtime),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("-n", "--number", type=int, default=20000, help="calls per run")
@@ -218,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows["worker.feed -> 1 app thread wall"] = wall_t
     rows["  => handoff cost (thread - inline, cpu)"] = cpu_t - cpu
     rows.update(zmq_costs(raw, replies.reply(msg.sender.encode(), msg.conn_id, payload), n))
+    rows.update(asgi_stages(raw, n, r))
 
     report: dict[str, Any] = {
         "request_bytes": len(raw),
