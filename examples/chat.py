@@ -41,14 +41,25 @@ PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>m2gate chat</title></head>
 <body>
 <h1>Chat through Mongrel2</h1>
+<p id="status">connecting...</p>
 <ul id="log"></ul>
 <form id="f"><input id="msg" autocomplete="off" autofocus> <button>Send</button></form>
 <script>
 const scheme = location.protocol === "https:" ? "wss://" : "ws://";
 const ws = new WebSocket(scheme + location.host + "/");
 const log = document.getElementById("log");
+const statusLine = document.getElementById("status");
+ws.onopen = () => { statusLine.textContent = "connected"; };
 ws.onmessage = (e) => {
   const li = document.createElement("li"); li.textContent = e.data; log.appendChild(li);
+};
+// The server stopped (close 1001), Mongrel2 went away (1006), or the network
+// did: say so, instead of a page that silently stops working.
+ws.onclose = (e) => {
+  statusLine.textContent = "disconnected: the server went away (code " + e.code +
+    (e.reason ? ", " + e.reason : "") + "). Reload the page to reconnect.";
+  document.getElementById("msg").disabled = true;
+  document.querySelector("#f button").disabled = true;
 };
 document.getElementById("f").onsubmit = (e) => {
   e.preventDefault();

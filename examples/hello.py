@@ -52,13 +52,23 @@ def _environ_page(environ: dict[str, Any], start_response: StartResponse) -> lis
     return _html(start_response, f"<h1>WSGI environ</h1>\n<table>\n{rows}\n</table>\n")
 
 
+def _pause(line: int) -> None:
+    """The wait after each line of /stream (a test replaces it with a gate it opens)."""
+    time.sleep(0.2)
+
+
 def _stream(start_response: StartResponse) -> Iterator[bytes]:
     # No Content-Length: the server frames it (chunked for HTTP/1.1) and sends
-    # each yielded block as soon as it is produced.
-    start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+    # each yielded block as soon as it is produced. nosniff: without it Chrome
+    # holds back the first 1 KiB or so of a text/plain body to guess its type,
+    # and shows these short lines only all at once at the end.
+    start_response(
+        "200 OK",
+        [("Content-Type", "text/plain; charset=utf-8"), ("X-Content-Type-Options", "nosniff")],
+    )
     for i in range(1, 11):
         yield f"line {i} of 10 at {time.strftime('%H:%M:%S')}\n".encode()
-        time.sleep(0.2)
+        _pause(i)
 
 
 def _form(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:

@@ -96,6 +96,24 @@ class ReopenableFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
         finally:
             self.release()
 
+    def revive(self) -> bool:
+        """Open the file again if someone else closed this handler; True if it did.
+
+        ``logging.config.dictConfig`` (Django's LOGGING, for one) closes every
+        existing handler yet leaves the root logger's attached: each later
+        record then failed with "I/O operation on closed file" and was lost.
+        """
+        if self.stream is not None and not self.stream.closed:
+            return False
+        self.acquire()
+        try:
+            self.stream = self._open(_current_path(self.path) or self.path)
+        finally:
+            self.release()
+        if self not in _reopenable:
+            _reopenable.append(self)
+        return True
+
     def close(self) -> None:
         self.acquire()
         try:
@@ -211,6 +229,73 @@ class ZeroMQHandler(logging.Handler):
         super().close()
 
 
+def _to_console(handler: logging.Handler) -> bool:
+    """Whether ``handler`` is a plain StreamHandler writing to this process's stdout/stderr."""
+    if type(handler) is not logging.StreamHandler:  # files, sockets, our own handlers
+        return False
+    stream = getattr(handler, "stream", None)
+    if stream is None:
+        return False
+    if stream is sys.stderr or stream is sys.stdout:
+        return True
+    try:
+        return stream.fileno() in (1, 2)
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _reaches_root(logger: logging.Logger) -> bool:
+    """Whether records of ``logger`` propagate all the way to the root logger's handlers."""
+    current: logging.Logger | None = logger
+    while current is not None and current is not logging.root:
+        if not current.propagate:
+            return False
+        current = current.parent
+    return current is logging.root
+
+
+def after_app_import() -> None:
+    """Repair what importing the app did to m2gate's logging; call it right after.
+
+    An app may configure logging itself (Django does, from its LOGGING setting,
+    as soon as its WSGI/ASGI application is made):
+
+    - ``dictConfig`` closes every existing handler: m2gate's log files are
+      opened again (and its own loggers enabled again, should the config
+      have disabled existing loggers).
+    - Django's default config puts a StreamHandler on the ``django`` logger
+      (active with DEBUG) and lets the records propagate: each warning
+      appeared twice, bare from Django and formatted by m2gate's root handler
+      (which has no level, so it writes every record such a handler would).
+      Console handlers on loggers that propagate to the root are removed.
+    """
+    loggers = [
+        (name, logger)
+        for name, logger in list(logging.root.manager.loggerDict.items())
+        if isinstance(logger, logging.Logger)  # not a PlaceHolder
+    ]
+    for name, logger in loggers:
+        if logger.disabled and (name == "m2gate" or name.startswith("m2gate.")):
+            logger.disabled = False
+    for logger in (logging.root, logging.getLogger("m2gate.access")):
+        for handler in logger.handlers:
+            if isinstance(handler, ReopenableFileHandler) and handler.revive():
+                log.info("the app's logging config closed %s: opened it again", handler.path)
+    if not logging.root.handlers:
+        return
+    for name, logger in loggers:
+        if not _reaches_root(logger):
+            continue
+        for handler in list(logger.handlers):
+            if _to_console(handler):
+                logger.removeHandler(handler)
+                log.info(
+                    "logger %r: removed its console handler; its records reach m2gate's log"
+                    " through the root logger (they were written twice)",
+                    name,
+                )
+
+
 def access_logger() -> AccessLogger | None:
     """The AccessLogger made by the last :func:`setup_logging` (None: no access log)."""
     return _access
@@ -247,6 +332,9 @@ def setup_logging(cfg: Config) -> AccessLogger | None:
         zmq_handler.setFormatter(formatter)
         root.addHandler(zmq_handler)
     root.setLevel(cfg.log_level.upper())
+    # warnings.warn() goes through the root handler too, so it reaches --log-file
+    # (not only the terminal) in the same format as every other line.
+    logging.captureWarnings(True)
 
     global _access
     _access = None

@@ -218,3 +218,41 @@ def test_server_floods_a_websocket(
             assert await ws.recv() == "done?"
 
     run(go)
+
+
+def test_stop_ends_as_soon_as_the_client_answers_the_close(
+    mongrel2: Mongrel2, m2gate_server: Any, state: Path, tmp_path: Path
+) -> None:
+    """SIGTERM: 1001 to the client, whose close reply (through Mongrel2) ends the stop.
+
+    The reply used to go unread (the receiving had stopped), so every stop
+    waited out the close timeout. Also: the upgrade's access line says GET.
+    """
+    access = tmp_path / "access.log"
+    server = m2gate_server(
+        APP,
+        "--interface",
+        "asgi",
+        "--access-log",
+        str(access),
+        env={"M2GATE_TEST_STATE": str(state)},
+    )
+
+    async def go() -> None:
+        async with connect(ws_url(mongrel2), close_timeout=30) as ws:
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+            server.signal(15)
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await ws.recv()
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+            assert info.value.sent is not None and info.value.sent.code == 1001  # answered
+
+    run(go)
+    assert server.proc.wait(timeout=20) == 0
+    out = server.output
+    assert "websockets closed for the stop: 1 answered the close, 0 timed out" in out, out
+    assert "no close reply" not in out
+    assert wait_for_line(state / "ws", "disconnect 1001"), read_events(state / "ws")
+    (line,) = [line for line in access.read_text().splitlines() if " /ws " in line]
+    assert '"GET /ws HTTP/1.1" 101' in line, line

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import importlib.util
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ from websockets.asyncio.client import connect as aconnect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from browser import chromium, needs_chromium
 from m2gate.testing.mongrel2 import Mongrel2
 
 pytestmark = pytest.mark.integration
@@ -159,3 +161,36 @@ def test_sigterm_closes_websockets_going_away(mongrel2: Mongrel2, chat: ChatProc
         with pytest.raises(ConnectionClosed) as info:
             client.recv(timeout=5)
     assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+
+
+def test_page_says_when_the_server_goes_away() -> None:
+    """The page's script has an onclose handler that writes to the page (no browser needed)."""
+    spec = importlib.util.spec_from_file_location("chat_example", CHAT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    PAGE: str = module.PAGE
+    script = PAGE.split("<script>", 1)[1].split("</script>", 1)[0]
+    assert "ws.onclose = (e) => {" in script
+    handler = script.split("ws.onclose = (e) => {", 1)[1].split("\n};", 1)[0]
+    assert 'statusLine.textContent = "disconnected' in handler and "e.code" in handler
+    assert '<p id="status">' in PAGE
+
+
+@needs_chromium
+def test_page_in_chromium_shows_the_server_went_away(
+    mongrel2: Mongrel2, chat: ChatProcess, tmp_path: Path
+) -> None:
+    with chromium(tmp_path / "chromium") as page:
+        page.navigate(mongrel2.url + "/")
+        page.wait_for("document.getElementById('status').textContent === 'connected'", "connected")
+        assert chat.stop() == 0  # closes every websocket with 1001
+        status = page.wait_for(
+            "(t => t.startsWith('disconnected') && t)"
+            "(document.getElementById('status').textContent)",
+            "the disconnect",
+        )
+    assert status == (
+        "disconnected: the server went away (code 1001, server stopping)."
+        " Reload the page to reconnect."
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import signal
 import socket
 import threading
 import time
@@ -12,7 +14,14 @@ import pytest
 import requests
 import zmq
 
-from m2gate.testing.mongrel2 import HandlerSpec, Mongrel2, Mongrel2Error, free_port
+from m2gate.testing.mongrel2 import (
+    HandlerSpec,
+    Mongrel2,
+    Mongrel2Error,
+    _tns,
+    _untns,
+    free_port,
+)
 from support import pid_alive
 
 pytestmark = pytest.mark.integration
@@ -45,6 +54,8 @@ class NaiveHandler(threading.Thread):
             self.pub.send(b"%s %d:%s, %s" % (sender, len(conn_id), conn_id, head + body))
 
     def close(self) -> None:
+        if self.ctx.closed:
+            return
         self.stopping.set()
         self.join(5)
         self.pull.close(0)
@@ -176,3 +187,69 @@ def test_marker_configures_fixture(mongrel2: Mongrel2) -> None:
     assert '"limits.content_length": 1024' in conf
     assert [h.route for h in mongrel2.handlers] == ["/app/"]
     assert mongrel2.handler.protocol == "json"
+
+
+def keep_alive_clients(m2: Mongrel2, count: int) -> list[http.client.HTTPConnection]:
+    """``count`` clients that made one request each and keep their connection open, idle."""
+    clients = []
+    for i in range(count):
+        conn = http.client.HTTPConnection("127.0.0.1", m2.port, timeout=5)
+        conn.request("GET", "/idle-%d" % i)
+        resp = conn.getresponse()
+        assert resp.read() == b"handled /idle-%d" % i and not resp.will_close
+        clients.append(conn)
+    return clients
+
+
+def test_stop_with_idle_keep_alive_connections_does_not_crash_mongrel2(
+    mongrel2: Mongrel2, handler: NaiveHandler, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Mongrel2 1.12 segfaulted on stop with a client connected; the harness closes them first."""
+    caplog.set_level("INFO", logger="m2gate.testing.mongrel2")
+    clients = keep_alive_clients(mongrel2, 3)
+    assert len(mongrel2.connections()) == 3
+    handler.close()  # the usual order: the app server first (with it there, no crash)
+    try:
+        mongrel2.stop()
+    finally:
+        for conn in clients:
+            conn.close()
+    assert mongrel2.returncode == 0
+    assert "Task is already added" not in mongrel2.error_log.read_text()
+    assert "closed 3 client connection(s) before stopping mongrel2" in caplog.text
+    assert "crashed" not in caplog.text
+
+
+def test_a_crash_on_stop_is_explained(
+    mongrel2: Mongrel2,
+    handler: NaiveHandler,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the connections cannot be closed first, the crash is real and says why."""
+
+    def unreachable(rounds: int = 3) -> int:
+        raise Mongrel2Error("control port unreachable (test)")
+
+    monkeypatch.setattr(mongrel2, "close_connections", unreachable)
+    clients = keep_alive_clients(mongrel2, 1)
+    handler.close()
+    try:
+        mongrel2.stop()
+    finally:
+        clients[0].close()
+    # Mongrel2 1.12's own bug; if this fails, this Mongrel2 no longer has it.
+    assert mongrel2.returncode == -signal.SIGSEGV, "mongrel2 did not crash: bug fixed?"
+    assert "Task is already added" in mongrel2.error_log.read_text()
+    assert "could not close mongrel2's connections before stopping" in caplog.text
+    assert "crashed while stopping (SIGSEGV): Mongrel2 1.12 does when a client" in caplog.text
+
+
+def test_control_port_tnetstrings() -> None:
+    """The harness's own codec for the control port (it imports nothing of m2gate)."""
+    request = ["kill", {"id": 12, "what": "net"}]
+    assert _tns(request) == b"34:4:kill,23:2:id,2:12#4:what,3:net,}]"
+    assert _untns(_tns(request)) == (request, 38)
+    assert _untns(b"15:4:true!0:~2:-3#]")[0] == [True, None, -3]
+    with pytest.raises(ValueError):
+        _untns(b"3:abc?")

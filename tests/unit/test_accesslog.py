@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+from pathlib import Path
 
 import pytest
 
 from m2gate.adapters.accesslog import ATOMS, COMBINED_FORMAT, AccessLogger, check_format
-from m2gate.protocol.messages import HTTPRequest
+from m2gate.protocol.messages import HTTPRequest, WebSocketHandshake, parse_message
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 
 
 def request(path: str = "/a%20b", query: str = "x=1", **extra: str) -> HTTPRequest:
@@ -107,3 +110,13 @@ def test_a_failing_line_never_raises(capture: logging.Logger) -> None:
     broken = Broken("sender", 5, "/", {"METHOD": "GET"}, b"")
     AccessLogger(logger=capture).log(broken, 200, 0, 0)
     assert lines(capture) == []
+
+
+def test_websocket_upgrade_is_logged_as_the_get_the_client_sent(capture: logging.Logger) -> None:
+    """Mongrel2 renames an upgrade's METHOD to WEBSOCKET_HANDSHAKE (captured message)."""
+    msg = parse_message((CORPUS / "tnetstring_ws_handshake.bin").read_bytes())
+    assert isinstance(msg, WebSocketHandshake) and msg.method == "WEBSOCKET_HANDSHAKE"
+    logger = AccessLogger('"%(r)s" %(m)s %(s)s', capture)
+    logger.log(msg, 101, 0, 0.0)
+    (line,) = lines(capture)
+    assert line == '"GET /ws?room=1 HTTP/1.1" GET 101'

@@ -272,3 +272,81 @@ def test_graceful_timeout_frees_a_streamed_upload_that_never_completes(tmp_path:
 
     assert asyncio.run(go()) is False  # forced, but it returned
     assert not spooled.exists()
+
+
+class AnsweringClient(FakeTransport):
+    """A websocket client behind Mongrel2 that answers our close frame (or never does)."""
+
+    def __init__(self, incoming: Sequence[bytes], answers: bool, meanwhile: bytes = b"") -> None:
+        super().__init__(incoming)
+        self.answers = answers
+        self.meanwhile = meanwhile  # a message that arrives before the reply
+        self.answered_while_receiving: bool | None = None
+
+    def send(self, messages: Sequence[bytes]) -> None:
+        super().send(messages)
+        if self.answers and any(b", \x88" in m for m in messages):  # our close frame
+            if self.meanwhile:
+                self.queue.put_nowait(self.meanwhile)
+            headers = request_headers("WEBSOCKET", "/ws", FLAGS="0x88")
+            self.queue.put_nowait(message(headers, b"\x03\xe9", path=b"/ws"))
+            self.answered_while_receiving = not self.stopped
+
+
+async def ws_app(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] != "websocket":
+        await app(scope, receive, send)
+        return
+    await receive()
+    await send({"type": "websocket.accept"})
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+def handshake(conn_id: int = 7) -> bytes:
+    headers = request_headers("WEBSOCKET_HANDSHAKE", "/ws")
+    return message(headers, b"acc=", path=b"/ws", conn_id=conn_id)
+
+
+def stop_with_a_websocket_open(
+    answers: bool, close_timeout: float, meanwhile: bytes = b""
+) -> AnsweringClient:
+    async def go() -> AnsweringClient:
+        transport = AnsweringClient([handshake()], answers, meanwhile)
+        worker = AsyncioRuntime(
+            transport, ws_app, EnvironDefaults(), flush_interval=0, ws_close_timeout=close_timeout
+        )
+        task = asyncio.create_task(worker.run(30.0))
+        while not any(b"101 Switching Protocols" in m for m in transport.sent):
+            await asyncio.sleep(0.01)
+        worker.stop()
+        assert await task
+        return transport
+
+    return asyncio.run(go())
+
+
+def test_stop_reads_the_clients_close_reply(caplog: Any) -> None:
+    """The stop ends with the reply, not the timeout (a long one here, so it cannot pass)."""
+    caplog.set_level("INFO", logger="m2gate")
+    transport = stop_with_a_websocket_open(answers=True, close_timeout=60.0)
+    assert transport.answered_while_receiving is True
+    assert transport.stopped  # the PULL is let go only after the handshake
+    texts = [r.getMessage() for r in caplog.records]
+    assert "websockets closed for the stop: 1 answered the close, 0 timed out, 0 gone" in texts
+    assert not any("no close reply" in t for t in texts)
+
+
+def test_stop_still_times_out_a_client_that_never_answers(caplog: Any) -> None:
+    caplog.set_level("INFO", logger="m2gate")
+    transport = stop_with_a_websocket_open(answers=False, close_timeout=0.05)
+    assert transport.sent[-1].endswith(b", ")  # the connection was closed all the same
+    texts = [r.getMessage() for r in caplog.records]
+    assert "websockets closed for the stop: 0 answered the close, 1 timed out, 0 gone" in texts
+    assert any("no close reply in 0.1s, connection closed" in t for t in texts)
+
+
+def test_a_new_websocket_during_the_stop_is_refused() -> None:
+    transport = stop_with_a_websocket_open(True, 60.0, meanwhile=handshake(conn_id=8))
+    assert transport.data(8).startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert transport.answered_while_receiving is True

@@ -35,6 +35,7 @@ def restore_logging() -> Iterator[None]:
         access.handlers[:] = saved[2]
         access.propagate = saved[3]
         logs.set_chroot("")
+        logging.captureWarnings(False)
 
 
 def emit(handler: logging.Handler, text: str) -> None:
@@ -192,3 +193,71 @@ def test_access_lines_bypass_logging_and_survive_reopen(
     access.log(msg, 404, 1, 0.0)
     assert (tmp_path / "access.log.1").read_text() == "/a 200\n"
     assert path.read_text() == "/a 404\n"
+
+
+def test_app_logging_config_closing_our_files_is_undone(
+    tmp_path: Path, restore_logging: None
+) -> None:
+    """dictConfig (Django's LOGGING) closes every handler, ours too; we open ours again."""
+    import logging.config
+
+    path = tmp_path / "m2gate.log"
+    logs.setup_logging(Config(log_file=str(path), access_log=str(tmp_path / "access.log")))
+    everyone = [
+        lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    enabled = [lg for lg in everyone if not lg.disabled]
+    try:
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": True})
+        assert logging.getLogger("m2gate").disabled
+        logs.after_app_import()
+    finally:  # the other tests' loggers
+        for lg in enabled:
+            if not lg.name.startswith("m2gate"):
+                lg.disabled = False
+    logging.getLogger("m2gate.worker").warning("still logged")
+    access = logs.access_logger()
+    assert access is not None and access.sink is not None
+    access.sink("an access line")
+    text = path.read_text()
+    assert "opened it again" in text and "WARNING m2gate.worker: still logged" in text
+    assert (tmp_path / "access.log").read_text() == "an access line\n"
+
+
+def test_console_handlers_that_duplicate_the_root_are_removed(
+    tmp_path: Path, restore_logging: None
+) -> None:
+    import sys
+
+    logs.setup_logging(Config(log_file=str(tmp_path / "m2gate.log")))
+    dup = logging.getLogger("test.dup.app")
+    console = logging.StreamHandler(sys.stderr)
+    dup.addHandler(console)
+    kept = logging.getLogger("test.dup.alone")  # does not propagate: its handler is the only one
+    alone = logging.StreamHandler(sys.stderr)
+    kept.addHandler(alone)
+    kept.propagate = False
+    to_file = logging.FileHandler(tmp_path / "app.log")
+    dup.addHandler(to_file)
+    try:
+        logs.after_app_import()
+        assert console not in dup.handlers and to_file in dup.handlers
+        assert kept.handlers == [alone]
+        assert (
+            "logger 'test.dup.app': removed its console handler"
+            in (tmp_path / "m2gate.log").read_text()
+        )
+    finally:
+        for logger in (dup, kept):
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+                handler.close()
+
+
+def test_warnings_go_through_the_log(tmp_path: Path, restore_logging: None) -> None:
+    path = tmp_path / "m2gate.log"
+    logs.setup_logging(Config(log_file=str(path)))
+    with warnings.catch_warnings():  # keeps setup_logging's showwarning, resets the filters
+        warnings.simplefilter("always")
+        warnings.warn("careful now", UserWarning, stacklevel=1)
+    assert "WARNING py.warnings:" in path.read_text() and "careful now" in path.read_text()

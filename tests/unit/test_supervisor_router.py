@@ -151,3 +151,32 @@ def test_a_worker_gone_with_requests_in_flight_gets_them_answered(rig: Rig) -> N
     reply = rig.answer()
     assert b" 1:5, HTTP/1.1 504 Gateway Timeout\r\n" in reply
     assert rig.router.disp.owner == {}
+
+
+def deliver_at(rig: Rig, raw: bytes, now: float) -> None:
+    """``deliver`` at a clock far enough from 0 for the master's rate-limited warnings."""
+    rig.mongrel2.send(raw)
+    assert rig.router.pull.poll(1000)
+    rig.router.on_pull(now)
+
+
+def test_a_request_before_any_worker_is_ready_is_not_called_saturation(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="m2gate.master")
+    deliver_at(rig, request(1), 100.0)
+    assert len(rig.router.disp.queue) == 1
+    texts = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert ("INFO", "no worker is ready yet: 1 request(s) wait in the master for one") in texts
+    assert not any("busy" in text for _, text in texts)
+
+
+def test_every_thread_busy_is_still_a_warning(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    ready(rig)
+    deliver_at(rig, request(1), 100.0)
+    assert rig.to_worker() == [request(1)]  # its only thread is busy now
+    deliver_at(rig, request(2), 100.0)
+    assert len(rig.router.disp.queue) == 1
+    texts = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert ("WARNING", "every worker thread is busy: 1 request(s) wait in the master") in texts
+    assert not any("ready yet" in text for _, text in texts)

@@ -103,6 +103,9 @@ class AccessLogger:
             atoms["t"] = self._now()
         if used & {"r", "m", "U", "q", "H"}:
             method = msg.method
+            if method == "WEBSOCKET_HANDSHAKE":
+                # Mongrel2's name for an upgrade; the client's request line said GET.
+                method = "GET"
             query = msg.header("QUERY") or ""
             proto = msg.header("VERSION") or "HTTP/1.0"
             atoms["m"] = method

@@ -9,7 +9,7 @@ the whole truth about a setting.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field
 from typing import Any, Literal, get_args, get_origin
 
 
@@ -65,6 +65,24 @@ def describe_type(kind: Any, meta: Meta) -> str:
     if get_origin(kind) is list:
         return "a list of strings"
     return "a string"
+
+
+def choices_metavar(kind: Any) -> str | None:
+    """``{auto,wsgi,asgi}`` for a choice setting, as argparse shows its choices."""
+    if get_origin(kind) is Literal:
+        return "{%s}" % ",".join(str(a) for a in get_args(kind))
+    return None
+
+
+def default_text(f: Field[Any]) -> str:
+    """A setting's default as a user writes it; empty when it has none (unset)."""
+    factory = f.default_factory
+    value = factory() if callable(factory) else f.default
+    if value == "" or value == []:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -7,10 +7,9 @@ the committed file drifts from :class:`~m2gate.config.settings.Config`.
 from __future__ import annotations
 
 import sys
-from dataclasses import MISSING
 from typing import Any, Literal, get_args, get_origin
 
-from m2gate.config.declare import describe_type, env_var, flag
+from m2gate.config.declare import default_text, describe_type, env_var, flag
 from m2gate.config.settings import settings
 
 
@@ -23,12 +22,10 @@ def _type_name(kind: Any) -> str:
 
 
 def _default(f: Any) -> str:
-    value = f.default if f.default is not MISSING else f.default_factory()
-    if value == "" or value == []:
+    text = default_text(f)
+    if not text:
         return "(none)"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "`%s`" % value
+    return text if isinstance(f.default, bool) else "`%s`" % text
 
 
 def _cell(text: str) -> str:

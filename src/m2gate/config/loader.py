@@ -6,9 +6,18 @@ import argparse
 import os
 import tomllib
 from collections.abc import Collection, Mapping
+from dataclasses import Field
 from typing import Any, get_origin
 
-from m2gate.config.declare import ConfigError, convert, env_var, flag
+from m2gate.config.declare import (
+    ConfigError,
+    Meta,
+    choices_metavar,
+    convert,
+    default_text,
+    env_var,
+    flag,
+)
 from m2gate.config.settings import Config, settings
 
 
@@ -22,7 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser, exclude: Collection[str] = ()
         if group is None:
             group = groups[meta.section] = parser.add_argument_group(meta.section)
         # argparse %-formats help strings: a literal % (access log atoms) must be doubled.
-        helptext = ("%s [env %s]" % (meta.help, env_var(f.name))).replace("%", "%%")
+        helptext = "%s%s [env %s]" % (meta.help, _default_note(f, meta), env_var(f.name))
+        helptext = helptext.replace("%", "%%")
+        # Choices as a metavar, not argparse's choices=: the values are checked (and
+        # lowercased) by convert(), the same for flags, env vars and config files.
+        metavar = meta.metavar or choices_metavar(kind)
         if meta.positional:
             group.add_argument(
                 f.name, nargs="?", default=argparse.SUPPRESS, metavar=meta.metavar, help=helptext
@@ -45,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser, exclude: Collection[str] = ()
                 dest=f.name,
                 action="append",
                 default=argparse.SUPPRESS,
-                metavar=meta.metavar,
+                metavar=metavar,
                 help=helptext,
             )
         else:
@@ -53,9 +66,16 @@ def add_arguments(parser: argparse.ArgumentParser, exclude: Collection[str] = ()
                 *names,
                 dest=f.name,
                 default=argparse.SUPPRESS,
-                metavar=meta.metavar,
+                metavar=metavar,
                 help=helptext,
             )
+
+
+def _default_note(f: Field[Any], meta: Meta) -> str:
+    """`` (default: X)`` for the help line, unless the help text already says it."""
+    if "default:" in meta.help:
+        return ""
+    return " (default: %s)" % (default_text(f) or "none")
 
 
 def _normalise_key(key: str) -> str:

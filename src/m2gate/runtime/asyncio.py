@@ -129,6 +129,7 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         if self._frontend_changed is not None:
             background.append(asyncio.create_task(self._frontend_loop()))
         await self._stop.wait()
+        await self._close_websockets()  # still receiving: their close replies come this way
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
@@ -189,6 +190,29 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
             for uuid, conn_ids in targets.items():
                 self.transport.send(replies.ctl(uuid, conn_ids, {"keep-alive": True}))
 
+    async def _close_websockets(self) -> None:
+        """Send each open websocket 1001 and wait for its close handshake to end.
+
+        The client's close reply comes through Mongrel2 and the PULL, so the
+        receiving task keeps running (new requests meanwhile are served; new
+        websockets are refused) until each client answered, left, or its
+        session's close timeout passed.
+        """
+        for session in list(self._websockets.values()):
+            session.shutdown()
+        # Each closing session has its timer; one the app has not accepted yet
+        # is left to drain() and the graceful timeout.
+        sessions = [s for s in self._websockets.values() if s.state == "closing"]
+        if not sessions:
+            return
+        await asyncio.gather(*(session.wait_closed() for session in sessions))
+        log.info(
+            "websockets closed for the stop: %d answered the close, %d timed out, %d gone",
+            sum(s.close_answered for s in sessions),
+            sum(s.close_timed_out for s in sessions),
+            sum(not (s.close_answered or s.close_timed_out) for s in sessions),
+        )
+
     async def drain(self, timeout: float) -> bool:
         """Close websockets (1001), let requests finish, cancel what outlives ``timeout``."""
         for session in list(self._websockets.values()):
@@ -240,7 +264,12 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
                 cycle = HTTPCycle(msg, conn, out, msg.body, self.access_log)
                 await cycle.run(self.app, http_scope(msg, self.defaults, self.state))
             elif isinstance(msg, WebSocketHandshake):
-                await self._serve_websocket(conn, msg, out)
+                if self.stopping.is_set():  # it would only get 1001 after the handshake
+                    await out.afinish(
+                        self._refusal(msg, "server stopping", "503 Service Unavailable"), close=True
+                    )
+                else:
+                    await self._serve_websocket(conn, msg, out)
                 return False
             elif isinstance(msg, (UploadStart, UploadDone)):
                 await self._serve_upload(conn, msg, out)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from functools import partial
 from types import FrameType
 
+from m2gate import logs
 from m2gate.adapters.asgi import resolve_interface
 from m2gate.config.declare import ConfigError
 from m2gate.config.settings import Config
@@ -37,6 +38,7 @@ def serve(cfg: Config) -> int:
     # by logrotate scripts) must not kill it. Reloads need the master.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     app = load_app(cfg.app, cfg.chdir, cfg.paste)
+    logs.after_app_import()
     log.info("single process: SIGHUP is ignored; zero-downtime reloads need -p N or --pidfile")
     if resolve_interface(cfg.interface, app) == "asgi":
         if green:

@@ -322,6 +322,7 @@ def _run(spec: WorkerSpec) -> int:
     link.send(HELLO, json.dumps({"pid": os.getpid(), "generation": spec.generation}).encode())
     try:
         app = spec.app if spec.app is not None else load_app(cfg.app, cfg.chdir, cfg.paste)
+        logs.after_app_import()
         _check_supported(cfg, app)
     except Exception as exc:
         if isinstance(exc, AppLoadError):

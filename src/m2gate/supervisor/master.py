@@ -104,6 +104,7 @@ class Master:
         cfg = self.cfg
         if cfg.preload:
             self.app = load_app(cfg.app, cfg.chdir, cfg.paste)  # AppLoadError: exit 3
+            logs.after_app_import()
             log.info("app %s preloaded in the master", cfg.app)
         self._open()
         try:

@@ -167,10 +167,17 @@ class Router:
         elif isinstance(decision, Hold):
             if now - self._queue_warned > 5.0:
                 self._queue_warned = now
-                log.warning(
-                    "every worker thread is busy: %d request(s) wait in the master",
-                    len(self.disp.queue),
-                )
+                if not any(w.state is WorkerState.READY for w in self.disp.workers.values()):
+                    # Start-up (or a fleet being replaced): not saturation.
+                    log.info(
+                        "no worker is ready yet: %d request(s) wait in the master for one",
+                        len(self.disp.queue),
+                    )
+                else:
+                    log.warning(
+                        "every worker thread is busy: %d request(s) wait in the master",
+                        len(self.disp.queue),
+                    )
         elif isinstance(decision, Reject):
             self.rejected += 1
             log.error(

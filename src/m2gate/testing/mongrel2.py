@@ -4,7 +4,9 @@ Mongrel2 is configured through ``m2sh`` and a sqlite database, daemonizes and
 chroots by default, and has no "reload config" any more. This module hides all
 of that: it writes an ``m2.conf`` without chroot and with daemonizing off, loads
 it, runs ``mongrel2`` as a child process that only ever gets signalled by its
-own PID, and waits until the HTTP port really accepts connections.
+own PID, and waits until the HTTP port really accepts connections. Before
+stopping it, it closes the client connections through Mongrel2's control port:
+Mongrel2 1.12 segfaults when SIGINT (or SIGTERM, the same to it) finds one open.
 """
 
 from __future__ import annotations
@@ -22,17 +24,20 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
+
+import zmq
 
 __all__ = ["DirSpec", "HandlerSpec", "Mongrel2", "Mongrel2Error", "free_port"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONTENT_LENGTH: Final = 20480
+_IPC_PATH_MAX: Final = 107  # sun_path holds 108 bytes with the terminating NUL
 _SPEC_CHARS: Final = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/*@+=,~%"
 )
@@ -161,6 +166,47 @@ def _conf_value(value: object) -> str:
     return _conf_string(str(value))
 
 
+def _tns(value: object) -> bytes:
+    """A tnetstring (strings, integers, lists, dicts): what the control port reads."""
+    if isinstance(value, str):
+        data, tag = value.encode("utf-8"), b","
+    elif isinstance(value, int) and not isinstance(value, bool):
+        data, tag = b"%d" % value, b"#"
+    elif isinstance(value, dict):
+        data, tag = b"".join(_tns(k) + _tns(v) for k, v in value.items()), b"}"
+    elif isinstance(value, (list, tuple)):
+        data, tag = b"".join(_tns(v) for v in value), b"]"
+    else:
+        raise TypeError("no tnetstring for %r" % (value,))
+    return b"%d:%s%s" % (len(data), data, tag)
+
+
+def _untns(data: bytes, pos: int = 0) -> tuple[Any, int]:
+    """Parse one tnetstring at ``pos``: (value, position after it); ValueError if broken."""
+    colon = data.index(b":", pos)
+    start = colon + 1
+    end = start + int(data[pos:colon])
+    payload, tag = data[start:end], data[end : end + 1]
+    if tag == b",":
+        return payload.decode("utf-8", "replace"), end + 1
+    if tag == b"#":
+        return int(payload), end + 1
+    if tag == b"!":
+        return payload == b"true", end + 1
+    if tag == b"~":
+        return None, end + 1
+    if tag in (b"]", b"}"):
+        items: list[Any] = []
+        at = start
+        while at < end:
+            item, at = _untns(data, at)
+            items.append(item)
+        if tag == b"]":
+            return items, end + 1
+        return dict(zip(items[::2], items[1::2], strict=True)), end + 1
+    raise ValueError("unknown tnetstring tag %r" % tag)
+
+
 def _tail(path: Path, lines: int = 25) -> str:
     """Last lines of a log file, for error messages; empty if unreadable."""
     try:
@@ -215,6 +261,7 @@ class Mongrel2:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._ever_started = False
+        self.returncode: int | None = None  # Mongrel2's exit status, once stopped
 
     def _assign_ports(self) -> None:
         """(Re)pick every port the caller left to us; explicit ones are kept."""
@@ -492,17 +539,91 @@ class Mongrel2:
             f"--- {self.output_log} (tail) ---\n{_tail(self.output_log)}"
         )
 
+    def control(self, command: str, timeout: float = 2.0, **args: object) -> Any:
+        """One command on Mongrel2's control port (``status``, ``kill``...): its answer.
+
+        Raises Mongrel2Error when the port does not answer within ``timeout``.
+        """
+        path = str(self.workdir / "run" / "control")
+        if len(path.encode()) > _IPC_PATH_MAX:
+            raise Mongrel2Error("control socket path too long for ipc://: %s" % path)
+        ctx: zmq.Context[Any] = zmq.Context()
+        try:
+            sock = ctx.socket(zmq.REQ)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect("ipc://" + path)
+            sock.send(_tns([command, args]))
+            if not sock.poll(int(timeout * 1000)):
+                raise Mongrel2Error("mongrel2 control port %s did not answer" % path)
+            reply: bytes = sock.recv()
+        finally:
+            ctx.destroy(linger=0)
+        try:
+            return _untns(reply)[0]
+        except (ValueError, IndexError, TypeError) as exc:
+            raise Mongrel2Error("unreadable control port answer %r" % reply[:200]) from exc
+
+    def connections(self) -> list[int]:
+        """Ids of the client connections Mongrel2 has open now (``status what=net``)."""
+        table = self.control("status", what="net")
+        rows: Sequence[Sequence[Any]] = table.get("rows", []) if isinstance(table, dict) else []
+        return [int(row[0]) for row in rows if row and isinstance(row[0], int) and row[0] >= 0]
+
+    def close_connections(self, rounds: int = 3) -> int:
+        """Close every client connection through the control port; how many were closed.
+
+        Mongrel2 1.12 crashes (SIGSEGV, "Task is already added, refusing to do
+        it again" in its error log) when it is stopped with a client connection
+        open, an idle keep-alive one included, once its handler has gone (the
+        usual order: the app server stops first). Its shutdown signals every
+        task; a connection's deliver task asleep on its rendezvous then seems
+        to land on two task lists at once. A connection Mongrel2 closes itself
+        (``kill``, as its idle-timeout ticker does) ends its tasks cleanly.
+        """
+        closed = 0
+        for _ in range(rounds):  # a client may connect again meanwhile
+            ids = self.connections()
+            if not ids:
+                break
+            for conn_id in ids:
+                self.control("kill", id=conn_id)
+                closed += 1
+        return closed
+
     def stop(self, grace: float = 5.0) -> None:
-        """SIGINT our PID, SIGKILL after ``grace`` seconds; safe to call repeatedly."""
+        """Close client connections, SIGINT our PID, SIGKILL after ``grace`` seconds.
+
+        Safe to call repeatedly; the exit status is kept in :attr:`returncode`.
+        """
         with self._lock:
             proc, self._proc = self._proc, None
         if proc is None:
             return
+        closed: int | None = None
         try:
+            if proc.poll() is None:
+                try:
+                    closed = self.close_connections()
+                except Mongrel2Error as exc:  # stop it anyway; the crash is explained below
+                    log.warning("could not close mongrel2's connections before stopping: %s", exc)
             _terminate(proc, grace)
         finally:
             with _LIVE_LOCK:
                 _LIVE.pop(proc.pid, None)
+        self.returncode = proc.returncode
+        if closed:
+            log.info("closed %d client connection(s) before stopping mongrel2", closed)
+        if proc.returncode == -signal.SIGSEGV:
+            log.warning(
+                "mongrel2 pid %s crashed while stopping (SIGSEGV): Mongrel2 1.12 does when a"
+                " client connection is still open at shutdown (see 'Task is already added' in"
+                " %s); %s",
+                proc.pid,
+                self.error_log,
+                "its connections could not be closed first"
+                if closed is None
+                else "a client connected after the others were closed",
+            )
         log.info("stopped mongrel2 pid %s (status %s)", proc.pid, proc.returncode)
 
     def restart(self, settings: Mapping[str, object] | None = None) -> Mongrel2:

@@ -77,6 +77,9 @@ class WebSocketSession:
         self._denial_head: tuple[str, list[tuple[str, str]]] | None = None
         self.status_code = 0  # 101, or the status of the refusal, for the access log
         self._tcp_closed = asyncio.Event()
+        # How our close frame ended: the client's close reply came, or its timeout.
+        self.close_answered = False
+        self.close_timed_out = False
 
     # -- runtime side -------------------------------------------------------
     def feed(self, frame: WebSocketFrame) -> None:
@@ -117,6 +120,8 @@ class WebSocketSession:
             if self.state == "open":
                 self.out.push(ws.encode_frame(ws.OP_PONG, event.payload))
         elif isinstance(event, ws.Close):
+            if self.state == "closing":
+                self.close_answered = True
             if self.state == "open":
                 # Echo the code, as RFC 6455 asks, then end the TCP connection.
                 code = ws.NORMAL if event.code == ws.NO_STATUS else event.code
@@ -163,7 +168,18 @@ class WebSocketSession:
     def _start_timer(self) -> None:
         if self._close_timer is None and self.state == "closing":
             loop = asyncio.get_running_loop()
-            self._close_timer = loop.call_later(self.close_timeout, self._finish_tcp)
+            self._close_timer = loop.call_later(self.close_timeout, self._no_close_reply)
+
+    def _no_close_reply(self) -> None:
+        self._close_timer = None
+        self.close_timed_out = True
+        log.info(
+            "websocket %s:%s: no close reply in %.1fs, connection closed",
+            self.msg.sender,
+            self.msg.conn_id,
+            self.close_timeout,
+        )
+        self._finish_tcp()
 
     def _cancel_timer(self) -> None:
         if self._close_timer is not None:
