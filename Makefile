@@ -22,6 +22,10 @@ sysdeps:
 		echo "mongrel2 missing: installing mongrel2-core"; \
 		$(APT) update && $(APT) install -y mongrel2-core; \
 	fi
+	@if ! command -v logrotate >/dev/null 2>&1 && [ ! -x /usr/sbin/logrotate ]; then \
+		echo "logrotate missing (docs/deploying.md's test runs it): installing it"; \
+		$(APT) update && $(APT) install -y logrotate; \
+	fi
 
 bench-deps: sysdeps
 	@if ! command -v wrk >/dev/null 2>&1; then \

@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,7 @@ class M2GateServer:
         cwd: Path,
         log_path: Path,
         env: dict[str, str] | None = None,
+        command: Sequence[str] | None = None,
     ) -> None:
         self.app = app
         self.m2 = m2
@@ -135,6 +136,8 @@ class M2GateServer:
             handler.send_ident,
             *extra_args,
         ]
+        if command is not None:  # a whole command line (docs/deploying.md's); app: a label
+            self.args = list(command)
         full_env = dict(os.environ)
         full_env["PYTHONUNBUFFERED"] = "1"
         # Test apps import as modules of tests/apps whatever the cwd.
@@ -215,7 +218,8 @@ def m2gate_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[M2
 
     ``m2gate_server("basic:application", "--threads", "4")`` uses the ``mongrel2``
     fixture's first handler; pass ``m2=``/``handler=`` for another one,
-    ``cwd=`` (default: repo root), ``env=``, ``ready_path=`` or ``wait=False``.
+    ``cwd=`` (default: repo root), ``env=``, ``ready_path=`` or ``wait=False``;
+    ``command=[...]`` runs that command line instead of ``m2gate serve APP ...``.
     Apps in tests/apps are importable by module name.
     """
     servers: list[M2GateServer] = []
@@ -230,6 +234,7 @@ def m2gate_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[M2
         ready_path: str = "/",
         ready_timeout: float = 20.0,
         wait: bool = True,
+        command: Sequence[str] | None = None,
     ) -> M2GateServer:
         mongrel = m2 if m2 is not None else request.getfixturevalue("mongrel2")
         spec = handler if handler is not None else mongrel.handlers[0]
@@ -241,6 +246,7 @@ def m2gate_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[M2
             cwd if cwd is not None else ROOT,
             tmp_path / f"m2gate-{len(servers)}.log",
             env,
+            command,
         )
         servers.append(server)
         if wait:
