@@ -13,7 +13,7 @@ LINT_PATHS := $(wildcard src tests benchmarks tools scripts examples)
 SUDO := $(shell [ "$$(id -u)" -ne 0 ] && command -v sudo)
 APT  := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: venv install sysdeps bench-deps test test-long lint format bench demo clean corpus docs
+.PHONY: venv install sysdeps test-deps bench-deps test test-long lint format bench demo clean corpus docs
 
 venv install: sysdeps $(STAMP)
 
@@ -25,6 +25,13 @@ sysdeps:
 	@if ! command -v logrotate >/dev/null 2>&1 && [ ! -x /usr/sbin/logrotate ]; then \
 		echo "logrotate missing (docs/deploying.md's test runs it): installing it"; \
 		$(APT) update && $(APT) install -y logrotate; \
+	fi
+
+# Browser tests (the demo's stream, the chat page) drive headless Chromium.
+test-deps: sysdeps
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		echo "chromium missing (browser tests): installing it"; \
+		$(APT) update && $(APT) install -y --no-install-recommends chromium; \
 	fi
 
 bench-deps: sysdeps
@@ -48,7 +55,7 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format $(LINT_PATHS)
 
-test: install bench-deps
+test: install bench-deps test-deps
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -m "not long"
