@@ -43,7 +43,7 @@ from m2gate.config.settings import Config
 from m2gate.loading import load_app
 from m2gate.ops.control import ControlServer
 from m2gate.ops.pidfile import PidFile, control_path_for
-from m2gate.ops.stats import PROMETHEUS_TYPE, DocumentServer, render_metrics
+from m2gate.ops.stats import DocumentServer, Render, require_metrics
 from m2gate.supervisor import status, workers
 from m2gate.supervisor.actions import Action, Dump, Fatal, Kill, Notify, Send, Spawn
 from m2gate.supervisor.child import WorkerSpec
@@ -160,12 +160,15 @@ class Master:
         )
         self.control = ControlServer(control_path, self._control).start()
         log.info("control socket %s", control_path)
-        for name, addr, render, http in (
-            ("stats", cfg.stats, self._render_stats, False),
-            ("metrics", cfg.metrics, self._render_metrics, True),
-        ):
-            if not addr:
-                continue
+        sides: list[tuple[str, str, Render, bool]] = []
+        if cfg.stats:
+            sides.append(("stats", cfg.stats, self._render_stats, False))
+        if cfg.metrics:
+            require_metrics()  # one line naming the setting if prometheus-client is missing
+            from m2gate.ops.metrics import Exposition  # imported only when asked for
+
+            sides.append(("metrics", cfg.metrics, Exposition(self._snapshot).render, True))
+        for name, addr, render, http in sides:
             try:
                 self.servers.append(DocumentServer(addr, render, http, name))
             except OSError as exc:
@@ -391,12 +394,10 @@ class Master:
             now=time.monotonic(),
         )
 
-    def _render_stats(self) -> tuple[bytes, str]:
-        doc = self.call(self.stats, timeout=5.0)
-        return json.dumps(doc, indent=1).encode() + b"\n", "application/json"
+    def _snapshot(self) -> dict[str, Any]:
+        """The stats document, from a listener's thread (it waits for the loop)."""
+        doc: dict[str, Any] = self.call(self.stats, timeout=5.0)
+        return doc
 
-    def _render_metrics(self) -> tuple[bytes, str]:
-        doc = self.call(self.stats, timeout=5.0)
-        if not doc.get("ok"):
-            return b"", PROMETHEUS_TYPE
-        return render_metrics(doc).encode(), PROMETHEUS_TYPE
+    def _render_stats(self, accept: str) -> tuple[bytes, str]:
+        return json.dumps(self._snapshot(), indent=1).encode() + b"\n", "application/json"
