@@ -87,7 +87,7 @@ class Master:
         # The hand-off policy is replaceable (e.g. idle-aware or sticky routing).
         self.disp = dispatcher or Dispatcher(cfg.queue_size, cfg.prefetch)
         self.life = Lifecycle(cfg, self.disp, self.pid)
-        self.watcher = Watcher(cfg)
+        self.watcher = Watcher(cfg, inotify=True, wake=self._poke_watch)
         self.by_pid: dict[int, Worker] = {}
         self.started_at = time.time()
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -180,6 +180,7 @@ class Master:
             server.start()
 
     def _close(self) -> None:
+        self.watcher.close()
         for server in self.servers:
             server.close()
         if self.control is not None:
@@ -302,6 +303,12 @@ class Master:
             self._next_watch = now + WATCH_INTERVAL
             self._watch()
             self._reap()  # in case a SIGCHLD was coalesced away
+
+    def _poke_watch(self) -> None:
+        """From the watch thread: a file changed, look at the loop's next pass."""
+        self._next_watch = 0.0
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"w")
 
     def _watch(self) -> None:
         if self.life.stopping:
