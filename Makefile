@@ -13,7 +13,7 @@ LINT_PATHS := $(wildcard src tests benchmarks tools scripts examples)
 SUDO := $(shell [ "$$(id -u)" -ne 0 ] && command -v sudo)
 APT  := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: venv install sysdeps bench-deps test test-long lint format bench demo clean corpus docs
+.PHONY: venv install sysdeps bench-deps test-deps test test-long lint format bench demo clean corpus docs
 
 venv install: sysdeps $(STAMP)
 
@@ -27,6 +27,13 @@ bench-deps: sysdeps
 	@if ! command -v wrk >/dev/null 2>&1; then \
 		echo "wrk missing: installing it"; \
 		$(APT) update && $(APT) install -y wrk; \
+	fi
+
+# tmux: tests/integration/test_top.py runs `m2gate top` in a real terminal.
+test-deps: sysdeps
+	@if ! command -v tmux >/dev/null 2>&1; then \
+		echo "tmux missing: installing it"; \
+		$(APT) update && $(APT) install -y tmux; \
 	fi
 
 $(STAMP): pyproject.toml
@@ -44,7 +51,7 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format $(LINT_PATHS)
 
-test: install bench-deps
+test: install bench-deps test-deps
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -m "not long"
