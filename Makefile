@@ -27,17 +27,22 @@ sysdeps:
 		$(APT) update && $(APT) install -y logrotate; \
 	fi
 
-# Browser tests (the demo's stream, the chat page) drive headless Chromium.
-test-deps: sysdeps
-	@if ! command -v chromium >/dev/null 2>&1; then \
-		echo "chromium missing (browser tests): installing it"; \
-		$(APT) update && $(APT) install -y --no-install-recommends chromium; \
-	fi
-
 bench-deps: sysdeps
 	@if ! command -v wrk >/dev/null 2>&1; then \
 		echo "wrk missing: installing it"; \
 		$(APT) update && $(APT) install -y wrk; \
+	fi
+
+# tmux: tests/integration/test_top.py runs `m2gate top` in a real terminal;
+# Chromium: the browser tests (the demo's stream, the chat page).
+test-deps: sysdeps
+	@if ! command -v tmux >/dev/null 2>&1; then \
+		echo "tmux missing: installing it"; \
+		$(APT) update && $(APT) install -y tmux; \
+	fi
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		echo "chromium missing (browser tests): installing it"; \
+		$(APT) update && $(APT) install -y --no-install-recommends chromium; \
 	fi
 
 $(STAMP): pyproject.toml

@@ -386,6 +386,33 @@ def test_reload_on_change_of_the_app_source(
     assert get(mongrel2, "/").text == "after!"
 
 
+def test_reload_on_change_through_inotify_sees_a_change_that_keeps_the_mtime(
+    mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path
+) -> None:
+    """With watchfiles the master reloads on a write that mtime polling cannot see."""
+    pytest.importorskip("watchfiles")
+    app = tmp_path / "app" / "keeping.py"
+    app.parent.mkdir()
+    app.write_text(_app_text("before"))
+    s = start(
+        m2gate_server,
+        tmp_path,
+        "-p",
+        "1",
+        "--reload-on-change",
+        app="keeping:application",
+        cwd=app.parent,
+    )
+    assert get(mongrel2, "/").text == "before"
+    wait_until(lambda: "with inotify" in s.server.output, what="the inotify watches")
+    st = os.stat(app)
+    # Another size: with mtime and size both kept, Python would reuse the cached bytecode.
+    app.write_text(_app_text("after, and longer"))
+    os.utime(app, ns=(st.st_atime_ns, st.st_mtime_ns))
+    wait_generation(s, 2)
+    assert get(mongrel2, "/").text == "after, and longer"
+
+
 def _app_text(text: str) -> str:
     return (
         "def application(environ, start_response):\n"

@@ -13,7 +13,6 @@ import pytest
 from m2gate.cli import control as client
 from m2gate.ops import pidfile
 from m2gate.ops.control import ControlServer
-from m2gate.ops.stats import render_metrics
 
 
 def test_pidfile_lock_is_exclusive_and_released(tmp_path: Path) -> None:
@@ -93,7 +92,10 @@ def test_status_text_shows_what_each_worker_does() -> None:
 def test_metrics_text_parses_as_prometheus() -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    families = {f.name: f for f in text_string_to_metric_families(render_metrics(_doc()))}
+    from m2gate.ops.metrics import render_metrics
+
+    body, _ = render_metrics(_doc())
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
     assert families["m2gate_requests"].samples[0].value == 9
     rss = families["m2gate_worker_rss_bytes"].samples[0]
     assert rss.value == 30_000_000 and rss.labels == {

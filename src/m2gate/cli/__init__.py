@@ -2,7 +2,8 @@
 
 What the arguments mean is decided below the CLI: m2gate.config.resolve turns
 them into a Config, m2gate.ops does the OS work, m2gate.supervisor serves;
-``status|stop|reload`` are in m2gate.cli.control, ``dev`` in m2gate.cli.dev.
+``status|stop|reload`` are in m2gate.cli.control, ``dev`` in m2gate.cli.dev,
+``top`` in m2gate.cli.top.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, NoReturn
 from m2gate import __version__
 from m2gate.cli.control import add_commands, run_command
 from m2gate.cli.dev import add_dev_arguments
+from m2gate.cli.top import add_top_command, run_top
 from m2gate.config.declare import ConfigError
 from m2gate.config.loader import add_arguments
 from m2gate.config.resolve import configure, init_values
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_dev_arguments(dev)
     add_commands(sub)  # status, stop, reload: talk to a running master
+    add_top_command(sub)
     return parser
 
 
@@ -75,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from m2gate.cli.dev import run_dev
 
         return run_dev(vars(args))
+    if args.command == "top":
+        return run_top(args)
     cli: dict[str, Any] = {k: v for k, v in vars(args).items() if k != "command"}
     if args.command == "init":
         try:

@@ -263,7 +263,8 @@ class Config:
     )
     reload_on_change: bool = setting(
         False,
-        "Reload gracefully when a source file of the app changes (development).",
+        "Reload gracefully when a source file of the app changes (development); inotify"
+        " with watchfiles (pip install 'm2gate[reload]'), else mtime polling every second.",
         section="workers",
     )
     queue_size: int = setting(
@@ -301,7 +302,8 @@ class Config:
     metrics: str = setting(
         "",
         "Serve Prometheus metrics over HTTP on HOST:PORT or a unix socket path; :PORT means"
-        " 127.0.0.1:PORT, give 0.0.0.0:PORT or [::]:PORT to listen on every interface.",
+        " 127.0.0.1:PORT, give 0.0.0.0:PORT or [::]:PORT to listen on every interface."
+        " Needs prometheus-client (pip install 'm2gate[metrics]').",
         section="observability",
         metavar="ADDR",
         validate=check_listen_addr,

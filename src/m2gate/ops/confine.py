@@ -269,6 +269,10 @@ def preflight(cfg: Config) -> None:
                 "user/group: switching to %s/%s needs root (running as uid %d)"
                 % (cfg.user or "-", cfg.group or "-", os.geteuid())
             )
+    if cfg.metrics:
+        from m2gate.ops.stats import require_metrics
+
+        require_metrics()
     if not cfg.chroot:  # inside a chroot these paths are checked when they are used
         if cfg.virtualenv:
             venv_site_packages(os.path.abspath(cfg.virtualenv))

@@ -7,6 +7,13 @@ slow client cannot make a concurrent scrape or ``m2gate status`` time out.
 The threads only read and answer; whatever changes state is handed to the
 master's loop by the callbacks the subclasses are given.
 
+Every accepted connection is registered while a fork cannot happen, and a
+forked worker closes its copies at once (:func:`os.register_at_fork`). A
+worker's copy would otherwise keep the connection open after the master
+answered and closed its own: a ``--stats`` client, which reads until EOF,
+hung until it gave up (4 runs in 8 when it connected while the master forked
+its first workers).
+
 Unix socket paths are bound by :func:`bind_unix`: a stale path is removed
 only if it is a socket nobody listens on, and only the inode we bound is
 removed at exit. :func:`prebind` binds a listener while still root (before
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import stat
 import threading
@@ -30,10 +38,36 @@ log = logging.getLogger("m2gate.listener")
 
 MAX_CONNECTIONS = 32  # served at once; more are closed at once (a scrape retries)
 CONNECTION_TIMEOUT = 2.0  # seconds a client may take per read or write
+ACCEPT_POLL = 0.2  # seconds between checks of the stop flag
 
 Ident = tuple[int, int]  # (st_dev, st_ino) of a unix socket we bound
 
 _prebound: dict[str, tuple[socket.socket, Ident | None]] = {}
+
+# The connections open now, in every listener. The lock is held across each
+# fork, so a connection is either in the set (closed in the child) or not yet
+# accepted.
+_open_lock = threading.Lock()
+_open: set[socket.socket] = set()
+
+
+def _close_in_child() -> None:
+    """In a forked child: close its copies of the open connections (the parent answers them)."""
+    for conn in _open:
+        conn.close()
+    _open.clear()
+    _open_lock.release()  # taken by the parent's thread that forked: this very thread
+
+
+os.register_at_fork(
+    before=_open_lock.acquire, after_in_parent=_open_lock.release, after_in_child=_close_in_child
+)
+
+
+def open_connections() -> int:
+    """How many connections the listeners of this process have open (for tests)."""
+    with _open_lock:
+        return len(_open)
 
 
 class SocketInUse(Exception):
@@ -96,6 +130,13 @@ def adopt(key: str) -> tuple[socket.socket, Ident | None] | None:
     return _prebound.pop(key, None)
 
 
+def _forget(conn: socket.socket) -> None:
+    """Close ``conn`` and drop it from the set a fork closes (both, or neither, at a fork)."""
+    with _open_lock:
+        _open.discard(conn)
+        conn.close()
+
+
 class Listener:
     """Accepts on ``sock`` (listening) until :meth:`close`; each connection in a thread.
 
@@ -111,7 +152,7 @@ class Listener:
         path: str = "",
         ident: Ident | None = None,
     ) -> None:
-        sock.settimeout(0.2)
+        sock.setblocking(False)  # accepted under _open_lock once poll says one waits
         self.sock = sock
         self.what = what
         self.path = path
@@ -128,18 +169,20 @@ class Listener:
         return self.sock.fileno()
 
     def _serve(self) -> None:
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
         while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
+            if not poller.poll(ACCEPT_POLL * 1000):
                 continue
-            except OSError:
-                if self._stop.is_set():
-                    return
-                continue
+            with _open_lock:
+                try:
+                    conn, _ = self.sock.accept()
+                except OSError:  # the client gave up meanwhile, or close() closed the socket
+                    continue
+                _open.add(conn)
             if not self._slots.acquire(blocking=False):
                 log.warning("%s: %d connections open, refusing one", self.what, MAX_CONNECTIONS)
-                conn.close()
+                _forget(conn)
                 continue
             threading.Thread(
                 target=self._one, args=(conn,), name=self._thread.name + "-conn", daemon=True
@@ -147,14 +190,14 @@ class Listener:
 
     def _one(self, conn: socket.socket) -> None:
         try:
-            with conn:
-                conn.settimeout(CONNECTION_TIMEOUT)
-                self._answer(conn)
+            conn.settimeout(CONNECTION_TIMEOUT)
+            self._answer(conn)
         except OSError as exc:
             log.debug("%s: %s", self.what, exc)
         except Exception:
             log.exception("%s: answering failed", self.what)
         finally:
+            _forget(conn)
             self._slots.release()
 
     def _answer(self, conn: socket.socket) -> None:

@@ -43,7 +43,7 @@ from m2gate.config.settings import Config
 from m2gate.loading import load_app
 from m2gate.ops.control import ControlServer
 from m2gate.ops.pidfile import PidFile, control_path_for
-from m2gate.ops.stats import PROMETHEUS_TYPE, DocumentServer, render_metrics
+from m2gate.ops.stats import DocumentServer, Render, require_metrics
 from m2gate.supervisor import status, workers
 from m2gate.supervisor.actions import Action, Dump, Fatal, Kill, Notify, Send, Spawn
 from m2gate.supervisor.child import WorkerSpec
@@ -87,7 +87,7 @@ class Master:
         # The hand-off policy is replaceable (e.g. idle-aware or sticky routing).
         self.disp = dispatcher or Dispatcher(cfg.queue_size, cfg.prefetch)
         self.life = Lifecycle(cfg, self.disp, self.pid)
-        self.watcher = Watcher(cfg)
+        self.watcher = Watcher(cfg, inotify=True, wake=self._poke_watch)
         self.by_pid: dict[int, Worker] = {}
         self.started_at = time.time()
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -161,12 +161,15 @@ class Master:
         )
         self.control = ControlServer(control_path, self._control).start()
         log.info("control socket %s", control_path)
-        for name, addr, render, http in (
-            ("stats", cfg.stats, self._render_stats, False),
-            ("metrics", cfg.metrics, self._render_metrics, True),
-        ):
-            if not addr:
-                continue
+        sides: list[tuple[str, str, Render, bool]] = []
+        if cfg.stats:
+            sides.append(("stats", cfg.stats, self._render_stats, False))
+        if cfg.metrics:
+            require_metrics()  # one line naming the setting if prometheus-client is missing
+            from m2gate.ops.metrics import Exposition  # imported only when asked for
+
+            sides.append(("metrics", cfg.metrics, Exposition(self._snapshot).render, True))
+        for name, addr, render, http in sides:
             try:
                 self.servers.append(DocumentServer(addr, render, http, name))
             except OSError as exc:
@@ -178,6 +181,7 @@ class Master:
             server.start()
 
     def _close(self) -> None:
+        self.watcher.close()
         for server in self.servers:
             server.close()
         if self.control is not None:
@@ -301,6 +305,12 @@ class Master:
             self._watch()
             self._reap()  # in case a SIGCHLD was coalesced away
 
+    def _poke_watch(self) -> None:
+        """From the watch thread: a file changed, look at the loop's next pass."""
+        self._next_watch = 0.0
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"w")
+
     def _watch(self) -> None:
         if self.life.stopping:
             return
@@ -392,12 +402,10 @@ class Master:
             now=time.monotonic(),
         )
 
-    def _render_stats(self) -> tuple[bytes, str]:
-        doc = self.call(self.stats, timeout=5.0)
-        return json.dumps(doc, indent=1).encode() + b"\n", "application/json"
+    def _snapshot(self) -> dict[str, Any]:
+        """The stats document, from a listener's thread (it waits for the loop)."""
+        doc: dict[str, Any] = self.call(self.stats, timeout=5.0)
+        return doc
 
-    def _render_metrics(self) -> tuple[bytes, str]:
-        doc = self.call(self.stats, timeout=5.0)
-        if not doc.get("ok"):
-            return b"", PROMETHEUS_TYPE
-        return render_metrics(doc).encode(), PROMETHEUS_TYPE
+    def _render_stats(self, accept: str) -> tuple[bytes, str]:
+        return json.dumps(self._snapshot(), indent=1).encode() + b"\n", "application/json"
