@@ -22,7 +22,7 @@ from m2gate.supervisor.lifecycle import Lifecycle
 from m2gate.supervisor.router import Router
 from m2gate.supervisor.state import Worker, WorkerState
 from m2gate.supervisor.watch import Watcher
-from m2gate.supervisor.wire import DONE, READY, echoed, probe_base
+from m2gate.supervisor.wire import DONE, READY, echoed, encode_report, probe_base
 
 from .helpers import SENDER, control, message, request_headers
 
@@ -125,7 +125,7 @@ def test_done_frees_the_thread_for_the_next_queued_request(rig: Rig) -> None:
     rig.deliver(request(1))
     rig.deliver(request(2))
     assert rig.to_worker() == [request(1)] and len(rig.router.disp.queue) == 1
-    rig.dealer.send_multipart([DONE, SENDER + b" 1"])
+    rig.dealer.send_multipart([DONE, encode_report(SENDER.decode(), 1, 0)])
     assert rig.router.router.poll(1000)
     rig.router.on_router(2.0)
     assert rig.to_worker() == [request(2)]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
-
 from m2gate.config.settings import Config
 from m2gate.supervisor import wire
 from m2gate.supervisor.actions import Spawn
@@ -38,7 +36,7 @@ def test_worker_status_follows_the_state() -> None:
     w.ready_at = 1.0
     assert worker_status(w) == "idle"
     key = ("s", 1)
-    w.inflight[key] = deque([InFlight(key, 0.0, False, "GET /")])
+    w.inflight[key] = [InFlight(key, 0.0, False, b"GET", b"/")]
     assert worker_status(w) == "busy"
     w.to(WorkerState.RETIRING)
     assert worker_status(w) == "retiring"
