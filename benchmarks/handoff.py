@@ -190,19 +190,43 @@ def dispatcher_us(b: Bench, n: int, repeat: int) -> float:
     return best(run, n // b.round * b.round, repeat)
 
 
-def router_us(b: Bench, n: int, repeat: int, batch: bool) -> tuple[float, float]:
+Frames = list[list[list[bytes]]]  # each round's done frames
+
+
+def recorded_frames(workers: int, threads: int, n: int, batch: bool) -> Frames:
+    """The done frames of ``n`` requests, from a twin router (assignment is deterministic).
+
+    Callgrind counts the whole process: a run that replays these counts the
+    master's side alone, not the building of the workers' reports.
+    """
+    b = Bench(workers, threads, null=True)
+    out: Frames = []
+    for msgs in b.rounds(n):
+        now = time.monotonic()
+        for raw in msgs:
+            b.router.on_message(raw, now)
+        out.append(b.done_frames(batch))
+        for f in out[-1]:
+            b.router.on_frames(f, now)
+    b.close()
+    return out
+
+
+def router_us(
+    b: Bench, n: int, repeat: int, batch: bool, recorded: Frames | None = None
+) -> tuple[float, float]:
     """CPU µs per request in on_message and in on_frames (null sockets)."""
     router, rounds = b.router, b.rounds(n)
     best_in = best_out = float("inf")
     for _ in range(repeat):
         t_in = t_out = 0.0
-        for msgs in rounds:
+        for i, msgs in enumerate(rounds):
             now = time.monotonic()
             c0 = time.process_time()
             for raw in msgs:
                 router.on_message(raw, now)
             c1 = time.process_time()
-            frames = b.done_frames(batch)
+            frames = recorded[i] if recorded is not None else b.done_frames(batch)
             c2 = time.process_time()
             for f in frames:
                 router.on_frames(f, now)
@@ -213,13 +237,13 @@ def router_us(b: Bench, n: int, repeat: int, batch: bool) -> tuple[float, float]
     return best_in / n * 1e6, best_out / n * 1e6
 
 
-def loop_us(b: Bench, n: int, repeat: int, batch: bool) -> float:
+def loop_us(b: Bench, n: int, repeat: int, batch: bool, recorded: Frames | None = None) -> float:
     """on_pull + on_router on inproc sockets; feeding and draining are not timed."""
     zmq, router, rounds = b.zmq, b.router, b.rounds(n)
     best_t = float("inf")
     for _ in range(repeat):
         total = 0.0
-        for msgs in rounds:
+        for i, msgs in enumerate(rounds):
             for raw in msgs:
                 b.feed.send(raw)
             c0 = time.process_time()
@@ -228,7 +252,8 @@ def loop_us(b: Bench, n: int, repeat: int, batch: bool) -> float:
             for dealer in b.dealers.values():  # the workers take what they were sent
                 while dealer.poll(0):
                     dealer.recv_multipart(zmq.NOBLOCK)
-            for wid, *frame in b.done_frames(batch):
+            frames = recorded[i] if recorded is not None else b.done_frames(batch)
+            for wid, *frame in frames:
                 b.dealers[wid].send_multipart(frame)
             c2 = time.process_time()
             router.on_router(time.monotonic())
@@ -306,21 +331,26 @@ IR_STAGES = {
 }
 
 
-def run_ir_stage(stage: str, n: int, workers: int, threads: int) -> None:
-    """One run of ``stage`` (an :data:`IR_STAGES` key), for callgrind to count."""
-    b = Bench(workers, threads, null=stage.startswith("router"))
+def run_ir_stage(stage: str, n: int, most: int, workers: int, threads: int) -> None:
+    """One run of ``stage`` (an :data:`IR_STAGES` key) on ``n`` requests, for callgrind.
+
+    The reports of ``most`` requests are recorded first, whatever ``n``: the
+    same cost in each run, so it cancels out of the difference.
+    """
     batch = not stage.endswith(" 1")
+    recorded = recorded_frames(workers, threads, most, batch)
+    b = Bench(workers, threads, null=stage.startswith("router"))
     if stage.startswith("router"):
-        router_us(b, n, 1, batch)
+        router_us(b, n, 1, batch, recorded)
     else:
-        loop_us(b, n, 1, batch)
+        loop_us(b, n, 1, batch, recorded)
     b.close()
 
 
 def child(opts: argparse.Namespace) -> int:
     n, r = opts.number, opts.repeat
     if opts.ir_stage:
-        run_ir_stage(opts.ir_stage, n, opts.workers, opts.threads)
+        run_ir_stage(opts.ir_stage, n, opts.ir_most, opts.workers, opts.threads)
         return 0
     stages: dict[str, float] = {"classify": classify_us(n, r)}
     b = Bench(opts.workers, opts.threads, null=True)
@@ -381,6 +411,8 @@ def callgrind_ir(src: Path, opts: argparse.Namespace, stage: str) -> float:
                 "--child",
                 "--ir-stage",
                 stage,
+                "--ir-most",
+                str(sizes[1]),
                 "-n",
                 str(requests),
                 "-w",
@@ -422,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ir-stage", choices=sorted(IR_STAGES), help=argparse.SUPPRESS)
+    parser.add_argument("--ir-most", type=int, default=0, help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.child:
         return child(opts)

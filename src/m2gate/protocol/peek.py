@@ -51,7 +51,7 @@ Peeked = tuple[str, int, int, bytes, bytes, Message | None]
 _MAX_ID_DIGITS = 20  # as the parser: a bounded decimal
 # tnetstring type tags other than "," (string): headers in which the only one
 # of them is the dict's own closing "}" hold only strings.
-_NOT_STRING_TAGS = b"#^!~]}"
+_TAGS = b"#^!~]}"
 _UPLOAD_START = _messages.UPLOAD_START.encode("latin-1")
 # Their classification needs more than a glance (FLAGS, the handshake).
 _FALLBACK_METHODS = frozenset({b"WEBSOCKET", b"WEBSOCKET_HANDSHAKE"})
@@ -79,7 +79,12 @@ def peek(data: bytes) -> Peeked:
                     headers, body = pop(rest)
                 except Exception:  # third-party C: whatever it raises, the parser decides
                     headers = None
-                if type(headers) is dict and _strings_only(rest, body, headers):
+                # The usual request has no body and no type tag but the dict's own
+                # closing "}": every key and value is a string.
+                if type(headers) is dict and (
+                    (body == b"0:," and len(rest) - len(rest.translate(None, _TAGS)) == 1)
+                    or _strings_only(rest, body, headers)
+                ):
                     method = headers.get(b"METHOD")
                     if (
                         method
@@ -87,16 +92,31 @@ def peek(data: bytes) -> Peeked:
                         and _UPLOAD_START not in headers
                         and b"UPLOAD_STREAM" not in headers
                     ):
-                        # The sender checked as the parser checks it (cached).
-                        return (_messages._sender(sender), int(id_raw), REQUEST, method, path, None)
+                        text = _senders.get(sender)
+                        if text is None:
+                            text = _sender(sender)
+                        return (text, int(id_raw), REQUEST, method, path, None)
     return _classified(data)
+
+
+_senders: dict[bytes, str] = {}  # checked as the parser checks them
+
+
+def _sender(raw: bytes) -> str:
+    """The parser's check of a sender, remembered (bounded: nearly always one value)."""
+    text = _messages._sender(raw)  # raises MalformedMessage as the parser does
+    if len(_senders) >= 64:
+        _senders.clear()
+    _senders[raw] = text
+    return text
 
 
 def _strings_only(rest: bytes, body: bytes, headers: dict[object, object]) -> bool:
     """True if ``rest`` is tnetstring headers of strings only, then a body netstring.
 
     ``body`` is what the decoder left after the headers; it must be one
-    netstring that ends the message, as the parser requires.
+    netstring that ends the message, as the parser requires. (The usual
+    case, no body and no tag byte in any value, is checked inline.)
     """
     region = rest
     if body != b"0:,":
@@ -108,7 +128,7 @@ def _strings_only(rest: bytes, body: bytes, headers: dict[object, object]) -> bo
             return False
         region = rest[: len(rest) - len(body)]
     # No type tag but the dict's own closing "}": every key and value is a string.
-    if len(region) - len(region.translate(None, _NOT_STRING_TAGS)) == 1:
+    if len(region) - len(region.translate(None, _TAGS)) == 1:
         return True
     # A value holds one of those bytes: look at the types themselves.
     return all(type(k) is bytes and type(v) is bytes for k, v in headers.items())

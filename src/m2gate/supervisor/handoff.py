@@ -179,7 +179,7 @@ class Dispatcher:
                 self._upload_done(key, now)
                 return self.forward(wid)  # completes the upload in flight: not a new request
             self._add(self.workers[wid], key, now, True, p)
-            return self.forward(wid)
+            return self._forward.get(wid) or self.forward(wid)
         if kind == UPLOAD_DONE and key not in self._queued_keys:
             last = self.last.get(key)
             if last is not None and last in self.workers:
@@ -192,7 +192,7 @@ class Dispatcher:
         if w is None:
             return self._hold(p, raw, now)
         self._add(w, key, now, False, p)
-        return self.forward(w.wid)
+        return self._forward.get(w.wid) or self.forward(w.wid)
 
     def forward(self, wid: bytes) -> Forward:
         """The :class:`Forward` to ``wid`` (one per worker, made once)."""
@@ -239,24 +239,29 @@ class Dispatcher:
             return False
         entry = entries.pop(0)
         w.requests += 1
-        w.last_time = max(0.0, now - entry.started)
-        w.busy_time += w.last_time
+        took = now - entry.started
+        if took < 0.0:
+            took = 0.0
+        w.last_time = took
+        w.busy_time += took
         if entries:
             entries[0].started = now  # the next pipelined request starts now
-        else:
-            del w.inflight[key]
+            return True
+        del w.inflight[key]
+        if self.uploading:
             self.uploading.discard(key)
-            if entry.epoch != self.epoch:
-                return True  # of an old incarnation: nothing to remember
-            if self.owner.get(key) == wid:
-                del self.owner[key]
-                if key in self._left:
-                    self._left.discard(key)
-                    return True  # the client is gone: nothing more comes for it
-            self.last[key] = wid
-            self.last.move_to_end(key)
-            if len(self.last) > LAST_SERVED_MAX:
-                self.last.popitem(last=False)
+        if entry.epoch != self.epoch:
+            return True  # of an old incarnation: nothing to remember
+        if self.owner.get(key) == wid:
+            del self.owner[key]
+            if self._left and key in self._left:
+                self._left.discard(key)
+                return True  # the client is gone: nothing more comes for it
+        last = self.last
+        last.pop(key, None)
+        last[key] = wid  # the most recently served last
+        if len(last) > LAST_SERVED_MAX:
+            last.popitem(last=False)
         return True
 
     def reset_frontend(self) -> int:

@@ -2,11 +2,15 @@
 
 The policy (who gets what) is :class:`~m2gate.supervisor.handoff.Dispatcher`;
 this is its I/O: the PULL from Mongrel2, the ROUTER to the workers and the
-master's PUB, on which it answers for workers that cannot: 503 (no worker
-took it in time, queue full, stopping, graceful timeout), 504 (harakiri), 502
-(a worker died with it). When it answers a request whose upload Mongrel2
-announced, it removes that temp file (no worker will), with the same checks
-a worker makes. What a frame means for a worker's life goes to the
+master's PUB. Of each message from Mongrel2 it reads only what routing needs
+(:func:`~m2gate.protocol.peek.peek`) and forwards the raw bytes: the worker
+parses them. Done reports come binary, many to a frame (:mod:`.wire`). A
+Python exception for one message or frame is logged and the batch goes on.
+On the PUB it answers for workers that cannot: 503 (no worker took it in
+time, queue full, stopping, graceful timeout), 504 (harakiri), 502 (a worker
+died with it). When it answers a request whose upload Mongrel2 announced, it
+removes that temp file (no worker will), with the same checks a worker
+makes. What a frame means for a worker's life goes to the
 :class:`~m2gate.supervisor.lifecycle.Lifecycle`; the actions it returns go to
 ``run`` (the master carries them out).
 """
@@ -151,7 +155,10 @@ class Router:
         if kind == DISCONNECT and (p[0], p[1]) not in self.disp.owner:
             self.drop_upload((p[0], p[1]))  # queued, or already served: nobody else will
         if type(decision) is Forward:
-            if not self.send(decision.wid, raw):
+            try:
+                self.router.send_multipart((decision.wid, raw), zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                log.warning("worker %s unreachable: %s", decision.wid.decode(), exc)
                 self.disp.unroute(decision.wid, (p[0], p[1]))
                 self.disp.retire(decision.wid)
                 self.on_message(raw, now)  # to another worker, or the queue

@@ -122,9 +122,14 @@ def decode_reports(data: bytes) -> list[ReportGroup]:
     Every length is checked before it is used, so nothing here raises on
     any input (the master's loop must not stop at a report).
     """
+    end = len(data)
+    if end > _ONE.size:  # one report (light load): one C call
+        slen, count, flags, epoch, conn_id = _ONE.unpack_from(data)
+        if count == 1 and not flags and end == _ONE.size + slen:
+            return [(data[_ONE.size :].decode("latin-1"), epoch, [conn_id])]
     groups: list[ReportGroup] = []
     view = memoryview(data)
-    pos, end, head = 0, len(data), _GROUP.size
+    pos, head = 0, _GROUP.size
     while pos < end:
         if end - pos < head:
             return []
