@@ -25,6 +25,7 @@ from m2gate.conn.connection import Connection
 from m2gate.conn.uploads import UploadStore
 from m2gate.protocol.errors import ProtocolError
 from m2gate.protocol.messages import parse_message
+from m2gate.protocol.peek import peek
 from m2gate.runtime.threaded import ThreadedRuntime
 from m2gate.supervisor.handoff import Dispatcher, Forward
 from m2gate.supervisor.state import Worker
@@ -66,10 +67,10 @@ class Rig:
     def deliver(self, raw: bytes) -> None:
         """What the master's router does with one message from Mongrel2."""
         try:
-            msg = parse_message(raw)
+            p = peek(raw)
         except ProtocolError:
             return
-        decision = self.disp.assign(msg, raw, time.monotonic())
+        decision = self.disp.assign(p, raw, time.monotonic())
         if isinstance(decision, Forward):
             self.worker.feed(raw)
         self.pump()
@@ -156,13 +157,13 @@ def test_a_disconnect_while_in_flight_forgets_the_connection_in_the_master() -> 
     disp.add_worker(Worker(WID, 1000, 1, 2))
     disp.mark_ready(WID)
     start = upload(Path("/tmp/upload.Ab12Cd"))
-    assert disp.assign(parse_message(start), start, 0.0) == Forward(WID)
+    assert disp.assign(peek(start), start, 0.0) == Forward(WID)
     bye = control("disconnect")
-    assert disp.assign(parse_message(bye), bye, 0.0) == Forward(WID)
+    assert disp.assign(peek(bye), bye, 0.0) == Forward(WID)
     key = parse_message(start).key
     assert disp.on_done(WID, key, 1.0)
     late = upload(Path("/tmp/upload.Ab12Cd"), done=True)
-    assert disp.assign(parse_message(late), late, 2.0) == Forward(WID)
+    assert disp.assign(peek(late), late, 2.0) == Forward(WID)
     assert len(disp.workers[WID].inflight[key]) == 1  # counted: the worker reports it done
 
 

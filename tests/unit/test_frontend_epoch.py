@@ -16,6 +16,7 @@ import zmq
 from m2gate.conn.connection import Connection, Output
 from m2gate.conn.table import ConnectionTable
 from m2gate.protocol.messages import Message, parse_message
+from m2gate.protocol.peek import peek
 from m2gate.runtime.threaded import ThreadedRuntime
 from m2gate.supervisor import wire
 from m2gate.supervisor.handoff import Dispatcher, Forward
@@ -27,7 +28,11 @@ from .test_supervisor_router import Rig, ready, request, rig  # noqa: F401  (fix
 
 
 def req(conn_id: int = 1) -> Message:
-    return parse_message(message(request_headers(), conn_id=conn_id))
+    return parse_message(raw_req(conn_id))
+
+
+def raw_req(conn_id: int = 1) -> bytes:
+    return message(request_headers(), conn_id=conn_id)
 
 
 class Sink:
@@ -129,10 +134,10 @@ def test_dispatcher_keeps_old_threads_busy_but_never_routes_to_them() -> None:
     w.to(WorkerState.READY)
     disp.add_worker(w)
     key = (SENDER.decode(), 1)
-    assert disp.assign(req(1), b"raw", 0.0) == Forward(b"w1")
+    assert disp.assign(peek(raw_req(1)), raw_req(1), 0.0) == Forward(b"w1")
     assert disp.reset_frontend() == 0 and disp.epoch == 1
     assert disp.owner == {} and w.load == 1  # its thread is still busy with it
-    assert disp.assign(req(1), b"raw", 1.0) == Forward(b"w1")  # a new client, not pipelined
+    assert disp.assign(peek(raw_req(1)), raw_req(1), 1.0) == Forward(b"w1")  # a new client
     assert w.load == 2 and disp.owner == {key: b"w1"}
     assert disp.on_done(b"w1", key, 2.0, epoch=0)  # the old one: counted, not remembered
     assert w.load == 1 and disp.owner == {key: b"w1"} and key not in disp.last
@@ -140,12 +145,10 @@ def test_dispatcher_keeps_old_threads_busy_but_never_routes_to_them() -> None:
     assert w.load == 0 and disp.last[key] == b"w1"
 
 
-def test_conn_reports_carry_the_epoch_when_not_zero() -> None:
-    assert wire.conn_report("s", 5, 0) == b"s 5"
-    assert wire.parse_conn_report(wire.conn_report("s", 5, 3)) == ("s", 5, 3)
-    assert wire.parse_conn_report(b"s 5") == ("s", 5, 0)
-    assert wire.parse_conn_report(b"garbled") is None
-    assert wire.parse_conn_report(b"s x 1") is None
+def test_conn_reports_carry_the_epoch() -> None:
+    assert wire.decode_reports(wire.encode_report("s", 5, 0)) == [("s", 0, [5])]
+    assert wire.decode_reports(wire.encode_report("s", 5, 3)) == [("s", 3, [5])]
+    assert wire.decode_reports(b"garbled") == []
 
 
 def test_the_master_tells_its_workers_and_answers_no_old_id(rig: Rig) -> None:  # noqa: F811

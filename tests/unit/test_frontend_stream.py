@@ -12,7 +12,7 @@ import threading
 from collections.abc import Sequence
 
 from m2gate.conn.connection import Connection, Flusher, Output
-from m2gate.supervisor.wire import STARTED
+from m2gate.supervisor.wire import STARTED, encode_report
 
 from .helpers import SENDER
 from .test_supervisor_router import Rig, ready, request, rig  # noqa: F401  (fixture)
@@ -63,7 +63,7 @@ def test_a_dead_workers_streaming_response_is_only_closed(rig: Rig) -> None:  # 
     rig.deliver(request(5))
     rig.deliver(request(5))  # pipelined behind it: that connection is lost either way
     assert rig.to_worker() == [request(5)]
-    rig.dealer.send_multipart([STARTED, SENDER + b" 5"])
+    rig.dealer.send_multipart([STARTED, encode_report(SENDER.decode(), 5, 0)])
     assert rig.router.router.poll(1000)
     rig.router.on_router(2.0)
     rig.router.worker_gone(rig.worker, -9, 3.0)
@@ -73,7 +73,7 @@ def test_a_dead_workers_streaming_response_is_only_closed(rig: Rig) -> None:  # 
 
 def test_started_for_an_unknown_connection_is_ignored(rig: Rig) -> None:  # noqa: F811
     ready(rig)
-    rig.dealer.send_multipart([STARTED, SENDER + b" 77"])
+    rig.dealer.send_multipart([STARTED, encode_report(SENDER.decode(), 77, 0)])
     rig.dealer.send_multipart([STARTED, b"garbled"])
     assert rig.router.router.poll(1000)
     rig.router.on_router(2.0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from m2gate.protocol.messages import Message, parse_message
+from m2gate.protocol.peek import Peeked, peek
 from m2gate.supervisor.handoff import Dispatcher, Drop, Forward, Hold, Reject
 from m2gate.supervisor.state import Worker
 
@@ -11,14 +11,14 @@ from .helpers import SENDER, control, message, request_headers
 KEY_SENDER = SENDER.decode()
 
 
-def req(conn_id: int, **extra: str) -> tuple[Message, bytes]:
+def req(conn_id: int, **extra: str) -> tuple[Peeked, bytes]:
     raw = message(request_headers("GET", "/x", **extra), conn_id=conn_id)
-    return parse_message(raw), raw
+    return peek(raw), raw
 
 
-def notice(kind: str, conn_id: int, **extra: str) -> tuple[Message, bytes]:
+def notice(kind: str, conn_id: int, **extra: str) -> tuple[Peeked, bytes]:
     raw = control(kind, conn_id=conn_id, **extra)
-    return parse_message(raw), raw
+    return peek(raw), raw
 
 
 def dispatcher(*capacities: int, prefetch: int = 0, queue_size: int = 100) -> Dispatcher:
@@ -29,7 +29,7 @@ def dispatcher(*capacities: int, prefetch: int = 0, queue_size: int = 100) -> Di
     return d
 
 
-def assign(d: Dispatcher, pair: tuple[Message, bytes], now: float = 0.0) -> object:
+def assign(d: Dispatcher, pair: tuple[Peeked, bytes], now: float = 0.0) -> object:
     return d.assign(pair[0], pair[1], now)
 
 
@@ -38,7 +38,7 @@ def test_nothing_goes_to_a_worker_before_it_is_ready() -> None:
     d.add_worker(Worker(b"w0", 1, 1, 4))
     assert assign(d, req(1)) == Hold()
     d.mark_ready(b"w0")
-    assert [(wid, q.msg.conn_id) for wid, q in d.dispatch_queued(1.0)] == [(b"w0", 1)]
+    assert [(wid, q.key[1]) for wid, q in d.dispatch_queued(1.0)] == [(b"w0", 1)]
 
 
 def test_least_loaded_worker_gets_new_work() -> None:
@@ -100,7 +100,7 @@ def test_queue_keeps_order_per_connection_and_rejects_when_full() -> None:
     assert assign(d, req(4)) == Reject()
     d.on_done(b"w0", (KEY_SENDER, 1), 1.0)
     out = d.dispatch_queued(1.0)
-    assert [q.msg.conn_id for _, q in out] == [2]
+    assert [q.key[1] for _, q in out] == [2]
 
 
 def test_disconnect_forgets_queued_requests() -> None:
@@ -162,5 +162,5 @@ def test_upload_done_completes_the_upload_in_flight_without_a_new_entry() -> Non
     assert assign(d2, req(3, **start)) == Hold()
     assert assign(d2, req(3, **done)) == Hold()
     d2.on_done(b"w0", (KEY_SENDER, 1), 1.0)
-    assert [q.msg.conn_id for _, q in d2.dispatch_queued(1.0)] == [3, 3]
+    assert [q.key[1] for _, q in d2.dispatch_queued(1.0)] == [3, 3]
     assert d2.workers[b"w0"].pending == 1

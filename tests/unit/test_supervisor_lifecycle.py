@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import pytest
 
 from m2gate.config.settings import Config
-from m2gate.protocol.messages import parse_message
+from m2gate.protocol.peek import peek
 from m2gate.supervisor.actions import Action, Dump, Fatal, Kill, Notify, Send, Spawn
 from m2gate.supervisor.handoff import Dispatcher, Forward
 from m2gate.supervisor.lifecycle import (
@@ -61,7 +61,7 @@ def started(life: Lifecycle, now: float = 0.0) -> list[Worker]:
 
 def give_request(life: Lifecycle, conn_id: int, now: float = 2.0) -> Worker:
     raw = message(request_headers("GET", "/x"), conn_id=conn_id)
-    decision = life.disp.assign(parse_message(raw), raw, now)
+    decision = life.disp.assign(peek(raw), raw, now)
     assert isinstance(decision, Forward)
     return life.workers[decision.wid]
 

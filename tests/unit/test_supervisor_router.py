@@ -16,13 +16,22 @@ import pytest
 import zmq
 
 from m2gate.config.settings import Config
+from m2gate.protocol.peek import Peeked, peek
 from m2gate.supervisor.actions import Action, Send, Spawn
-from m2gate.supervisor.handoff import Dispatcher
+from m2gate.supervisor.handoff import Decision, Dispatcher
 from m2gate.supervisor.lifecycle import Lifecycle
 from m2gate.supervisor.router import Router
 from m2gate.supervisor.state import Worker, WorkerState
 from m2gate.supervisor.watch import Watcher
-from m2gate.supervisor.wire import DONE, READY, echoed, probe_base
+from m2gate.supervisor.wire import (
+    DONE,
+    READY,
+    STARTED,
+    echoed,
+    encode_report,
+    encode_reports,
+    probe_base,
+)
 
 from .helpers import SENDER, control, message, request_headers
 
@@ -125,7 +134,7 @@ def test_done_frees_the_thread_for_the_next_queued_request(rig: Rig) -> None:
     rig.deliver(request(1))
     rig.deliver(request(2))
     assert rig.to_worker() == [request(1)] and len(rig.router.disp.queue) == 1
-    rig.dealer.send_multipart([DONE, SENDER + b" 1"])
+    rig.dealer.send_multipart([DONE, encode_report(SENDER.decode(), 1, 0)])
     assert rig.router.router.poll(1000)
     rig.router.on_router(2.0)
     assert rig.to_worker() == [request(2)]
@@ -180,3 +189,93 @@ def test_every_thread_busy_is_still_a_warning(rig: Rig, caplog: pytest.LogCaptur
     texts = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert ("WARNING", "every worker thread is busy: 1 request(s) wait in the master") in texts
     assert not any("ready yet" in text for _, text in texts)
+
+
+def frames_in(rig: Rig, *messages: list[bytes]) -> None:
+    """Send ``messages`` from the worker, then let the router read them in one batch."""
+    for m in messages:
+        rig.dealer.send_multipart(m)
+    assert rig.router.router.poll(1000)  # inproc: the rest are behind it in the same pipe
+    rig.router.on_router(2.0)
+
+
+def test_one_done_frame_reports_many_requests(rig: Rig) -> None:
+    ready(rig)
+    for _ in range(3):
+        rig.deliver(request(1))  # pipelined: all on the connection's worker
+    assert [rig.to_worker() for _ in range(3)] == [[request(1)]] * 3
+    rig.deliver(request(2))  # its one thread is busy: queued
+    reports = [(SENDER.decode(), 1, 0)] * 3 + [(SENDER.decode(), 99, 0)]  # 99: not in flight
+    frames_in(rig, [DONE, encode_reports(reports)])
+    assert rig.worker.requests == 3 and rig.worker.inflight.keys() == {(SENDER.decode(), 2)}
+    assert rig.to_worker() == [request(2)]
+
+
+def test_garbled_reports_are_ignored(rig: Rig) -> None:
+    ready(rig)
+    rig.deliver(request(1))
+    good = encode_report(SENDER.decode(), 1, 0)
+    frames_in(rig, [DONE, good[:-3]], [DONE, b"1 2"], [DONE], [DONE, good, b"x"], [STARTED, b"?"])
+    assert rig.worker.requests == 0 and rig.worker.load == 1
+    frames_in(rig, [DONE, good])
+    assert rig.worker.requests == 1 and rig.worker.load == 0
+
+
+def test_an_exception_for_one_frame_does_not_end_the_batch(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ready(rig)
+    rig.deliver(request(1))
+
+    def broken(*args: object) -> bool:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(rig.router.disp, "mark_started", broken)
+    started = encode_report(SENDER.decode(), 1, 0)
+    frames_in(rig, [STARTED, started], [DONE, encode_report(SENDER.decode(), 1, 0)])
+    assert rig.worker.requests == 1  # the frame after the failing one was handled
+    assert "failed to handle a worker's frame" in caplog.text
+
+
+def test_an_exception_for_one_message_does_not_end_the_batch(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ready(rig)
+    rig.router.disp.workers[rig.worker.wid].capacity = 4
+    assign = rig.router.disp.assign
+
+    def broken(p: Peeked, raw: bytes, now: float) -> Decision:
+        if p[1] == 2:
+            raise RuntimeError("a bug")
+        return assign(p, raw, now)
+
+    monkeypatch.setattr(rig.router.disp, "assign", broken)
+    for conn_id in (1, 2, 3):
+        rig.mongrel2.send(request(conn_id))
+    assert rig.router.pull.poll(1000)
+    rig.router.on_pull(1.0)
+    assert [rig.to_worker(), rig.to_worker()] == [[request(1)], [request(3)]]
+    assert "failed to route a message" in caplog.text
+
+
+def test_a_request_answered_by_the_master_is_parsed_for_its_method() -> None:
+    """A plain request is never parsed by the master, until it must answer it itself."""
+    raw = message(request_headers("HEAD", "/x"), conn_id=4)
+    assert peek(raw)[5] is None
+    ctx: zmq.Context[Any] = zmq.Context()
+    pub, replies = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    try:
+        replies.bind("inproc://answer")
+        pub.connect("inproc://answer")
+        cfg = Config(processes=1, send_ident="m2gate-test", recv_ident="")
+        disp = Dispatcher()
+        router = Router(
+            cfg, disp, Lifecycle(cfg, disp, 1), Watcher(cfg), (pub, pub, pub), lambda a: None
+        )
+        router.answer(SENDER.decode(), 4, "503 Service Unavailable", raw)
+        assert replies.poll(1000)
+        reply = replies.recv()
+        assert b" 503 Service Unavailable\r\n" in reply
+        assert reply.endswith(b"\r\n\r\n")  # no body: the answer to a HEAD
+    finally:
+        ctx.destroy(linger=0)

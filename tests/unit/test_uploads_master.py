@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from m2gate.conn.uploads import UploadStore
-from m2gate.supervisor.wire import DONE
+from m2gate.supervisor.wire import DONE, encode_report
 
 from .helpers import SENDER, message, request_headers
 from .test_supervisor_router import Rig, ready, rig  # noqa: F401  (the fixture)
@@ -68,7 +68,7 @@ def test_a_served_upload_is_forgotten_and_a_forged_one_never_claimed(
     ready(rig)
     rig.deliver(upload_start(f, 6))
     assert rig.to_worker() and (SENDER.decode(), 6) in rig.router.uploads
-    rig.dealer.send_multipart([DONE, SENDER + b" 6"])
+    rig.dealer.send_multipart([DONE, encode_report(SENDER.decode(), 6, 0)])
     assert rig.router.router.poll(1000)
     rig.router.on_router(2.0)
     assert rig.router.uploads == {}
@@ -83,7 +83,7 @@ def test_a_served_upload_is_forgotten_and_a_forged_one_never_claimed(
 
 def test_harakiri_does_not_count_a_held_upload() -> None:
     """The worker holds the request until upload-done: the clock starts there."""
-    from m2gate.protocol.messages import parse_message
+    from m2gate.protocol.peek import peek
     from m2gate.supervisor.handoff import Dispatcher
     from m2gate.supervisor.state import Worker
 
@@ -102,13 +102,13 @@ def test_harakiri_does_not_count_a_held_upload() -> None:
         },
     )
     done = message(done_headers, path=b"/up", conn_id=9)
-    d.assign(parse_message(start), start, 0.0)
+    d.assign(peek(start), start, 0.0)
     assert d.overdue(100.0, 30.0) == []  # a slow client, no app running
-    d.assign(parse_message(done), done, 100.0)
+    d.assign(peek(done), done, 100.0)
     assert d.overdue(120.0, 30.0) == []
     assert [e.key[1] for _, e in d.overdue(131.0, 30.0)] == [9]
     d.on_done(b"w0", (SENDER.decode(), 9), 132.0)
     assert d.uploading == set()
     d.hold_uploads = False  # stream_uploads: the app runs while the body arrives
-    d.assign(parse_message(start), start, 200.0)
+    d.assign(peek(start), start, 200.0)
     assert [e.key[1] for _, e in d.overdue(231.0, 30.0)] == [9]

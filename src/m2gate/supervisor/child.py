@@ -54,11 +54,16 @@ from m2gate.supervisor.wire import (
     READY,
     STARTED,
     STOP,
-    conn_report,
+    Report,
+    encode_report,
+    encode_reports,
 )
 from m2gate.transports.zmq_common import PubSink, open_pub
 
 log = logging.getLogger("m2gate.worker")
+
+REPORT_BATCH = 64  # done reports the receiving thread holds at most before sending them
+REPORT_DELAY = 0.005  # ... and for at most this long, while it keeps receiving
 
 
 def rss_bytes() -> int:
@@ -95,9 +100,16 @@ class ExceptionCounter(logging.Filter):
 class MasterLink:
     """The worker's side of the hand-off: a :class:`RequestSource` over a DEALER.
 
-    Only the receiving thread touches the main DEALER. Each app thread reports
-    its finished requests on a DEALER of its own (identity ``WID.N``), so a
-    done report costs one send and never has to wake the receiving loop.
+    Only the thread in :meth:`recv` touches the main DEALER. Done reports
+    are batched where that costs no latency: a report made on the thread
+    that called :meth:`recv` last (it serves what it received, then comes
+    back for more) waits in a list, and all of them go in one frame when
+    :meth:`recv` is about to block, or at :data:`REPORT_BATCH` reports, or
+    once the oldest is :data:`REPORT_DELAY` old when :meth:`recv` returns a
+    message. A report made on any other thread goes at once, with whatever
+    was waiting, on that thread's own DEALER (identity ``WID.N``), so it
+    never has to wake the receiving loop. ``started`` reports always go at
+    once: the master must know before the worker could die mid-stream.
     """
 
     def __init__(self, ctx: zmq.Context[Any], endpoint: str, wid: bytes, master_pid: int) -> None:
@@ -111,6 +123,12 @@ class MasterLink:
         self._lock = threading.Lock()
         self._done_socks: list[zmq.Socket[Any]] = []
         self._closed = False
+        # Batched done reports: the receiving thread's, guarded by _reports_lock
+        # (so is _receiver: a thread that stopped receiving must see it at once).
+        self._reports_lock = threading.Lock()
+        self._receiver = 0  # threading.get_ident() of the thread that called recv last
+        self._reports: list[Report] = []
+        self._reports_since = 0.0
         self.worker: ThreadedRuntime | None = None
         self.sink: PubSink | None = None
         self.exceptions: ExceptionCounter | None = None
@@ -149,15 +167,39 @@ class MasterLink:
 
     # -- called from app threads (and the receiving and flusher threads) ---
     def done(self, conn: Connection) -> None:
+        """One request accepted is served or dropped: tell the master (now, or batched)."""
+        report = (conn.sender, conn.conn_id, conn.epoch)
+        with self._reports_lock:
+            if threading.get_ident() == self._receiver:
+                reports = self._reports
+                if not reports:
+                    self._reports_since = time.monotonic()
+                reports.append(report)
+                if len(reports) < REPORT_BATCH:
+                    return  # sent when recv is about to block
+                self._reports = []
+            elif self._reports:
+                reports, self._reports = self._reports, []
+                reports.append(report)
+            else:
+                reports = []
         sock = self._thread_socket()
         if sock is not None:
-            sock.send_multipart((DONE, conn_report(conn.sender, conn.conn_id, conn.epoch)))
+            payload = encode_reports(reports) if reports else encode_report(*report)
+            sock.send_multipart((DONE, payload))
 
     def started(self, conn: Connection) -> None:
         """A response's first part leaves before its end: the master must not answer for it."""
         sock = self._thread_socket()
         if sock is not None:
-            sock.send_multipart((STARTED, b"%s %d" % (conn.sender.encode("latin-1"), conn.conn_id)))
+            sock.send_multipart((STARTED, encode_report(conn.sender, conn.conn_id, conn.epoch)))
+
+    def _flush_reports(self) -> None:
+        """From :meth:`recv` (its thread owns the main DEALER): send the batched reports."""
+        with self._reports_lock:
+            reports, self._reports = self._reports, []
+        if reports:
+            self.dealer.send_multipart((DONE, encode_reports(reports)))
 
     def _thread_socket(self) -> zmq.Socket[Any] | None:
         """This thread's own DEALER (None once closed: nobody listens any more)."""
@@ -173,6 +215,10 @@ class MasterLink:
 
     # -- RequestSource -----------------------------------------------------
     def recv(self, timeout_ms: int) -> bytes | None:
+        me = threading.get_ident()
+        if self._receiver != me:
+            with self._reports_lock:
+                self._receiver = me
         deadline = time.monotonic() + timeout_ms / 1000
         dealer = self.dealer
         while True:
@@ -182,8 +228,12 @@ class MasterLink:
             if int(dealer.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 data = self._handle(dealer.recv_multipart())
                 if data is not None or self._stopping():
+                    if self._reports and now - self._reports_since >= REPORT_DELAY:
+                        self._flush_reports()
                     return data
                 continue
+            if self._reports:
+                self._flush_reports()  # about to block (or return empty-handed)
             if now >= deadline or self._stopping():
                 return None
             wait = min(deadline, self._next_housekeeping)
@@ -194,6 +244,8 @@ class MasterLink:
 
     def close(self, linger_s: float) -> None:
         """After the app threads are done: flush every socket's last reports."""
+        with contextlib.suppress(zmq.ZMQError):
+            self._flush_reports()
         with self._lock:
             self._closed = True
             for sock in self._done_socks:

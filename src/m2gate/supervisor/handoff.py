@@ -2,9 +2,11 @@
 
 No sockets and no clocks of its own, so it is unit-tested directly and can be
 replaced (idle-aware or sticky routing) without touching the master's I/O.
-The master owns the only PULL from Mongrel2; it parses each message, asks
-:meth:`Dispatcher.assign` where it goes, and reports what workers say back
-(:meth:`Dispatcher.on_done`, :meth:`Dispatcher.mark_ready`, ...).
+The master owns the only PULL from Mongrel2; it peeks at each message
+(:func:`~m2gate.protocol.peek.peek`: its connection, kind, METHOD and PATH;
+the worker parses it), asks :meth:`Dispatcher.assign` where it goes, and
+reports what workers say back (:meth:`Dispatcher.on_done`,
+:meth:`Dispatcher.mark_ready`, ...).
 
 Rules (each from a measured Mongrel2 fact):
 
@@ -29,33 +31,33 @@ Rules (each from a measured Mongrel2 fact):
 
 from __future__ import annotations
 
-import itertools
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from m2gate.conn.uploads import announced_path
-from m2gate.protocol.messages import (
-    Credits,
-    Disconnect,
-    Message,
-    UnknownControl,
-    UploadDone,
-)
+from m2gate.protocol.peek import CONTROL, DISCONNECT, UPLOAD_DONE, Peeked
 from m2gate.supervisor.state import InFlight, Key, Worker, WorkerState, stale_key
 
 # Idle keep-alive connections remembered for their notices (credits, disconnect).
 LAST_SERVED_MAX = 65536
+READY = WorkerState.READY
 
 
-@dataclass
+@dataclass(slots=True)
 class Queued:
     """A request waiting in the master for a free worker."""
 
-    msg: Message
+    peeked: Peeked  # what :func:`~m2gate.protocol.peek.peek` saw of it
     raw: bytes
     arrived: float
 
+    @property
+    def key(self) -> Key:
+        return (self.peeked[0], self.peeked[1])
 
+
+# Decisions: one Forward per worker and one of each other kind, made once and
+# returned again (a decision per message is only ever read).
 @dataclass(frozen=True)
 class Forward:
     """Send the raw message to this worker."""
@@ -79,6 +81,7 @@ class Reject:
 
 
 Decision = Forward | Hold | Drop | Reject
+HOLD, DROP, REJECT = Hold(), Drop(), Reject()
 
 
 class Dispatcher:
@@ -95,8 +98,8 @@ class Dispatcher:
         self.last: OrderedDict[Key, bytes] = OrderedDict()
         self.queue: deque[Queued] = deque()
         self._queued_keys: dict[Key, int] = {}
-        self._turn = itertools.count()
-        self._order: dict[bytes, int] = {}
+        self._turn = 0
+        self._forward: dict[bytes, Forward] = {}
         # Connections whose request waits in its worker for upload-done (no app runs).
         self.uploading: set[Key] = set()
         # Connections whose disconnect came while in flight: not remembered in
@@ -126,7 +129,7 @@ class Dispatcher:
     def remove_worker(self, wid: bytes) -> list[InFlight]:
         """Forget a worker that is gone; returns what it had in flight (to answer)."""
         w = self.workers.pop(wid, None)
-        self._order.pop(wid, None)
+        self._forward.pop(wid, None)
         if w is None:
             return []
         lost = list(w.entries())
@@ -145,46 +148,58 @@ class Dispatcher:
         ]
 
     # -- messages ----------------------------------------------------------
-    def assign(self, msg: Message, raw: bytes, now: float) -> Decision:
-        """Where ``msg`` goes; a :class:`Forward` of a request is recorded in flight."""
-        key = msg.key
-        if isinstance(msg, (Disconnect, Credits, UnknownControl)):
-            if isinstance(msg, UnknownControl):
-                return Drop()
-            wid = self.owner.get(key)
+    def assign(self, p: Peeked, raw: bytes, now: float) -> Decision:
+        """Where the message ``p`` describes goes; a :class:`Forward` of a request is recorded.
+
+        ``p`` is :func:`~m2gate.protocol.peek.peek`'s description of ``raw``.
+        The usual message, a new request of a connection no worker holds,
+        costs a dict lookup or two, :meth:`pick` and one :class:`InFlight`.
+        """
+        key = (p[0], p[1])
+        kind = p[2]
+        wid = self.owner.get(key)
+        if kind >= DISCONNECT:  # notices: for whoever serves (or last served) the connection
+            if kind == CONTROL:
+                return DROP
             if wid is not None:
-                if isinstance(msg, Disconnect):
+                if kind == DISCONNECT:
                     self.last.pop(key, None)
                     self._left.add(key)
-                return Forward(wid)
-            if isinstance(msg, Disconnect):
+                return self.forward(wid)
+            if kind == DISCONNECT:
                 self._unqueue(key)
                 wid = self.last.pop(key, None)
             else:
                 wid = self.last.get(key)
             if wid is not None and wid in self.workers:
-                return Forward(wid)
-            return Drop()
-        wid = self.owner.get(key)
+                return self.forward(wid)
+            return DROP
         if wid is not None:
-            if isinstance(msg, UploadDone):
+            if kind == UPLOAD_DONE:
                 self._upload_done(key, now)
-                return Forward(wid)  # completes the upload in flight: not a new request
-            self._add(self.workers[wid], key, now, True, msg)
-            return Forward(wid)
-        if isinstance(msg, UploadDone) and key not in self._queued_keys:
+                return self.forward(wid)  # completes the upload in flight: not a new request
+            self._add(self.workers[wid], key, now, True, p)
+            return self._forward.get(wid) or self.forward(wid)
+        if kind == UPLOAD_DONE and key not in self._queued_keys:
             last = self.last.get(key)
             if last is not None and last in self.workers:
                 # Most likely late: the worker that answered the upload knows.
                 # (It ignores it, or answers a forged one 400: not counted.)
-                return Forward(last)
+                return self.forward(last)
         if key in self._queued_keys:
-            return self._hold(msg, raw, now)  # behind an earlier request of this connection
+            return self._hold(p, raw, now)  # behind an earlier request of this connection
         w = self.pick()
         if w is None:
-            return self._hold(msg, raw, now)
-        self._add(w, key, now, False, msg)
-        return Forward(w.wid)
+            return self._hold(p, raw, now)
+        self._add(w, key, now, False, p)
+        return self._forward.get(w.wid) or self.forward(w.wid)
+
+    def forward(self, wid: bytes) -> Forward:
+        """The :class:`Forward` to ``wid`` (one per worker, made once)."""
+        f = self._forward.get(wid)
+        if f is None:
+            f = self._forward[wid] = Forward(wid)
+        return f
 
     def pick(self) -> Worker | None:
         """The least loaded ready worker with room (round robin on ties).
@@ -194,16 +209,19 @@ class Dispatcher:
         only used when no thread is free anywhere).
         """
         best: Worker | None = None
-        best_rank: tuple[int, int] = (0, 0)
+        best_load = 0
         extra = self.prefetch
         for w in self.workers.values():
-            if w.state is not WorkerState.READY or w.load >= w.capacity + extra:
+            if w.state is not READY:
                 continue
-            rank = (w.load, self._order.get(w.wid, 0))
-            if best is None or rank < best_rank:
-                best, best_rank = w, rank
+            load = len(w.inflight)
+            if load >= w.capacity + extra:
+                continue
+            if best is None or load < best_load or (load == best_load and w.turn < best.turn):
+                best, best_load = w, load
         if best is not None:
-            self._order[best.wid] = next(self._turn)
+            self._turn += 1
+            best.turn = self._turn
         return best
 
     def on_done(self, wid: bytes, key: Key, now: float, epoch: int | None = None) -> bool:
@@ -219,26 +237,31 @@ class Dispatcher:
         entries = w.inflight.get(key)
         if not entries:
             return False
-        entry = entries.popleft()
+        entry = entries.pop(0)
         w.requests += 1
-        w.last_time = max(0.0, now - entry.started)
-        w.busy_time += w.last_time
+        took = now - entry.started
+        if took < 0.0:
+            took = 0.0
+        w.last_time = took
+        w.busy_time += took
         if entries:
             entries[0].started = now  # the next pipelined request starts now
-        else:
-            del w.inflight[key]
+            return True
+        del w.inflight[key]
+        if self.uploading:
             self.uploading.discard(key)
-            if entry.epoch != self.epoch:
-                return True  # of an old incarnation: nothing to remember
-            if self.owner.get(key) == wid:
-                del self.owner[key]
-                if key in self._left:
-                    self._left.discard(key)
-                    return True  # the client is gone: nothing more comes for it
-            self.last[key] = wid
-            self.last.move_to_end(key)
-            if len(self.last) > LAST_SERVED_MAX:
-                self.last.popitem(last=False)
+        if entry.epoch != self.epoch:
+            return True  # of an old incarnation: nothing to remember
+        if self.owner.get(key) == wid:
+            del self.owner[key]
+            if self._left and key in self._left:
+                self._left.discard(key)
+                return True  # the client is gone: nothing more comes for it
+        last = self.last
+        last.pop(key, None)
+        last[key] = wid  # the most recently served last
+        if len(last) > LAST_SERVED_MAX:
+            last.popitem(last=False)
         return True
 
     def reset_frontend(self) -> int:
@@ -279,11 +302,11 @@ class Dispatcher:
         out: list[tuple[bytes, Queued]] = []
         while self.queue:
             item = self.queue[0]
-            key = item.msg.key
+            key = item.key
             wid = self.owner.get(key)
             if wid is not None:
-                if not isinstance(item.msg, UploadDone):  # that one completes the upload
-                    self._add(self.workers[wid], key, now, True, item.msg)
+                if item.peeked[2] != UPLOAD_DONE:  # that one completes the upload
+                    self._add(self.workers[wid], key, now, True, item.peeked)
                 else:
                     self._upload_done(key, now)
             else:
@@ -291,7 +314,7 @@ class Dispatcher:
                 if w is None:
                     break
                 wid = w.wid
-                self._add(w, key, now, False, item.msg)
+                self._add(w, key, now, False, item.peeked)
             self._pop_queue()
             out.append((wid, item))
         return out
@@ -330,13 +353,16 @@ class Dispatcher:
                     self._left.discard(key)
 
     # -- internals ---------------------------------------------------------
-    def _add(self, w: Worker, key: Key, now: float, pipelined: bool, msg: Message) -> None:
-        q = w.inflight.get(key)
-        if q is None:
-            q = w.inflight[key] = deque()
+    def _add(self, w: Worker, key: Key, now: float, pipelined: bool, p: Peeked) -> None:
+        entry = InFlight(key, now, pipelined, p[3], p[4], self.epoch)
+        entries = w.inflight.get(key)
+        if entries is None:
+            w.inflight[key] = [entry]
             self.owner[key] = w.wid
-        q.append(InFlight(key, now, pipelined, "%s %s" % (msg.method, msg.path), epoch=self.epoch))
-        if self.hold_uploads and announced_path(msg) is not None:
+        else:
+            entries.append(entry)
+        msg = p[5]  # parsed only when not a plain request (an upload, say)
+        if msg is not None and self.hold_uploads and announced_path(msg) is not None:
             self.uploading.add(key)
 
     def _upload_done(self, key: Key, now: float) -> None:
@@ -349,16 +375,17 @@ class Dispatcher:
         if q is not None and len(q) == 1:
             q[0].started = now
 
-    def _hold(self, msg: Message, raw: bytes, now: float) -> Decision:
+    def _hold(self, p: Peeked, raw: bytes, now: float) -> Decision:
         if len(self.queue) >= self.queue_size:
-            return Reject()
-        self.queue.append(Queued(msg, raw, now))
-        self._queued_keys[msg.key] = self._queued_keys.get(msg.key, 0) + 1
-        return Hold()
+            return REJECT
+        self.queue.append(Queued(p, raw, now))
+        key = (p[0], p[1])
+        self._queued_keys[key] = self._queued_keys.get(key, 0) + 1
+        return HOLD
 
     def _pop_queue(self) -> Queued:
         item = self.queue.popleft()
-        key = item.msg.key
+        key = item.key
         n = self._queued_keys.get(key, 0) - 1
         if n > 0:
             self._queued_keys[key] = n
@@ -370,5 +397,5 @@ class Dispatcher:
         """The client of queued requests went away: forget them."""
         if key not in self._queued_keys:
             return
-        self.queue = deque(q for q in self.queue if q.msg.key != key)
+        self.queue = deque(q for q in self.queue if q.key != key)
         del self._queued_keys[key]

@@ -2,11 +2,15 @@
 
 The policy (who gets what) is :class:`~m2gate.supervisor.handoff.Dispatcher`;
 this is its I/O: the PULL from Mongrel2, the ROUTER to the workers and the
-master's PUB, on which it answers for workers that cannot: 503 (no worker
-took it in time, queue full, stopping, graceful timeout), 504 (harakiri), 502
-(a worker died with it). When it answers a request whose upload Mongrel2
-announced, it removes that temp file (no worker will), with the same checks
-a worker makes. What a frame means for a worker's life goes to the
+master's PUB. Of each message from Mongrel2 it reads only what routing needs
+(:func:`~m2gate.protocol.peek.peek`) and forwards the raw bytes: the worker
+parses them. Done reports come binary, many to a frame (:mod:`.wire`). A
+Python exception for one message or frame is logged and the batch goes on.
+On the PUB it answers for workers that cannot: 503 (no worker took it in
+time, queue full, stopping, graceful timeout), 504 (harakiri), 502 (a worker
+died with it). When it answers a request whose upload Mongrel2 announced, it
+removes that temp file (no worker will), with the same checks a worker
+makes. What a frame means for a worker's life goes to the
 :class:`~m2gate.supervisor.lifecycle.Lifecycle`; the actions it returns go to
 ``run`` (the master carries them out).
 """
@@ -33,15 +37,8 @@ from m2gate.protocol import replies
 from m2gate.protocol.errors import ProtocolError
 from m2gate.protocol.http import error_response, request_framing
 from m2gate.protocol.intake import log_dropped
-from m2gate.protocol.messages import (
-    Credits,
-    Disconnect,
-    Message,
-    UnknownControl,
-    UploadDone,
-    UploadStart,
-    parse_message,
-)
+from m2gate.protocol.messages import Message, UploadDone, UploadStart, parse_message
+from m2gate.protocol.peek import DISCONNECT, peek
 from m2gate.supervisor.actions import Action
 from m2gate.supervisor.handoff import Dispatcher, Drop, Forward, Hold, Reject
 from m2gate.supervisor.lifecycle import Lifecycle
@@ -56,7 +53,7 @@ from m2gate.supervisor.wire import (
     LOADED,
     PROBE_SPAN,
     STARTED,
-    parse_conn_report,
+    decode_reports,
     parse_probe_notice,
     probe_base,
     probe_slot,
@@ -137,8 +134,9 @@ class Router:
                 log.exception("failed to route a message (%d bytes)", len(raw))
 
     def on_message(self, raw: bytes, now: float) -> None:
+        """Route one message from Mongrel2; only what routing needs is parsed (:func:`peek`)."""
         try:
-            msg = parse_message(raw)
+            p = peek(raw)
         except ProtocolError as exc:
             probe = parse_probe_notice(raw)  # probe ids come back negative: not parsed
             if probe is not None:
@@ -146,22 +144,22 @@ class Router:
             else:
                 log_dropped(log, raw, exc)
             return
-        if isinstance(msg, (UploadStart, UploadDone)):
+        kind, msg = p[2], p[5]
+        if msg is not None and isinstance(msg, (UploadStart, UploadDone)):
             self._announced(msg)
-        if (
-            self.life.stopping
-            and not isinstance(msg, (Disconnect, Credits, UnknownControl))
-            and msg.key not in self.disp.owner
-        ):
+        if self.life.stopping and kind < DISCONNECT and (p[0], p[1]) not in self.disp.owner:
             self.rejected += 1
-            self.answer(msg.sender, msg.conn_id, "503 Service Unavailable", msg)
+            self.answer(p[0], p[1], "503 Service Unavailable", msg or raw)
             return
-        decision = self.disp.assign(msg, raw, now)
-        if isinstance(msg, Disconnect) and msg.key not in self.disp.owner:
-            self.drop_upload(msg.key)  # queued, or already served: nobody else will
-        if isinstance(decision, Forward):
-            if not self.send(decision.wid, raw):
-                self.disp.unroute(decision.wid, msg.key)
+        decision = self.disp.assign(p, raw, now)
+        if kind == DISCONNECT and (p[0], p[1]) not in self.disp.owner:
+            self.drop_upload((p[0], p[1]))  # queued, or already served: nobody else will
+        if type(decision) is Forward:
+            try:
+                self.router.send_multipart((decision.wid, raw), zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                log.warning("worker %s unreachable: %s", decision.wid.decode(), exc)
+                self.disp.unroute(decision.wid, (p[0], p[1]))
                 self.disp.retire(decision.wid)
                 self.on_message(raw, now)  # to another worker, or the queue
         elif isinstance(decision, Hold):
@@ -183,10 +181,10 @@ class Router:
             log.error(
                 "master queue full (%d): 503 for %s:%s",
                 self.cfg.queue_size,
-                msg.sender,
-                msg.conn_id,
+                p[0],
+                p[1],
             )
-            self.answer(msg.sender, msg.conn_id, "503 Service Unavailable", msg)
+            self.answer(p[0], p[1], "503 Service Unavailable", msg or raw)
         else:
             assert isinstance(decision, Drop)
 
@@ -248,25 +246,35 @@ class Router:
     def dispatch_queued(self, now: float) -> None:
         for wid, item in self.disp.dispatch_queued(now):
             if not self.send(wid, item.raw):
-                self.disp.unroute(wid, item.msg.key)
+                self.disp.unroute(wid, item.key)
                 self.disp.retire(wid)
                 self.on_message(item.raw, now)
 
     def expire_queued(self, now: float, timeout: float) -> None:
         """503 for the requests that waited ``timeout`` seconds (-1: every one)."""
         for q in self.disp.expire_queued(now, timeout):
+            sender, conn_id = q.key
             if timeout >= 0:
                 self.rejected += 1
-                log.error("no worker took %s:%s for %ss: 503", q.msg.sender, q.msg.conn_id, timeout)
-            self.answer(q.msg.sender, q.msg.conn_id, "503 Service Unavailable", q.msg)
+                log.error("no worker took %s:%s for %ss: 503", sender, conn_id, timeout)
+            self.answer(sender, conn_id, "503 Service Unavailable", q.peeked[5] or q.raw)
 
-    def answer(self, sender: str, conn_id: int, status: str, msg: Message | None = None) -> None:
+    def answer(
+        self, sender: str, conn_id: int, status: str, msg: Message | bytes | None = None
+    ) -> None:
         """Answer for a worker that cannot (killed, or none free), then close.
 
-        The request's upload, if Mongrel2 announced one, is removed: no
-        worker will.
+        ``msg`` (the request, or its raw bytes, parsed only now: this is
+        rare) gives the HTTP version and method to answer with. The
+        request's upload, if Mongrel2 announced one, is removed: no worker
+        will.
         """
         self.drop_upload((sender, conn_id))
+        if isinstance(msg, bytes):
+            try:
+                msg = parse_message(msg)
+            except ProtocolError:
+                msg = None
         version = request_framing(msg)[0] if msg is not None else "HTTP/1.1"
         method = msg.method if msg is not None else "GET"
         payload, _ = error_response(status, version, method=method)
@@ -294,7 +302,10 @@ class Router:
                 frames = self.router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            freed = self.on_frames(frames, now) or freed
+            try:
+                freed = self.on_frames(frames, now) or freed
+            except Exception:  # a bug of ours must not end the batch, nor the master
+                log.exception("failed to handle a worker's frame %r", frames[1:2])
         if freed:
             self.dispatch_queued(now)
 
@@ -309,20 +320,14 @@ class Router:
         if w is None:
             return False
         if kind == DONE:
-            report = parse_conn_report(frames[2]) if len(frames) > 2 else None
-            if report is None:
-                return False
-            key = (report[0], report[1])
-            if not self.disp.on_done(wid, key, now, report[2]):
-                return False
-            if key not in self.disp.owner:
-                self.uploads.pop(key, None)  # the worker served it and removed its file
-            self.run(self.life.on_done(w, now))
-            return True
+            return len(frames) == 3 and self._on_done(w, frames[2], now)
         if kind == STARTED:
-            report = parse_conn_report(frames[2]) if len(frames) > 2 else None
-            if report is not None and report[2] == self.disp.epoch:
-                self.disp.mark_started(wid, (report[0], report[1]))
+            if len(frames) == 3:
+                epoch = self.disp.epoch
+                for sender, report_epoch, ids in decode_reports(frames[2]):
+                    if report_epoch == epoch:
+                        for conn_id in ids:
+                            self.disp.mark_started(wid, (sender, conn_id))
         elif kind == HEARTBEAT:
             self._on_heartbeat(w, frames[2] if len(frames) > 2 else b"{}", now)
         elif kind == FATAL:
@@ -332,6 +337,22 @@ class Router:
         elif kind != HELLO:
             log.debug("unknown frame %r from worker %s", kind[:20], wid.decode())
         return False
+
+    def _on_done(self, w: Worker, payload: bytes, now: float) -> bool:
+        """A ``d`` frame: each request it reports frees a thread of ``w``."""
+        disp, uploads, wid = self.disp, self.uploads, w.wid
+        freed = 0
+        for sender, epoch, ids in decode_reports(payload):
+            for conn_id in ids:
+                key = (sender, conn_id)
+                if disp.on_done(wid, key, now, epoch):
+                    freed += 1
+                    if uploads and key not in disp.owner:
+                        uploads.pop(key, None)  # the worker served it and removed its file
+        if not freed:
+            return False
+        self.run(self.life.on_done(w, now))
+        return True
 
     def _on_heartbeat(self, w: Worker, data: bytes, now: float) -> None:
         try:

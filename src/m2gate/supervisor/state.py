@@ -14,9 +14,10 @@ when a reload completes) is ``RETIRING`` without ever having been ``READY``.
 from __future__ import annotations
 
 import enum
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from m2gate.protocol.peek import describe
 
 Key = tuple[str, int]
 
@@ -53,16 +54,26 @@ class IllegalTransition(RuntimeError):
     """A worker was asked to move in a way :data:`TRANSITIONS` forbids (a bug)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class InFlight:
-    """One request handed to a worker and not reported done yet."""
+    """One request handed to a worker and not reported done yet.
+
+    One is made per request, so it is a slotted dataclass, and METHOD and
+    PATH stay the raw bytes the master saw until ``m2gate status`` asks.
+    """
 
     key: Key
     started: float  # when the worker could start it (after the ones before it)
     pipelined: bool
-    what: str = ""  # "METHOD PATH", for status
-    streaming: bool = False  # part of its response is out: only a close may follow
+    method: bytes = b""
+    path: bytes = b""
     epoch: int = 0  # the Mongrel2 incarnation its connection id belongs to
+    streaming: bool = False  # part of its response is out: only a close may follow
+
+    @property
+    def what(self) -> str:
+        """``"METHOD PATH"``, for status."""
+        return describe(self.method, self.path)
 
 
 def stale_key(epoch: int, key: Key) -> Key:
@@ -84,7 +95,9 @@ class Worker:
     capacity: int  # its thread count
     state: WorkerState = S.STARTING
     # routing (kept by the Dispatcher)
-    inflight: dict[Key, deque[InFlight]] = field(default_factory=dict)
+    # Each connection's requests in arrival order; the first is being served.
+    inflight: dict[Key, list[InFlight]] = field(default_factory=dict)
+    turn: int = 0  # when it was last picked for new work (round robin on ties)
     requests: int = 0
     busy_time: float = 0.0  # total seconds of served requests
     last_time: float = 0.0  # duration of the last request

@@ -9,12 +9,21 @@ Multipart frames, the master's ROUTER adds the worker's id:
   frame then ``ready`` / ``stop`` / ``epoch N`` (Mongrel2 went away: forget
   every connection, the ones made from now on belong to epoch N; it comes
   before any message of the new incarnation)
-- worker -> master: ``hello JSON``, ``d "SENDER CONN_ID[ EPOCH]"`` (one per
-  request accepted, served or dropped; EPOCH, when not 0, is the incarnation
-  it was accepted in), ``s "SENDER CONN_ID[ EPOCH]"`` (a response started to
-  leave before its end: from then on only a close may answer for it; a
-  response sent whole needs none), ``hb JSON`` (every second), ``loaded JSON``
-  (app source files, for reload-on-change), ``fatal TEXT`` (app load failed)
+- worker -> master: ``hello JSON``, ``d REPORTS`` (requests accepted and
+  now served or dropped, one report each), ``s REPORTS`` (a response
+  started to leave before its end: from then on only a close may answer for
+  it; a response sent whole needs none), ``hb JSON`` (every second),
+  ``loaded JSON`` (app source files, for reload-on-change), ``fatal TEXT``
+  (app load failed)
+
+``REPORTS`` is binary (:func:`encode_reports`): one or more groups, each a
+header ``=HHBQ`` (sender length, count, flags, epoch: the Mongrel2
+incarnation the connection belongs to), ``count`` connection ids as native
+unsigned 64-bit integers (two each, low then high, with flag ``WIDE``: the
+parser admits ids up to 20 digits), then the sender. Both ends run on one
+machine, so the native byte order is theirs. The master decodes a frame
+with two C calls per group and no exception path; a garbled frame is
+ignored whole.
 
 Probe ids: a process proves its reply path by publishing a close to a
 connection id no client holds; Mongrel2 answers it with a disconnect notice
@@ -33,6 +42,8 @@ is another master's and is ignored. In a block each process owns
 from __future__ import annotations
 
 import secrets
+import struct
+from collections.abc import Iterable
 
 EXIT_APP_LOAD = 3  # the master's crash-loop guard: this worker can never serve
 
@@ -58,19 +69,83 @@ LOADED = b"loaded"
 FATAL = b"fatal"
 
 
-def conn_report(sender: str, conn_id: int, epoch: int) -> bytes:
-    """The payload of a ``d``/``s`` frame."""
-    if epoch:
-        return b"%s %d %d" % (sender.encode("latin-1"), conn_id, epoch)
-    return b"%s %d" % (sender.encode("latin-1"), conn_id)
+# A report group: sender length, count, flags, epoch; then the ids, then the sender.
+_GROUP = struct.Struct("=HHBQ")
+_ONE = struct.Struct("=HHBQQ")  # a group of one report (most frames under light load)
+WIDE = 0x01  # ids of 128 bits (low, high): beyond 2**64 - 1
+_ID_BITS = 64
+_ID_MAX = 2**_ID_BITS - 1
+Report = tuple[str, int, int]  # (sender, conn_id, epoch)
+ReportGroup = tuple[str, int, list[int]]  # (sender, epoch, conn ids)
 
 
-def parse_conn_report(data: bytes) -> tuple[str, int, int] | None:
-    """``(sender, conn_id, epoch)`` of a ``d``/``s`` payload, None if garbled."""
-    parts = data.split(b" ")
-    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts[1:]):
-        return None
-    return parts[0].decode("latin-1"), int(parts[1]), int(parts[2]) if len(parts) == 3 else 0
+def encode_report(sender: str, conn_id: int, epoch: int) -> bytes:
+    """The payload of a ``d``/``s`` frame carrying one report."""
+    raw = sender.encode("latin-1")
+    if conn_id > _ID_MAX:
+        return encode_reports([(sender, conn_id, epoch)])
+    return _ONE.pack(len(raw), 1, 0, epoch, conn_id) + raw
+
+
+def encode_reports(reports: Iterable[Report]) -> bytes:
+    """The payload of a ``d``/``s`` frame carrying many reports, grouped by sender and epoch."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for sender, conn_id, epoch in reports:
+        ids = groups.get((sender, epoch))
+        if ids is None:
+            groups[(sender, epoch)] = [conn_id]
+        else:
+            ids.append(conn_id)
+    out: list[bytes] = []
+    for (sender, epoch), ids in groups.items():
+        raw = sender.encode("latin-1")
+        narrow = [i for i in ids if i <= _ID_MAX]
+        wide = [i for i in ids if i > _ID_MAX]
+        for chunk in _chunks(narrow):
+            ids_raw = struct.pack("=%dQ" % len(chunk), *chunk)
+            out += (_GROUP.pack(len(raw), len(chunk), 0, epoch), ids_raw, raw)
+        for chunk in _chunks(wide):
+            halves = [h for i in chunk for h in (i & _ID_MAX, i >> _ID_BITS)]
+            ids_raw = struct.pack("=%dQ" % len(halves), *halves)
+            out += (_GROUP.pack(len(raw), len(chunk), WIDE, epoch), ids_raw, raw)
+    return b"".join(out)
+
+
+def _chunks(ids: list[int], most: int = 0xFFFF) -> Iterable[list[int]]:
+    for i in range(0, len(ids), most):
+        yield ids[i : i + most]
+
+
+def decode_reports(data: bytes) -> list[ReportGroup]:
+    """The groups of a ``d``/``s`` payload; an empty list if it is garbled anywhere.
+
+    Every length is checked before it is used, so nothing here raises on
+    any input (the master's loop must not stop at a report).
+    """
+    end = len(data)
+    if end > _ONE.size:  # one report (light load): one C call
+        slen, count, flags, epoch, conn_id = _ONE.unpack_from(data)
+        if count == 1 and not flags and end == _ONE.size + slen:
+            return [(data[_ONE.size :].decode("latin-1"), epoch, [conn_id])]
+    groups: list[ReportGroup] = []
+    view = memoryview(data)
+    pos, head = 0, _GROUP.size
+    while pos < end:
+        if end - pos < head:
+            return []
+        slen, count, flags, epoch = _GROUP.unpack_from(data, pos)
+        pos += head
+        width = 16 if flags == WIDE else 8
+        ids_end = pos + count * width
+        stop = ids_end + slen
+        if count == 0 or flags & ~WIDE or stop > end:
+            return []
+        ids = view[pos:ids_end].cast("Q").tolist()
+        if flags:
+            ids = [ids[i] | ids[i + 1] << _ID_BITS for i in range(0, len(ids), 2)]
+        groups.append((data[ids_end:stop].decode("latin-1"), epoch, ids))
+        pos = stop
+    return groups
 
 
 def new_probe_block() -> int:
