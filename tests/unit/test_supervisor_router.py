@@ -279,3 +279,17 @@ def test_a_request_answered_by_the_master_is_parsed_for_its_method() -> None:
         assert reply.endswith(b"\r\n\r\n")  # no body: the answer to a HEAD
     finally:
         ctx.destroy(linger=0)
+
+
+def test_a_worker_probed_before_its_hello_is_ready_only_when_the_hello_arrives(rig: Rig) -> None:
+    """Its reply path proven first: the ROUTER cannot reach it yet ("Host unreachable")."""
+    rig.router.greeted.clear()  # as if its hello were still on its way
+    rig.deliver(control("disconnect", conn_id=echoed(rig.worker.probe)))
+    assert rig.worker.state is WorkerState.STARTING
+    rig.deliver(request(1))
+    assert len(rig.router.disp.queue) == 1  # nothing sent to an unreachable worker
+    rig.dealer.send_multipart([b"hello", b"{}"])
+    assert rig.router.router.poll(1000)
+    rig.router.on_router(1.0)
+    assert rig.worker.state is WorkerState.READY
+    assert rig.to_worker() == [request(1)]

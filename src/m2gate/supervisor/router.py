@@ -85,6 +85,10 @@ class Router:
         self.pull, self.router, self.pub = sockets
         self.run = run
         self.by_probe: dict[int, bytes] = {}  # probe_base -> worker id
+        # A worker is ready once both its reply path (probe) and its DEALER (its
+        # hello: the ROUTER can reach it) are proven, in whichever order they come.
+        self.greeted: set[bytes] = set()
+        self.probed: set[bytes] = set()
         self.rejected = 0
         self.pub_ready_at: float | None = None  # the master's own reply path proven
         self._pub_probe = 0
@@ -218,8 +222,15 @@ class Router:
         wid = self.by_probe.get(slot)
         w = self.life.workers.get(wid) if wid is not None else None
         if w is not None and w.ready_at is None and w.state is not WorkerState.KILLED:
-            self.run(self.life.on_ready(w, now))
-            self.dispatch_queued(now)
+            if w.wid not in self.greeted:
+                self.probed.add(w.wid)  # ready when its hello arrives
+                return
+            self._ready(w, now)
+
+    def _ready(self, w: Worker, now: float) -> None:
+        self.probed.discard(w.wid)
+        self.run(self.life.on_ready(w, now))
+        self.dispatch_queued(now)
 
     def probe_pub(self, now: float) -> None:
         """Until Mongrel2 answers the master's own PUB, probe it (every 50 ms)."""
@@ -334,7 +345,12 @@ class Router:
             w.fatal = frames[2].decode("utf-8", "replace") if len(frames) > 2 else ""
         elif kind == LOADED and len(frames) > 2:
             self.watcher.add_files(frames[2])
-        elif kind != HELLO:
+        elif kind == HELLO:
+            if wid == frames[0]:  # the worker's own DEALER, not an app thread's
+                self.greeted.add(wid)
+                if wid in self.probed and w.ready_at is None and w.state is not S.KILLED:
+                    self._ready(w, now)
+        else:
             log.debug("unknown frame %r from worker %s", kind[:20], wid.decode())
         return False
 
@@ -379,6 +395,8 @@ class Router:
     def worker_gone(self, w: Worker, code: int, now: float) -> None:
         """``w`` exited: answer what it had in flight, hand its queue on."""
         self.by_probe.pop(w.probe, None)
+        self.greeted.discard(w.wid)
+        self.probed.discard(w.wid)
         lost = self.disp.remove_worker(w.wid)
         expected = w.state is WorkerState.STOPPING and code == 0
         how = "exited with %d" % code if code >= 0 else "killed by signal %d" % -code
