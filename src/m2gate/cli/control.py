@@ -43,13 +43,18 @@ def request(path: str, command: str, timeout: float = 10.0, **args: Any) -> dict
         ) from None
     finally:
         sock.close()
+    return json_document(data, "control socket %s gave no valid answer" % path)
+
+
+def json_document(data: bytes, failure: str) -> dict[str, Any]:
+    """``data`` as a JSON object (a master's answer); else NotRunning saying ``failure``."""
     try:
-        answer = json.loads(data)
+        doc = json.loads(data)
     except ValueError:
-        raise NotRunning("control socket %s gave no valid answer" % path) from None
-    if not isinstance(answer, dict):
-        raise NotRunning("control socket %s gave no valid answer" % path)
-    return answer
+        doc = None
+    if not isinstance(doc, dict):
+        raise NotRunning(failure)
+    return doc
 
 
 def locate(pidfile: str, app_dir: str, sock: str) -> str:

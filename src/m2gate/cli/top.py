@@ -15,14 +15,13 @@ without a terminal; the live loop around it only fetches, draws and reads keys.
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from m2gate.cli.control import NotRunning, add_client_arguments, locate, request
+from m2gate.cli.control import NotRunning, add_client_arguments, json_document, locate, request
 from m2gate.ops.stats import tcp_address
 
 Fetch = Callable[[], dict[str, Any]]
@@ -66,13 +65,7 @@ def stats_fetch(addr: str, timeout: float) -> Fetch:
             raise NotRunning("no answer on stats %s: %s" % (addr, exc.strerror or exc)) from None
         finally:
             sock.close()
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            raise NotRunning("stats %s gave no stats document" % addr) from None
-        if not isinstance(doc, dict):
-            raise NotRunning("stats %s gave no stats document" % addr)
-        return doc
+        return json_document(data, "stats %s gave no stats document" % addr)
 
     return fetch
 
