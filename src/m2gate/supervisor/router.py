@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +39,7 @@ from m2gate.protocol.errors import ProtocolError
 from m2gate.protocol.http import error_response, request_framing
 from m2gate.protocol.intake import log_dropped
 from m2gate.protocol.messages import Message, UploadDone, UploadStart, parse_message
-from m2gate.protocol.peek import DISCONNECT, peek
+from m2gate.protocol.peek import DISCONNECT, UPLOAD_DONE, peek
 from m2gate.supervisor.actions import Action
 from m2gate.supervisor.handoff import Dispatcher, Drop, Forward, Hold, Reject
 from m2gate.supervisor.lifecycle import Lifecycle
@@ -64,6 +65,7 @@ S = WorkerState
 
 BATCH = 256  # messages handled per socket before looking at the others
 PUB_PROBE_INTERVAL = 0.05
+GONE_KEYS_MAX = 4096  # connections closed for dead workers, remembered until their disconnect
 
 
 class Router:
@@ -98,6 +100,10 @@ class Router:
         disp.hold_uploads = not cfg.stream_uploads
         # Temp files Mongrel2 announced for requests in flight or queued, by connection.
         self.uploads: dict[Key, tuple[str, Identity]] = {}
+        # Connections the master answered or closed for a worker that died:
+        # whatever of them is still on its way (an upload-done, a pipelined
+        # request) is void. Mongrel2 never reuses an id in one incarnation.
+        self.gone_keys: OrderedDict[Key, None] = OrderedDict()
 
     # -- Mongrel2's incarnations ---------------------------------------------
     def frontend_gone(self) -> None:
@@ -111,6 +117,7 @@ class Router:
         for key in [k for k in self.uploads if k not in self.disp.owner]:
             self.drop_upload(key)  # queued, so dropped now: nobody else removes it
         self.uploads.clear()  # the rest are in flight: their workers remove them
+        self.gone_keys.clear()
         dropped = self.disp.reset_frontend()
         log.warning(
             "Mongrel2 went away: forgot its connections (epoch %d, %d queued request(s) dropped)",
@@ -149,8 +156,13 @@ class Router:
                 log_dropped(log, raw, exc)
             return
         kind, msg = p[2], p[5]
+        if self.gone_keys and (p[0], p[1]) in self.gone_keys:
+            self._after_gone((p[0], p[1]), kind)
+            return
+        held_by: bytes | None = None  # an upload-done's worker, which holds its request
         if msg is not None and isinstance(msg, (UploadStart, UploadDone)):
             self._announced(msg)
+            held_by = self.disp.owner.get((p[0], p[1]))
         if self.life.stopping and kind < DISCONNECT and (p[0], p[1]) not in self.disp.owner:
             self.rejected += 1
             self.answer(p[0], p[1], "503 Service Unavailable", msg or raw)
@@ -162,10 +174,8 @@ class Router:
             try:
                 self.router.send_multipart((decision.wid, raw), zmq.NOBLOCK)
             except zmq.ZMQError as exc:
-                log.warning("worker %s unreachable: %s", decision.wid.decode(), exc)
-                self.disp.unroute(decision.wid, (p[0], p[1]))
-                self.disp.retire(decision.wid)
-                self.on_message(raw, now)  # to another worker, or the queue
+                new = kind < DISCONNECT and (kind != UPLOAD_DONE or held_by is None)
+                self.undeliverable(decision.wid, (p[0], p[1]), raw, now, new, exc)
         elif isinstance(decision, Hold):
             if now - self._queue_warned > 5.0:
                 self._queue_warned = now
@@ -191,6 +201,25 @@ class Router:
             self.answer(p[0], p[1], "503 Service Unavailable", msg or raw)
         else:
             assert isinstance(decision, Drop)
+
+    def _after_gone(self, key: Key, kind: int) -> None:
+        """A message for a connection the master closed when its worker died: dropped.
+
+        Its client already has its 502 (or its cut-off stream) and a closed
+        connection; only Mongrel2's disconnect notice ends the memory.
+        """
+        if kind == DISCONNECT:
+            del self.gone_keys[key]
+        elif kind < DISCONNECT:
+            log.debug("%s:%s was closed when its worker died: message dropped", *key)
+        self.drop_upload(key)
+
+    def _gone(self, key: Key) -> None:
+        self.drop_upload(key)  # a cut-off stream's too: its dead worker cannot remove it
+        gone = self.gone_keys
+        gone[key] = None
+        if len(gone) > GONE_KEYS_MAX:
+            gone.popitem(last=False)
 
     def _announced(self, msg: UploadStart | UploadDone) -> None:
         """Remember the temp file Mongrel2 announced for this connection (claimed: dev, ino)."""
@@ -256,10 +285,35 @@ class Router:
 
     def dispatch_queued(self, now: float) -> None:
         for wid, item in self.disp.dispatch_queued(now):
-            if not self.send(wid, item.raw):
-                self.disp.unroute(wid, item.key)
-                self.disp.retire(wid)
-                self.on_message(item.raw, now)
+            try:
+                self.router.send_multipart((wid, item.raw), zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                # A queued upload-done follows its upload-start to that worker.
+                new = item.peeked[2] != UPLOAD_DONE
+                self.undeliverable(wid, item.key, item.raw, now, new, exc)
+
+    def undeliverable(
+        self, wid: bytes, key: Key, raw: bytes, now: float, new: bool, exc: Exception
+    ) -> None:
+        """The ROUTER cannot reach ``wid`` any more: it is dying (its reaping comes later).
+
+        Only a message that opened a connection on it (``new``, the sole
+        entry there) is taken back and routed again. Anything of a connection
+        it already holds (an upload-done, a pipelined request, a notice)
+        stays with it: that connection is answered (502, or closed) when the
+        worker is reaped. Re-routing those would hand another worker the
+        second half of a request as if it were a new one (an upload-done
+        served as a fresh upload while its client waits for the 502), or
+        loop on the same dead worker.
+        """
+        log.warning("worker %s unreachable: %s", wid.decode(), exc)
+        self.disp.retire(wid)
+        w = self.disp.workers.get(wid)
+        entries = w.inflight.get(key) if w is not None else None
+        if not new or not entries or len(entries) != 1 or entries[0].pipelined:
+            return
+        self.disp.unroute(wid, key)
+        self.on_message(raw, now)  # to another worker, or the queue
 
     def expire_queued(self, now: float, timeout: float) -> None:
         """503 for the requests that waited ``timeout`` seconds (-1: every one)."""
@@ -420,6 +474,7 @@ class Router:
                 " (%d response(s) already streaming: closed)" % cut if cut else "",
             )
             for key, streaming in first.items():
+                self._gone(key)
                 if streaming:
                     self.close(key[0], key[1])
                 else:

@@ -1,0 +1,107 @@
+"""A worker that dies between two messages of one request (supervisor/router.py).
+
+The races of a SIGKILL made deterministic: the worker's DEALER is closed (the
+ROUTER can no longer reach it) before the master reaps it, and the rest of
+its request (an upload-done, a pipelined request) arrives in between, or
+after the master answered 502 for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from m2gate.supervisor.wire import STOP
+
+from .helpers import SENDER, message, request_headers
+from .test_supervisor_router import Rig, ready, rig  # noqa: F401  (the fixture)
+from .test_uploads_master import store, upload_start
+
+KEY = (SENDER.decode(), 5)
+
+
+def upload_done(path: Path, conn_id: int) -> bytes:
+    headers = request_headers(
+        "POST",
+        "/up",
+        **{
+            "x-mongrel2-upload-start": str(path),
+            "x-mongrel2-upload-done": str(path),
+            "content-length": "30000",
+        },
+    )
+    return message(headers, path=b"/up", conn_id=conn_id)
+
+
+def worker_unreachable(rig: Rig) -> None:
+    """Close the worker's DEALER and wait until the ROUTER refuses to send to it."""
+    rig.dealer.close(linger=0)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        try:
+            rig.router.router.send_multipart([rig.worker.wid, b"", STOP], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the ROUTER still reaches a closed DEALER")
+
+
+def test_an_upload_done_for_an_unreachable_worker_waits_for_its_502(
+    rig: Rig,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The CI failure: the upload-done was taken back and served as a new request elsewhere."""
+    f = store(rig, tmp_path)
+    ready(rig)
+    rig.deliver(upload_start(f, 5))
+    assert rig.to_worker()
+    worker_unreachable(rig)
+    rig.deliver(upload_done(f, 5))
+    disp = rig.router.disp
+    assert not disp.queue, "the rest of a dying worker's request was queued as a new one"
+    assert KEY in rig.worker.inflight
+    rig.router.worker_gone(rig.worker, -9, 3.0)
+    assert b"502 Bad Gateway" in rig.answer()
+    assert not f.exists()
+
+
+def test_a_pipelined_request_for_an_unreachable_worker_neither_loops_nor_moves(
+    rig: Rig,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ready(rig)
+    rig.deliver(message(request_headers("GET", "/x"), conn_id=5))
+    assert rig.to_worker()
+    worker_unreachable(rig)
+    rig.deliver(message(request_headers("GET", "/y"), conn_id=5))  # pipelined behind it
+    assert not rig.router.disp.queue
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    rig.router.worker_gone(rig.worker, -9, 3.0)
+    assert b" 1:5, HTTP/1.1 502 Bad Gateway\r\n" in rig.answer()
+    assert not rig.replies.poll(100), "more than one answer for one connection"
+
+
+def test_a_new_request_for_an_unreachable_worker_is_routed_again(rig: Rig) -> None:  # noqa: F811
+    ready(rig)
+    worker_unreachable(rig)
+    rig.deliver(message(request_headers("GET", "/x"), conn_id=6))
+    assert [q.key for q in rig.router.disp.queue] == [(SENDER.decode(), 6)]  # for the next worker
+    assert not rig.worker.inflight
+
+
+def test_what_follows_a_502_for_a_dead_worker_is_dropped(rig: Rig, tmp_path: Path) -> None:  # noqa: F811
+    """The worker was reaped before its upload-done (or pipelined request) came in."""
+    f = store(rig, tmp_path)
+    ready(rig)
+    rig.deliver(upload_start(f, 5))
+    assert rig.to_worker()
+    rig.router.worker_gone(rig.worker, -9, 3.0)
+    assert b"502 Bad Gateway" in rig.answer()
+    rig.deliver(upload_done(f, 5))
+    rig.deliver(message(request_headers("GET", "/y"), conn_id=5))
+    assert not rig.router.disp.queue, "a closed connection's messages became new requests"
+    assert not rig.replies.poll(100)
