@@ -37,7 +37,7 @@ def upload_done(path: Path, conn_id: int) -> bytes:
     return message(headers, path=b"/up", conn_id=conn_id)
 
 
-def worker_unreachable(rig: Rig) -> None:
+def worker_unreachable(rig: Rig) -> None:  # noqa: F811
     """Close the worker's DEALER and wait until the ROUTER refuses to send to it."""
     rig.dealer.close(linger=0)
     deadline = time.monotonic() + 5.0
