@@ -105,3 +105,31 @@ def test_what_follows_a_502_for_a_dead_worker_is_dropped(rig: Rig, tmp_path: Pat
     rig.deliver(message(request_headers("GET", "/y"), conn_id=5))
     assert not rig.router.disp.queue, "a closed connection's messages became new requests"
     assert not rig.replies.poll(100)
+
+
+def test_what_a_dead_worker_had_not_begun_is_routed_again(rig: Rig) -> None:  # noqa: F811
+    """One thread, one prefetch slot: the request in the slot never ran, it is not lost."""
+    rig.router.disp.prefetch, rig.router.disp.queue_size = 1, 10
+    ready(rig)
+    rig.deliver(message(request_headers("GET", "/x"), conn_id=1))  # on the thread
+    rig.deliver(message(request_headers("GET", "/y"), conn_id=2))  # in the slot
+    rig.deliver(message(request_headers("POST", "/z"), conn_id=3))  # the master's queue
+    assert len(rig.to_worker()) == 1 and len(rig.to_worker()) == 1
+    rig.router.worker_gone(rig.worker, -9, 3.0)
+    assert b" 1:1, HTTP/1.1 502 Bad Gateway\r\n" in rig.answer()
+    assert not rig.replies.poll(100), "more than the running request was answered"
+    # conn 2 waits in the master for the replacement, with conn 3
+    assert sorted(q.key[1] for q in rig.router.disp.queue) == [2, 3]
+
+
+def test_a_non_idempotent_request_a_dead_worker_held_is_answered(rig: Rig) -> None:  # noqa: F811
+    """It might have started (a done report lost with the worker): 502, never run twice."""
+    rig.router.disp.prefetch = 1
+    ready(rig)
+    rig.deliver(message(request_headers("GET", "/x"), conn_id=1))
+    rig.deliver(message(request_headers("POST", "/y"), conn_id=2))
+    assert len(rig.to_worker()) == 1 and len(rig.to_worker()) == 1
+    rig.router.worker_gone(rig.worker, -9, 3.0)
+    answers = sorted(rig.answer().split(b",", 1)[0] for _ in range(2))
+    assert answers[0].endswith(b" 1:1") and answers[1].endswith(b" 1:2")
+    assert not rig.router.disp.queue

@@ -40,6 +40,8 @@ from m2gate.supervisor.state import InFlight, Key, Worker, WorkerState, stale_ke
 
 # Idle keep-alive connections remembered for their notices (credits, disconnect).
 LAST_SERVED_MAX = 65536
+# Methods a request of which may run again if it did already (RFC 9110 9.2.2).
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 READY = WorkerState.READY
 
 
@@ -107,6 +109,9 @@ class Dispatcher:
         self._left: set[Key] = set()
         self.hold_uploads = True  # False with stream_uploads: the app reads as it arrives
         self.epoch = 0  # Mongrel2 incarnations gone (see reset_frontend)
+        # Plain requests handed to a worker whose threads were all busy (a
+        # prefetch slot), raw, so that they can go elsewhere if it dies first.
+        self.spare: dict[Key, bytes] = {}
 
     # -- workers -----------------------------------------------------------
     def add_worker(self, w: Worker) -> None:
@@ -134,12 +139,57 @@ class Dispatcher:
             return []
         lost = list(w.entries())
         for key in w.inflight:
+            self.spare.pop(key, None)
             if self.owner.get(key) == wid:
                 del self.owner[key]
             self.last.pop(key, None)
             self.uploading.discard(key)
             self._left.discard(key)
         return lost
+
+    def take_waiting(self, wid: bytes) -> list[bytes]:
+        """Take back from a dead ``wid`` the requests no thread of it had begun (raw, in order).
+
+        The worker runs its connections first come, first served on
+        ``capacity`` threads: a connection whose first request came behind
+        another is on its thread; the others got a thread in the order their
+        request could start (``started``), so all but the first free ones
+        were still waiting in its queue. Only a plain request of an
+        idempotent method (RFC 9110 9.2.2) alone on its connection is taken:
+        if a done report died with the worker, a request counted as waiting
+        may have run, and only those may safely run twice. The rest stays,
+        for :meth:`remove_worker` (answered 502).
+        """
+        w = self.workers.get(wid)
+        if w is None or not self.spare:
+            return []
+        on_threads = 0
+        order: list[tuple[float, int, Key]] = []
+        for i, (key, q) in enumerate(w.inflight.items()):
+            if q[0].pipelined:
+                on_threads += 1
+            elif key not in self.uploading:  # a held upload has no thread yet
+                order.append((q[0].started, i, key))
+        order.sort()
+        taken: list[bytes] = []
+        for _, _, key in order[max(0, w.capacity - on_threads) :]:
+            q = w.inflight[key]
+            raw = self.spare.get(key)
+            entry = q[0]
+            if (
+                raw is None
+                or len(q) != 1
+                or entry.streaming
+                or entry.epoch != self.epoch
+                or entry.method not in IDEMPOTENT
+                or key in self._left
+            ):
+                continue
+            del self.spare[key], w.inflight[key]
+            if self.owner.get(key) == wid:
+                del self.owner[key]
+            taken.append(raw)  # in the order they would have started
+        return taken
 
     def idle_retiring(self) -> list[Worker]:
         """Retiring workers with nothing left in flight: they may exit now."""
@@ -191,7 +241,7 @@ class Dispatcher:
         w = self.pick()
         if w is None:
             return self._hold(p, raw, now)
-        self._add(w, key, now, False, p)
+        self._add(w, key, now, False, p, raw)
         return self._forward.get(w.wid) or self.forward(w.wid)
 
     def forward(self, wid: bytes) -> Forward:
@@ -250,6 +300,8 @@ class Dispatcher:
         del w.inflight[key]
         if self.uploading:
             self.uploading.discard(key)
+        if self.spare:
+            self.spare.pop(key, None)
         if entry.epoch != self.epoch:
             return True  # of an old incarnation: nothing to remember
         if self.owner.get(key) == wid:
@@ -281,6 +333,7 @@ class Dispatcher:
         self.last.clear()
         self.uploading.clear()
         self._left.clear()
+        self.spare.clear()
         for w in self.workers.values():
             w.inflight = {
                 (stale_key(old, k) if q and q[0].epoch == old else k): q
@@ -314,7 +367,7 @@ class Dispatcher:
                 if w is None:
                     break
                 wid = w.wid
-                self._add(w, key, now, False, item.peeked)
+                self._add(w, key, now, False, item.peeked, item.raw)
             self._pop_queue()
             out.append((wid, item))
         return out
@@ -348,17 +401,22 @@ class Dispatcher:
             if not entries:
                 del w.inflight[key]
                 self.uploading.discard(key)
+                self.spare.pop(key, None)
                 if self.owner.get(key) == wid:
                     del self.owner[key]
                     self._left.discard(key)
 
     # -- internals ---------------------------------------------------------
-    def _add(self, w: Worker, key: Key, now: float, pipelined: bool, p: Peeked) -> None:
+    def _add(
+        self, w: Worker, key: Key, now: float, pipelined: bool, p: Peeked, raw: bytes = b""
+    ) -> None:
         entry = InFlight(key, now, pipelined, p[3], p[4], self.epoch)
         entries = w.inflight.get(key)
         if entries is None:
             w.inflight[key] = [entry]
             self.owner[key] = w.wid
+            if raw and p[5] is None and len(w.inflight) > w.capacity:
+                self.spare[key] = raw  # waits for a thread there: see take_waiting
         else:
             entries.append(entry)
         msg = p[5]  # parsed only when not a plain request (an upload, say)

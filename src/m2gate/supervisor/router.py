@@ -451,6 +451,8 @@ class Router:
         self.by_probe.pop(w.probe, None)
         self.greeted.discard(w.wid)
         self.probed.discard(w.wid)
+        # What it had not begun goes to the others (or its replacement) first.
+        moved = self.disp.take_waiting(w.wid)
         lost = self.disp.remove_worker(w.wid)
         expected = w.state is WorkerState.STOPPING and code == 0
         how = "exited with %d" % code if code >= 0 else "killed by signal %d" % -code
@@ -488,4 +490,12 @@ class Router:
             (log.info if quiet else log.warning)(
                 "worker %s (pid %d) %s", w.wid.decode(), w.pid, how
             )
+        if moved:
+            log.info(
+                "%d request(s) worker %s had not begun go to other workers",
+                len(moved),
+                w.wid.decode(),
+            )
+        for raw in moved:
+            self.on_message(raw, now)
         self.dispatch_queued(now)
