@@ -8,6 +8,8 @@ was down; a late upload-done answered with a stray 400.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -20,7 +22,7 @@ import zmq
 from m2gate.cli import control as client
 from m2gate.ops.pidfile import control_path_for
 from m2gate.testing.mongrel2 import HandlerSpec, Mongrel2, free_port
-from support import wait_until
+from support import pid_alive, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +41,11 @@ def statuses(pidfile: Path) -> list[str]:
 def test_another_masters_probe_notices_never_make_a_worker_ready(
     mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path
 ) -> None:
-    """Two masters on one handler: the slow one's workers stay starting until loaded."""
+    """Two masters on one handler: the slow one's workers stay starting until loaded.
+
+    Then both serve, and one fleet's reload (new workers probing) or death
+    leaves the other's workers ready and serving.
+    """
     slow_pid = tmp_path / "slow.pid"
     m2gate_server(
         "frontend_app:application", "-p", "3", "--pidfile", str(slow_pid),
@@ -49,13 +55,63 @@ def test_another_masters_probe_notices_never_make_a_worker_ready(
     # The fast master's workers probe (Mongrel2 hands every notice round robin
     # to both masters' PULLs) until each is ready.
     fast_pid = tmp_path / "fast.pid"
-    m2gate_server("frontend_app:application", "-p", "3", "--pidfile", str(fast_pid))
+    fast_server = m2gate_server("frontend_app:application", "-p", "3", "--pidfile", str(fast_pid))
     wait_until(
         lambda: (st := statuses(fast_pid)) and set(st) <= {"idle", "busy"},
         what="fast workers ready",
     )
     time.sleep(0.5)
     assert statuses(slow_pid) == ["starting"] * 3  # still importing: not ready
+    # Once both are up, both serve, and neither one's reload or death disturbs the other.
+    wait_until(
+        lambda: (st := statuses(slow_pid)) and set(st) <= {"idle", "busy"},
+        what="slow workers ready",
+        timeout=40,
+    )
+    slow, fast = pids(slow_pid), pids(fast_pid)
+    seen: set[int] = set()
+    wait_until(
+        lambda: seen.update(answered_by(mongrel2, 4)) or (seen & slow and seen & fast),
+        what="both fleets serving",
+    )
+    # The fast fleet reloads: its new workers' probe notices reach the slow master too.
+    client.request(control_path_for(str(fast_pid)), "reload", timeout=10)
+    wait_until(
+        lambda: (
+            (st := statuses(fast_pid))
+            and len(st) == 3
+            and set(st) <= {"idle", "busy"}
+            and pids(fast_pid).isdisjoint(fast)
+        ),
+        what="the fast fleet reloaded",
+    )
+    assert pids(slow_pid) == slow and set(statuses(slow_pid)) <= {"idle", "busy"}
+    # Killed outright (master and workers): the other fleet alone serves what comes next.
+    os.killpg(fast_server.pid, signal.SIGKILL)
+    fast_server.proc.wait(timeout=10)
+    wait_until(lambda: not any(pid_alive(p) for p in fast), what="the fast fleet gone")
+    assert set(answered_by(mongrel2, 8)) <= slow
+    assert set(statuses(slow_pid)) <= {"idle", "busy"}
+
+
+def pids(pidfile: Path) -> set[int]:
+    doc = client.request(control_path_for(str(pidfile)), "status", timeout=10)
+    return {int(w["pid"]) for w in doc["workers"]}
+
+
+def answered_by(m2: Mongrel2, n: int) -> list[int]:
+    """``n`` requests, one connection each: the pid that answered each (its own answer)."""
+    out = []
+    for i in range(n):
+        tag = b"t%d-%d" % (time.monotonic_ns(), i)
+        with socket.create_connection(("127.0.0.1", m2.port), timeout=15) as sock:
+            sock.sendall(b"GET /tag?tag=%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % tag)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200") and b"answer for %s from " % tag in data, data
+        out.append(int(data.rsplit(b" from ", 1)[1].split()[0]))
+    return out
 
 
 def test_pulls_refuse_oversized_frames_from_whoever_holds_the_spec(
