@@ -122,22 +122,30 @@ def fill(m2: Mongrel2, pidfile: Path, slow: float, extra: int) -> tuple[Clients,
 # -- point 3: nothing silently lost ------------------------------------------------
 
 
-def test_requests_waiting_for_a_killed_worker_are_served_by_the_others(
-    mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path
+@pytest.mark.parametrize("how", ["sigkill", "harakiri"])
+def test_requests_waiting_for_a_dead_worker_are_served_by_the_others(
+    mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path, how: str
 ) -> None:
-    """Its running request gets 502; the ones no thread of it had begun get their own 200."""
+    """Its running request gets 502 (504 for harakiri); the ones no thread of it had begun
+    get their own 200 from the other worker or its replacement."""
     pidfile = tmp_path / "m.pid"
-    m2gate_server(APP, "-p", "2", "--threads", "1", "--pidfile", str(pidfile))
-    slow, quick = fill(mongrel2, pidfile, 4, 4)
+    args = ["-p", "2", "--threads", "1", "--pidfile", str(pidfile)]
+    if how == "harakiri":
+        args += ["--harakiri", "2"]  # both slow requests: both workers are replaced
+    m2gate_server(APP, *args)
+    slow, quick = fill(mongrel2, pidfile, 5, 4)
     loads = in_flight(pidfile)
     assert sorted(loads.values()) == [2, 2], loads  # one running + one prefetched each
-    victim = next(iter(loads))
-    os.kill(victim, signal.SIGKILL)
+    if how == "sigkill":
+        os.kill(next(iter(loads)), signal.SIGKILL)
     got = quick.join()
     assert all(own_answer("q%d" % i, got.get("q%d" % i, b"")) for i in range(4)), got
     slow_got = slow.join()
     statuses = sorted(v[:12] for v in slow_got.values())
-    assert statuses == [b"HTTP/1.1 200", b"HTTP/1.1 502"], slow_got
+    if how == "sigkill":
+        assert statuses == [b"HTTP/1.1 200", b"HTTP/1.1 502"], slow_got
+    else:
+        assert statuses == [b"HTTP/1.1 504"] * 2, slow_got
 
 
 def test_requests_pipelined_behind_a_killed_one_end_with_its_502(

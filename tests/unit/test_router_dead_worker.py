@@ -19,22 +19,9 @@ from m2gate.supervisor.wire import STOP
 
 from .helpers import SENDER, message, request_headers
 from .test_supervisor_router import Rig, ready, rig  # noqa: F401  (the fixture)
-from .test_uploads_master import store, upload_start
+from .test_uploads_master import answer_mid_upload, store, upload_done, upload_start
 
 KEY = (SENDER.decode(), 5)
-
-
-def upload_done(path: Path, conn_id: int) -> bytes:
-    headers = request_headers(
-        "POST",
-        "/up",
-        **{
-            "x-mongrel2-upload-start": str(path),
-            "x-mongrel2-upload-done": str(path),
-            "content-length": "30000",
-        },
-    )
-    return message(headers, path=b"/up", conn_id=conn_id)
 
 
 def worker_unreachable(rig: Rig) -> None:  # noqa: F811
@@ -100,8 +87,7 @@ def test_what_follows_a_502_for_a_dead_worker_is_dropped(rig: Rig, tmp_path: Pat
     rig.deliver(upload_start(f, 5))
     assert rig.to_worker()
     rig.router.worker_gone(rig.worker, -9, 3.0)
-    assert b"502 Bad Gateway" in rig.answer()
-    rig.deliver(upload_done(f, 5))
+    assert b"502 Bad Gateway" in answer_mid_upload(rig, f, 5)
     rig.deliver(message(request_headers("GET", "/y"), conn_id=5))
     assert not rig.router.disp.queue, "a closed connection's messages became new requests"
     assert not rig.replies.poll(100)

@@ -18,6 +18,35 @@ def upload_start(path: Path, conn_id: int, **extra: str) -> bytes:
     return message(headers, path=b"/up", conn_id=conn_id)
 
 
+def upload_done(path: Path, conn_id: int) -> bytes:
+    headers = request_headers(
+        "POST",
+        "/up",
+        **{
+            "x-mongrel2-upload-start": str(path),
+            "x-mongrel2-upload-done": str(path),
+            "content-length": "30000",
+        },
+    )
+    return message(headers, path=b"/up", conn_id=conn_id)
+
+
+def answer_mid_upload(rig: Rig, path: Path, conn_id: int) -> bytes:  # noqa: F811
+    """The master's answer to an upload Mongrel2 still reads: the close waits for upload-done.
+
+    Closing while Mongrel2 reads the body drops the connection half read,
+    and the answer can go with it.
+    """
+    reply = rig.published()
+    assert not rig.replies.poll(100), "closed while Mongrel2 still reads the upload"
+    queued = len(rig.router.disp.queue)
+    rig.deliver(upload_done(path, conn_id))
+    close = rig.published()
+    assert close.endswith(b", ") and close.split(b" ")[0] == reply.split(b" ")[0]
+    assert len(rig.router.disp.queue) == queued  # the upload-done is no new request
+    return reply
+
+
 def store(rig: Rig, tmp_path: Path) -> Path:  # noqa: F811
     rig.router.store = UploadStore(str(tmp_path))
     f = tmp_path / "upload.Q1w2E3"
@@ -29,7 +58,7 @@ def test_a_full_queue_503_removes_the_upload(rig: Rig, tmp_path: Path) -> None: 
     f = store(rig, tmp_path)
     rig.deliver(message(request_headers("GET", "/x"), conn_id=1))  # queued: worker not ready
     rig.deliver(upload_start(f, 2))  # the queue holds one: 503
-    assert b"503 Service Unavailable" in rig.answer()
+    assert b"503 Service Unavailable" in answer_mid_upload(rig, f, 2)
     assert not f.exists() and rig.router.uploads == {}
 
 
@@ -37,7 +66,7 @@ def test_a_stopping_master_503_removes_the_upload(rig: Rig, tmp_path: Path) -> N
     f = store(rig, tmp_path)
     rig.life.begin_stop("test", 2.0)
     rig.deliver(upload_start(f, 3))
-    assert b"503 Service Unavailable" in rig.answer()
+    assert b"503 Service Unavailable" in answer_mid_upload(rig, f, 3)
     assert not f.exists()
 
 
@@ -45,7 +74,7 @@ def test_a_queue_timeout_503_removes_the_upload(rig: Rig, tmp_path: Path) -> Non
     f = store(rig, tmp_path)
     rig.deliver(upload_start(f, 4))  # queued: the worker is not ready
     rig.router.expire_queued(100.0, 1.0)
-    assert b"503 Service Unavailable" in rig.answer()
+    assert b"503 Service Unavailable" in answer_mid_upload(rig, f, 4)
     assert not f.exists()
 
 
@@ -56,7 +85,7 @@ def test_a_worker_gone_mid_upload_removes_it(rig: Rig, tmp_path: Path) -> None: 
     assert rig.to_worker()
     rig.worker.answer = "502 Bad Gateway"
     rig.router.worker_gone(rig.worker, -9, 3.0)
-    assert b"502 Bad Gateway" in rig.answer()
+    assert b"502 Bad Gateway" in answer_mid_upload(rig, f, 5)
     assert not f.exists()
 
 

@@ -65,7 +65,7 @@ S = WorkerState
 
 BATCH = 256  # messages handled per socket before looking at the others
 PUB_PROBE_INTERVAL = 0.05
-GONE_KEYS_MAX = 4096  # connections closed for dead workers, remembered until their disconnect
+GONE_KEYS_MAX = 4096  # connections the master closed, remembered until their disconnect
 
 
 class Router:
@@ -100,10 +100,13 @@ class Router:
         disp.hold_uploads = not cfg.stream_uploads
         # Temp files Mongrel2 announced for requests in flight or queued, by connection.
         self.uploads: dict[Key, tuple[str, Identity]] = {}
-        # Connections the master answered or closed for a worker that died:
-        # whatever of them is still on its way (an upload-done, a pipelined
-        # request) is void. Mongrel2 never reuses an id in one incarnation.
-        self.gone_keys: OrderedDict[Key, None] = OrderedDict()
+        # Connections the master answered or closed itself (a worker died, no
+        # worker free): whatever of them is still on its way (an upload-done, a
+        # pipelined request) is void. Mongrel2 never reuses an id in one incarnation.
+        # True: its close waits for Mongrel2 to finish reading the upload.
+        self.gone_keys: OrderedDict[Key, bool] = OrderedDict()
+        # Uploads Mongrel2 announced and is still reading from its client.
+        self.receiving: set[Key] = set()
 
     # -- Mongrel2's incarnations ---------------------------------------------
     def frontend_gone(self) -> None:
@@ -118,6 +121,7 @@ class Router:
             self.drop_upload(key)  # queued, so dropped now: nobody else removes it
         self.uploads.clear()  # the rest are in flight: their workers remove them
         self.gone_keys.clear()
+        self.receiving.clear()
         dropped = self.disp.reset_frontend()
         log.warning(
             "Mongrel2 went away: forgot its connections (epoch %d, %d queued request(s) dropped)",
@@ -163,6 +167,8 @@ class Router:
         if msg is not None and isinstance(msg, (UploadStart, UploadDone)):
             self._announced(msg)
             held_by = self.disp.owner.get((p[0], p[1]))
+        elif kind == DISCONNECT and self.receiving:
+            self.receiving.discard((p[0], p[1]))
         if self.life.stopping and kind < DISCONNECT and (p[0], p[1]) not in self.disp.owner:
             self.rejected += 1
             self.answer(p[0], p[1], "503 Service Unavailable", msg or raw)
@@ -203,27 +209,47 @@ class Router:
             assert isinstance(decision, Drop)
 
     def _after_gone(self, key: Key, kind: int) -> None:
-        """A message for a connection the master closed when its worker died: dropped.
+        """A message for a connection the master answered and closed: dropped.
 
-        Its client already has its 502 (or its cut-off stream) and a closed
-        connection; only Mongrel2's disconnect notice ends the memory.
+        Its client already has its 502/503/504 (or its cut-off stream); only
+        Mongrel2's disconnect notice ends the memory. An upload-done is
+        what a close held back for the upload waited for.
         """
         if kind == DISCONNECT:
             del self.gone_keys[key]
+            self.receiving.discard(key)
+        elif kind == UPLOAD_DONE and self.gone_keys[key]:
+            self.gone_keys[key] = False
+            self.receiving.discard(key)
+            self._send_close(key[0], key[1])
         elif kind < DISCONNECT:
-            log.debug("%s:%s was closed when its worker died: message dropped", *key)
+            log.debug("%s:%s was answered by the master: message dropped", *key)
         self.drop_upload(key)
 
-    def _gone(self, key: Key) -> None:
+    def _gone(self, key: Key) -> bool:
+        """Remember that the master answered ``key``; True if its close must wait.
+
+        While Mongrel2 still reads an upload's body from the client, a close
+        would make it drop the connection with the body half read (the
+        answer can be lost with it, the client's kernel seeing a reset): the
+        answer goes now, the close once the upload is done (or the client gone).
+        """
         self.drop_upload(key)  # a cut-off stream's too: its dead worker cannot remove it
         gone = self.gone_keys
-        gone[key] = None
-        if len(gone) > GONE_KEYS_MAX:
-            gone.popitem(last=False)
+        wait = key in self.receiving
+        if key not in gone:
+            gone[key] = wait
+            if len(gone) > GONE_KEYS_MAX:
+                gone.popitem(last=False)
+        return wait
 
     def _announced(self, msg: UploadStart | UploadDone) -> None:
         """Remember the temp file Mongrel2 announced for this connection (claimed: dev, ino)."""
         path = announced_path(msg)
+        if isinstance(msg, UploadDone):
+            self.receiving.discard(msg.key)
+        elif path is not None:
+            self.receiving.add(msg.key)  # Mongrel2 reads the body until its upload-done
         if path is None or msg.key in self.uploads or not self.store.upload_dir:
             return
         try:
@@ -332,9 +358,9 @@ class Router:
         ``msg`` (the request, or its raw bytes, parsed only now: this is
         rare) gives the HTTP version and method to answer with. The
         request's upload, if Mongrel2 announced one, is removed: no worker
-        will.
+        will. The connection is closed: what else comes for it is dropped.
         """
-        self.drop_upload((sender, conn_id))
+        wait = self._gone((sender, conn_id))
         if isinstance(msg, bytes):
             try:
                 msg = parse_message(msg)
@@ -344,14 +370,19 @@ class Router:
         method = msg.method if msg is not None else "GET"
         payload, _ = error_response(status, version, method=method)
         uuid = replies.reply_uuid(self.cfg.recv_ident, sender)
+        closing = () if wait else replies.close(uuid, [conn_id])
         try:
-            for m in (replies.reply(uuid, conn_id, payload), *replies.close(uuid, [conn_id])):
+            for m in (replies.reply(uuid, conn_id, payload), *closing):
                 self.pub.send(m)
         except (zmq.ZMQError, ValueError) as exc:
             log.warning("could not answer %s to %s:%s: %s", status, sender, conn_id, exc)
 
     def close(self, sender: str, conn_id: int) -> None:
         """Close a client connection whose response had already begun (nothing else fits)."""
+        if not self._gone((sender, conn_id)):
+            self._send_close(sender, conn_id)
+
+    def _send_close(self, sender: str, conn_id: int) -> None:
         uuid = replies.reply_uuid(self.cfg.recv_ident, sender)
         try:
             for m in replies.close(uuid, [conn_id]):
@@ -476,7 +507,6 @@ class Router:
                 " (%d response(s) already streaming: closed)" % cut if cut else "",
             )
             for key, streaming in first.items():
-                self._gone(key)
                 if streaming:
                     self.close(key[0], key[1])
                 else:
