@@ -119,3 +119,23 @@ def test_a_non_idempotent_request_a_dead_worker_held_is_answered(rig: Rig) -> No
     answers = sorted(rig.answer().split(b",", 1)[0] for _ in range(2))
     assert answers[0].endswith(b" 1:1") and answers[1].endswith(b" 1:2")
     assert not rig.router.disp.queue
+
+
+def test_a_request_that_got_a_freed_thread_is_not_taken_back() -> None:
+    """Two threads, two slots: once one request is done, the oldest in a slot runs."""
+    from m2gate.protocol.peek import peek
+    from m2gate.supervisor.handoff import Dispatcher
+    from m2gate.supervisor.state import Worker
+
+    d = Dispatcher(prefetch=2)
+    w = Worker(b"w0", 1000, 1, 2)
+    d.add_worker(w)
+    d.mark_ready(b"w0")
+    raws = {i: message(request_headers("GET", "/%d" % i), conn_id=i) for i in range(1, 5)}
+    for i, raw in raws.items():
+        d.assign(peek(raw), raw, float(i))  # 1, 2 on threads; 3, 4 in slots
+    assert set(d.spare) == {(SENDER.decode(), 3), (SENDER.decode(), 4)}
+    d.on_done(b"w0", (SENDER.decode(), 1), 5.0)  # 3 takes the freed thread
+    assert d.take_waiting(b"w0") == [raws[4]]
+    assert [k[1] for k in w.inflight] == [2, 3]
+    assert (SENDER.decode(), 4) not in d.owner

@@ -24,6 +24,9 @@ Rules (each from a measured Mongrel2 fact):
   ZeroMQ silently drops what a fresh PUB sends before it has connected.
 - When every thread is busy the request waits here, in arrival order, so a
   worker that leaves (reload, recycling, harakiri) never strands requests.
+- A worker that dies leaves its running requests to be answered (502/504,
+  or closed mid-stream); those still waiting in it for a thread (prefetched)
+  go to the others or its replacement (:meth:`Dispatcher.take_waiting`).
 - A worker holds an upload's request until Mongrel2's upload-done (unless
   ``stream_uploads``): no app runs meanwhile, so harakiri does not count the
   client's upload time; the request's clock starts at upload-done.

@@ -10,9 +10,11 @@ On the PUB it answers for workers that cannot: 503 (no worker took it in
 time, queue full, stopping, graceful timeout), 504 (harakiri), 502 (a worker
 died with it). When it answers a request whose upload Mongrel2 announced, it
 removes that temp file (no worker will), with the same checks a worker
-makes. What a frame means for a worker's life goes to the
-:class:`~m2gate.supervisor.lifecycle.Lifecycle`; the actions it returns go to
-``run`` (the master carries them out).
+makes; while Mongrel2 still reads that upload, the close waits for its
+upload-done. Whatever else comes for a connection it answered is dropped,
+and what a dead worker had not begun goes to another. What a frame means
+for a worker's life goes to the :class:`~m2gate.supervisor.lifecycle.Lifecycle`;
+the actions it returns go to ``run`` (the master carries them out).
 """
 
 from __future__ import annotations
