@@ -374,3 +374,17 @@ def test_bad_sticky_settings_are_one_line_at_start_up() -> None:
     assert "--sticky-cookie NAME" in line
     line = one_line_error(run("serve", "app:x", "--sticky-cookie", "a b", *SPEC))
     assert "sticky_cookie" in line and "RFC 6265" in line
+
+
+def test_the_policy_follows_the_settings() -> None:
+    assert Sticky.from_config(Config(processes=3)) is None
+    conn = Sticky.from_config(Config(processes=3, sticky="conn"))
+    assert conn is not None and conn.conn and conn.ring.slots == 3
+    cookie = Sticky.from_config(Config(processes=2, sticky_cookie="sid"))
+    assert cookie is not None and not cookie.conn and cookie.cookie == b"sid"
+    assert cookie.ring.slots == 2
+    ring = cookie.ring
+    cookie.resize(2)
+    assert cookie.ring is ring  # same count: nothing moves
+    cookie.resize(5)
+    assert cookie.ring.slots == 5
