@@ -175,3 +175,89 @@ def test_cookie_value_picks_the_worker_and_survives_a_reload(
     check_slots(after, sock, 2)
     old = set().union(*first.values())
     assert not old & set().union(*after.values()), "served by the old generation"
+
+
+GATED_APP = """
+import os
+import time
+from pathlib import Path
+
+GATE = Path(os.environ["M2GATE_TEST_GATE"])
+
+
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/hold":
+        deadline = time.monotonic() + 60
+        while not GATE.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    body = b"%d" % os.getpid()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def wait_status(sock: str, check: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for _ in range(1200):
+        doc = status(sock)
+        if check(doc):
+            return doc
+        threading.Event().wait(0.05)
+    raise AssertionError("%s never happened: %s" % (what, doc))
+
+
+def test_a_request_waits_for_its_busy_worker_without_holding_up_the_others(
+    mongrel2: Mongrel2, m2gate_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    """One thread per worker, no prefetch: slot 0's worker is held until the test opens a gate."""
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "gated_pid.py").write_text(GATED_APP)
+    gate = tmp_path / "gate"
+    pidfile = tmp_path / "m2gate.pid"
+    m2gate_server(
+        "gated_pid:application",
+        *("-p", "3", "--threads", "1", "--prefetch", "0", "--pidfile", str(pidfile)),
+        *("--sticky-cookie", "sid", "--queue-timeout", "120"),
+        cwd=app_dir,
+        env={"M2GATE_TEST_GATE": str(gate)},
+    )
+    sock = control_path_for(str(pidfile))
+    wait_all_ready(sock)
+    ring = Ring(3)
+    v0 = next(v for v in VALUES if ring.slot(v.encode()) == 0)
+    v1 = next(v for v in VALUES if ring.slot(v.encode()) == 1)
+    results: dict[str, int] = {}
+
+    def get(name: str, path: str, value: str) -> None:
+        r = requests.get(mongrel2.url + path, cookies={"sid": value}, timeout=120)
+        r.raise_for_status()
+        results[name] = int(r.text)
+
+    holder = threading.Thread(target=get, args=("held", "/hold", v0))
+    waiter = threading.Thread(target=get, args=("waited", "/pid", v0))
+    try:
+        holder.start()
+        wait_status(
+            sock,
+            lambda d: any(
+                w["slot"] == 0 and [e["request"] for e in w["in_flight"]] == ["GET /hold"]
+                for w in d["workers"]
+            ),
+            "slot 0 serving /hold",
+        )
+        waiter.start()
+        wait_status(sock, lambda d: d["queued"] == 1, "a request waiting for slot 0")
+        # Meanwhile slot 1's value, and a request without the cookie, are served.
+        other = fresh_pid(mongrel2, Cookie="sid=%s" % v1)
+        free = fresh_pid(mongrel2)
+        doc = status(sock)
+        assert doc["queued"] == 1 and "waited" not in results, "the waiting request moved"
+        by_slot = {w["slot"]: w["pid"] for w in doc["workers"]}
+        assert other == by_slot[1]
+        assert free != by_slot[0]  # slot 0's only thread is held
+    finally:
+        gate.touch()
+        holder.join(120)
+        waiter.join(120)
+    assert results["held"] == results["waited"] == by_slot[0]
