@@ -388,3 +388,25 @@ def test_the_policy_follows_the_settings() -> None:
     assert cookie.ring is ring  # same count: nothing moves
     cookie.resize(5)
     assert cookie.ring.slots == 5
+
+
+def test_conn_mode_keeps_an_upload_and_a_websocket_on_the_connection_worker() -> None:
+    d = sticky_dispatcher("conn", 2, 2, 2)
+    # An upload: its start and its done (and nothing counted twice).
+    start = {"x-mongrel2-upload-start": "/tmp/up.1"}
+    done = {**start, "x-mongrel2-upload-done": "/tmp/up.1"}
+    first = wid(d.assign(*req(3, **start), 0.0))
+    assert first == b"w%d" % slot_of_conn(d, 3)
+    assert wid(d.assign(*req(3, **done), 0.1)) == first
+    assert d.workers[first].pending == 1
+    # A websocket's handshake and frames (captured: connection 22), each answered
+    # before the next arrives, so only the slot keeps them together.
+    workers = set()
+    for name in ("ws_handshake", "ws_text", "ws_binary", "ws_ping", "ws_close"):
+        raw = (CORPUS / ("tnetstring_%s.bin" % name)).read_bytes()
+        p = peek(raw)
+        got = wid(d.assign(p, raw, 1.0))
+        workers.add(got)
+        assert d.on_done(got, (p[0], p[1]), 1.0)
+    ws_slot = d.sticky.ring.slot(b"%s %d" % (p[0].encode(), p[1])) if d.sticky else -1
+    assert workers == {b"w%d" % ws_slot}
