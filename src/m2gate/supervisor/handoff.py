@@ -193,7 +193,7 @@ class Dispatcher:
                 # (It ignores it, or answers a forged one 400: not counted.)
                 return self.forward(last)
         if self.sticky is not None:
-            decision = self._assign_sticky(p, raw, now, key)
+            decision = self._assign_sticky(self.sticky, p, raw, now, key)
             if decision is not None:
                 return decision
         if key in self._queued_keys:
@@ -417,19 +417,20 @@ class Dispatcher:
         del self._queued_keys[key]
 
     # -- sticky routing (only with ``sticky`` set: see .sticky) --------------
-    def _assign_sticky(self, p: Peeked, raw: bytes, now: float, key: Key) -> Decision | None:
+    def _assign_sticky(
+        self, sticky: Sticky, p: Peeked, raw: bytes, now: float, key: Key
+    ) -> Decision | None:
         """A new request's slot worker, or a wait for it; None: not sticky, route as usual.
 
         A request behind a waiting one of its connection waits with it (same
         slot); one behind a non-sticky queued request stays in the main queue.
         """
-        assert self.sticky is not None
         waiting = self.waiting
         slot = waiting.slot_of(key) if waiting.count else None
         if slot is None:
             if key in self._queued_keys:
                 return None
-            slot = self.sticky.slot_for(p, raw)
+            slot = sticky.slot_for(p, raw)
             if slot is None:
                 return None
             w = target(self.workers.values(), slot)
