@@ -51,6 +51,7 @@ from m2gate.supervisor.handoff import Dispatcher
 from m2gate.supervisor.lifecycle import Lifecycle
 from m2gate.supervisor.router import Router
 from m2gate.supervisor.state import Worker
+from m2gate.supervisor.sticky import Sticky
 from m2gate.supervisor.systemd import sd_notify
 from m2gate.supervisor.watch import WATCH_INTERVAL, Watcher
 from m2gate.supervisor.wire import EXIT_APP_LOAD, READY
@@ -86,6 +87,7 @@ class Master:
         self.app: Any = None
         # The hand-off policy is replaceable (e.g. idle-aware or sticky routing).
         self.disp = dispatcher or Dispatcher(cfg.queue_size, cfg.prefetch)
+        self.disp.sticky = self.disp.sticky or Sticky.from_config(cfg)
         self.life = Lifecycle(cfg, self.disp, self.pid)
         self.watcher = Watcher(cfg, inotify=True, wake=self._poke_watch)
         self.by_pid: dict[int, Worker] = {}
@@ -397,7 +399,7 @@ class Master:
             self.life,
             pid=self.pid,
             uptime=time.time() - self.started_at,
-            queued=len(self.disp.queue),
+            queued=len(self.disp.queue) + self.disp.waiting.count,
             rejected=self.router.rejected,
             now=time.monotonic(),
         )

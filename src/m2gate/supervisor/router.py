@@ -175,6 +175,13 @@ class Router:
                         "no worker is ready yet: %d request(s) wait in the master for one",
                         len(self.disp.queue),
                     )
+                elif self.disp.waiting.count:  # sticky routing: each waits for its own worker
+                    log.warning(
+                        "%d request(s) wait in the master for a thread of their sticky worker"
+                        " (%d for any worker)",
+                        self.disp.waiting.count,
+                        len(self.disp.queue),
+                    )
                 else:
                     log.warning(
                         "every worker thread is busy: %d request(s) wait in the master",
