@@ -47,7 +47,7 @@ from m2gate.ops.stats import DocumentServer, Render, require_metrics
 from m2gate.supervisor import status, workers
 from m2gate.supervisor.actions import Action, Dump, Fatal, Kill, Notify, Send, Spawn
 from m2gate.supervisor.child import WorkerSpec
-from m2gate.supervisor.handoff import Dispatcher
+from m2gate.supervisor.handoff import Dispatcher, make_dispatcher
 from m2gate.supervisor.lifecycle import Lifecycle
 from m2gate.supervisor.router import Router
 from m2gate.supervisor.state import Worker
@@ -85,7 +85,7 @@ class Master:
         self.pid = os.getpid()
         self.app: Any = None
         # The hand-off policy is replaceable (e.g. idle-aware or sticky routing).
-        self.disp = dispatcher or Dispatcher(cfg.queue_size, cfg.prefetch)
+        self.disp = dispatcher or make_dispatcher(cfg.dispatch, cfg.queue_size, cfg.prefetch)
         self.life = Lifecycle(cfg, self.disp, self.pid)
         self.watcher = Watcher(cfg, inotify=True, wake=self._poke_watch)
         self.by_pid: dict[int, Worker] = {}
