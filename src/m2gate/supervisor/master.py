@@ -102,6 +102,11 @@ class Master:
     # == set-up ==============================================================
     def run(self) -> int:
         cfg = self.cfg
+        if cfg.dispatch == "direct" and cfg.harakiri:
+            raise ConfigError(
+                "harakiri: needs --dispatch idle or round-robin (with direct the master"
+                " does not see the requests it would time); accepted: 0 with direct"
+            )
         if cfg.preload:
             self.app = load_app(cfg.app, cfg.chdir, cfg.paste)  # AppLoadError: exit 3
             logs.after_app_import()
@@ -109,13 +114,15 @@ class Master:
         self._open()
         try:
             log.info(
-                "m2gate %s master pid %d: PULL %s, PUB %s, %d worker(s) x %d thread(s)",
+                "m2gate %s master pid %d: %s %s, PUB %s, %d worker(s) x %d thread(s), dispatch %s",
                 __version__,
                 self.pid,
+                "workers PULL" if cfg.dispatch == "direct" else "PULL",
                 cfg.send_spec,
                 cfg.recv_spec,
                 cfg.workers,
                 cfg.threads,
+                cfg.dispatch,
             )
             self.execute(self.life.start(time.monotonic()))
             self._loop()
@@ -143,7 +150,8 @@ class Master:
         pull = open_pull(
             self.ctx, cfg.send_ident.encode("ascii"), pull_limit(cfg.mongrel2_content_length)
         )
-        pull.connect(cfg.send_spec)
+        if cfg.dispatch != "direct":
+            pull.connect(cfg.send_spec)  # direct: each worker pulls; this one stays unconnected
         # Mongrel2's restarts: its connection ids start again at 1.
         self.frontend = FrontendMonitor(pull, cfg.send_spec)
         self.router = Router(
