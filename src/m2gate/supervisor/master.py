@@ -104,8 +104,8 @@ class Master:
         cfg = self.cfg
         if cfg.dispatch == "direct" and cfg.harakiri:
             raise ConfigError(
-                "harakiri: needs --dispatch idle or round-robin (with direct the master"
-                " does not see the requests it would time); accepted: 0 with direct"
+                "harakiri: not available with --dispatch direct (the master does not see the"
+                " requests it would time); accepted: 0, or --dispatch idle or round-robin"
             )
         if cfg.preload:
             self.app = load_app(cfg.app, cfg.chdir, cfg.paste)  # AppLoadError: exit 3
