@@ -307,6 +307,15 @@ class Config:
         validate=non_negative,
         accepted="an integer >= 0",
     )
+    dispatch: Literal["idle", "round-robin", "direct"] = setting(
+        "idle",
+        "With worker processes, how requests reach them: idle (the master hands each to a"
+        " worker with a free thread, queueing when all are busy), round-robin (the master"
+        " hands each to the next ready worker in turn, whatever its load), or direct (every"
+        " worker pulls from Mongrel2 itself, as uWSGI does; lossy on reload and worker exit:"
+        " what Mongrel2 queued to a leaving worker is lost). See docs/operations.md.",
+        section="workers",
+    )
     stats: str = setting(
         "",
         "Serve a JSON stats document (uWSGI stats-server style, it lists request paths and"

@@ -24,6 +24,10 @@ Rules (each from a measured Mongrel2 fact):
   ZeroMQ silently drops what a fresh PUB sends before it has connected.
 - When every thread is busy the request waits here, in arrival order, so a
   worker that leaves (reload, recycling, harakiri) never strands requests.
+- :class:`RoundRobin` (``--dispatch round-robin``) only changes :meth:`~Dispatcher.pick`:
+  new work goes to the next ready worker in turn whatever its load (it
+  queues in that worker, as Mongrel2's PUSH would queue it), and everything
+  else, in-flight tracking included, is the same.
 - A worker holds an upload's request until Mongrel2's upload-done (unless
   ``stream_uploads``): no app runs meanwhile, so harakiri does not count the
   client's upload time; the request's clock starts at upload-done.
@@ -479,3 +483,32 @@ class Dispatcher:
             self._queued_keys[key] = n
         else:
             self._queued_keys.pop(key, None)
+
+class RoundRobin(Dispatcher):
+    """``--dispatch round-robin``: each new request to the next ready worker, whatever its load.
+
+    Mongrel2's PUSH behaviour, kept for comparison: a fast request can wait
+    in a worker behind a slow one while another worker is idle. The master
+    still tracks every request in flight (502/504 on a worker's death,
+    harakiri, reloads). A subclass, so the default policy's :meth:`pick`
+    pays nothing for this mode. Harakiri's clock of a request starts when it
+    is handed over, so it includes the time it waited in its worker's queue.
+    """
+
+    def pick(self) -> Worker | None:
+        """The ready worker picked longest ago (a new one first): strict rotation."""
+        best: Worker | None = None
+        for w in self.workers.values():
+            if w.state is READY and (best is None or w.turn < best.turn):
+                best = w
+        if best is not None:
+            self._turn += 1
+            best.turn = self._turn
+        return best
+
+
+def make_dispatcher(mode: str, queue_size: int = 10000, prefetch: int = 0) -> Dispatcher:
+    """The policy of the ``dispatch`` setting (``direct``: the master routes no requests)."""
+    if mode == "round-robin":
+        return RoundRobin(queue_size, prefetch)
+    return Dispatcher(queue_size, prefetch)
