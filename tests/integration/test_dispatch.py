@@ -203,8 +203,14 @@ def test_direct_recycles_at_max_requests(
     assert "max-requests" in fleet.server.output
 
 
-def test_direct_refuses_harakiri_with_one_line(mongrel2: Mongrel2, m2gate_server: Factory) -> None:
-    server = m2gate_server(APP, "-p", "2", "--dispatch", "direct", "--harakiri", "5", wait=False)
+@pytest.mark.parametrize(
+    ("setting", "args"),
+    [("harakiri", ["--harakiri", "5"]), ("sticky", ["--sticky", "conn"])],
+)
+def test_direct_refuses_what_only_the_master_can_do_with_one_line(
+    mongrel2: Mongrel2, m2gate_server: Factory, setting: str, args: list[str]
+) -> None:
+    server = m2gate_server(APP, "-p", "2", "--dispatch", "direct", *args, wait=False)
     assert server.proc.wait(timeout=30) != 0
     errors = [line for line in server.output.splitlines() if line.startswith("m2gate: error:")]
-    assert len(errors) == 1 and "harakiri" in errors[0] and "direct" in errors[0], server.output
+    assert len(errors) == 1 and setting in errors[0] and "direct" in errors[0], server.output

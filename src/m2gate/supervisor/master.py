@@ -109,6 +109,11 @@ class Master:
                 "harakiri: not available with --dispatch direct (the master does not see the"
                 " requests it would time); accepted: 0, or --dispatch idle or round-robin"
             )
+        if cfg.dispatch == "direct" and (cfg.sticky != "none" or cfg.sticky_cookie):
+            raise ConfigError(
+                "sticky: not available with --dispatch direct (Mongrel2, not the master,"
+                " picks the worker); accepted: none, or --dispatch idle or round-robin"
+            )
         if cfg.preload:
             self.app = load_app(cfg.app, cfg.chdir, cfg.paste)  # AppLoadError: exit 3
             logs.after_app_import()
