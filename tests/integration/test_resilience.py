@@ -122,20 +122,23 @@ def fill(m2: Mongrel2, pidfile: Path, slow: float, extra: int) -> tuple[Clients,
 # -- point 3: nothing silently lost ------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["sigkill", "harakiri"])
+@pytest.mark.parametrize(
+    ("how", "dispatch"), [("sigkill", "idle"), ("harakiri", "idle"), ("sigkill", "round-robin")]
+)
 def test_requests_waiting_for_a_dead_worker_are_served_by_the_others(
-    mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path, how: str
+    mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path, how: str, dispatch: str
 ) -> None:
     """Its running request gets 502 (504 for harakiri); the ones no thread of it had begun
     get their own 200 from the other worker or its replacement."""
     pidfile = tmp_path / "m.pid"
-    args = ["-p", "2", "--threads", "1", "--pidfile", str(pidfile)]
+    args = ["-p", "2", "--threads", "1", "--dispatch", dispatch, "--pidfile", str(pidfile)]
     if how == "harakiri":
         args += ["--harakiri", "2"]  # both slow requests: both workers are replaced
     m2gate_server(APP, *args)
     slow, quick = fill(mongrel2, pidfile, 5, 4)
     loads = in_flight(pidfile)
-    assert sorted(loads.values()) == [2, 2], loads  # one running + one prefetched each
+    # idle: one running + one prefetched each (two wait in the master); round-robin: all in them
+    assert sorted(loads.values()) == ([2, 2] if dispatch == "idle" else [3, 3]), loads
     if how == "sigkill":
         os.kill(next(iter(loads)), signal.SIGKILL)
     got = quick.join()
@@ -221,7 +224,7 @@ def test_mongrel2_restarted_under_load_every_new_client_gets_its_own_answer(
     args = ["--threads", "4"]
     pidfile = tmp_path / "m.pid"
     if mode == "master":
-        args += ["-p", "2", "--pidfile", str(pidfile)]
+        args += ["-p", "2", "--dispatch", "idle", "--pidfile", str(pidfile)]
     server = m2gate_server(APP, *args)
     mongrel2.restart()  # ids count from 1 again
     old = Clients(mongrel2)
