@@ -92,9 +92,20 @@ def own_answer(tag: str, got: bytes) -> bool:
     return got.startswith(b"HTTP/1.1 200") and b"answer for %s from" % tag.encode() in got
 
 
-def in_flight(pidfile: Path) -> dict[int, int]:
-    """pid -> requests in flight, of every worker."""
-    return {w["pid"]: len(w["in_flight"]) for w in status(pidfile)["workers"]}
+def in_flight(pidfile: Path, paths: tuple[str, ...] = ("/slow", "/tag")) -> dict[int, int]:
+    """pid -> the test's requests in flight there (not the fixture's readiness probes)."""
+    return {
+        w["pid"]: sum(e["request"].split(" ")[-1] in paths for e in w["in_flight"])
+        for w in status(pidfile)["workers"]
+    }
+
+
+def serving(pidfile: Path, path: str) -> int | None:
+    """The pid of the worker with a request for ``path`` in flight."""
+    for w in status(pidfile)["workers"]:
+        if any(e["request"].split(" ")[-1] == path for e in w["in_flight"]):
+            return int(w["pid"])
+    return None
 
 
 def fill(m2: Mongrel2, pidfile: Path, slow: float, extra: int) -> tuple[Clients, Clients]:
@@ -109,7 +120,7 @@ def fill(m2: Mongrel2, pidfile: Path, slow: float, extra: int) -> tuple[Clients,
     slow_clients, quick = Clients(m2), Clients(m2)
     for i in range(2):
         slow_clients.start("slow%d" % i, "/slow?s=%s" % slow)
-    wait_until(lambda: sorted(in_flight(pidfile).values()) == [1, 1], "both workers busy")
+    wait_until(lambda: sorted(in_flight(pidfile, ("/slow",)).values()) == [1, 1], "both busy")
     for i in range(extra):
         quick.start("q%d" % i)
     wait_until(
@@ -160,10 +171,7 @@ def test_requests_pipelined_behind_a_killed_one_end_with_its_502(
     second = b"GET /tag?tag=second HTTP/1.1\r\nHost: x\r\n\r\n"
     sock = send(mongrel2, "/slow?s=30&tag=first", second)
     with sock:
-        busy = wait_until(
-            lambda: [p for p, n in in_flight(pidfile).items() if n], "the request in flight"
-        )
-        os.kill(busy[0], signal.SIGKILL)
+        os.kill(wait_until(lambda: serving(pidfile, "/slow"), "the slow request"), signal.SIGKILL)
         got = read_all(sock, until_eof=True)
     assert got.startswith(b"HTTP/1.1 502"), got
     assert got.count(b"HTTP/1.1 ") == 1, got
