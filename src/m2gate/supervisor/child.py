@@ -388,7 +388,9 @@ def _run(spec: WorkerSpec) -> int:
         return EXIT_APP_LOAD
     counter = ExceptionCounter()
     logging.getLogger("m2gate.wsgi").addFilter(counter)
-    handler = wsgi_handler(cfg, app, multithread=cfg.threads > 1, multiprocess=cfg.processes > 1)
+    handler = wsgi_handler(
+        cfg, app, multithread=cfg.threads > 1, multiprocess=max(cfg.processes, cfg.workers_max) > 1
+    )
     identity = b"%s-%s" % (cfg.send_ident.encode("ascii"), spec.wid)
     sink = PubSink(open_pub(ctx, cfg.recv_spec, identity, hwm=cfg.send_hwm), cfg.send_timeout)
     worker = ThreadedRuntime(

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from m2gate.conn.uploads import announced_path
 from m2gate.protocol.peek import CONTROL, DISCONNECT, UPLOAD_DONE, Peeked
 from m2gate.supervisor.state import InFlight, Key, Worker, WorkerState, stale_key
+from m2gate.supervisor.waits import WaitWindow
 
 # Idle keep-alive connections remembered for their notices (credits, disconnect).
 LAST_SERVED_MAX = 65536
@@ -107,6 +108,8 @@ class Dispatcher:
         self._left: set[Key] = set()
         self.hold_uploads = True  # False with stream_uploads: the app reads as it arrives
         self.epoch = 0  # Mongrel2 incarnations gone (see reset_frontend)
+        # Queue waits, measured (stats, metrics, adaptive workers): see queue_wait below.
+        self.waits = WaitWindow()
 
     # -- workers -----------------------------------------------------------
     def add_worker(self, w: Worker) -> None:
@@ -316,6 +319,7 @@ class Dispatcher:
                 wid = w.wid
                 self._add(w, key, now, False, item.peeked)
             self._pop_queue()
+            self.waits.add(now - item.arrived, now)
             out.append((wid, item))
         return out
 
@@ -323,7 +327,9 @@ class Dispatcher:
         """Requests that waited longer than ``timeout`` (to answer 503)."""
         out: list[Queued] = []
         while self.queue and now - self.queue[0].arrived > timeout:
-            out.append(self._pop_queue())
+            item = self._pop_queue()
+            self.waits.add(now - item.arrived, now)
+            out.append(item)
         return out
 
     def overdue(self, now: float, limit: float) -> list[tuple[Worker, InFlight]]:
@@ -351,6 +357,13 @@ class Dispatcher:
                 if self.owner.get(key) == wid:
                     del self.owner[key]
                     self._left.discard(key)
+
+    # -- queue wait (stats, metrics, adaptive workers) ----------------------
+    # Every request leaving the queue (dispatch_queued, expire_queued) is
+    # added to ``self.waits``; a new policy keeping its own queue keeps both.
+    def oldest_wait(self, now: float) -> float:
+        """Seconds the oldest queued request has waited so far (0.0: nothing queued)."""
+        return now - self.queue[0].arrived if self.queue else 0.0
 
     # -- internals ---------------------------------------------------------
     def _add(self, w: Worker, key: Key, now: float, pipelined: bool, p: Peeked) -> None:

@@ -109,12 +109,15 @@ class Master:
         self._open()
         try:
             log.info(
-                "m2gate %s master pid %d: PULL %s, PUB %s, %d worker(s) x %d thread(s)",
+                "m2gate %s master pid %d: PULL %s, PUB %s, %d worker(s)%s x %d thread(s)",
                 __version__,
                 self.pid,
                 cfg.send_spec,
                 cfg.recv_spec,
                 cfg.workers,
+                " (adaptive: %d to %d)" % (cfg.fewest_workers, cfg.workers_max)
+                if cfg.adaptive
+                else "",
                 cfg.threads,
             )
             self.execute(self.life.start(time.monotonic()))
