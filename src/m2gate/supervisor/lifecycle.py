@@ -432,7 +432,7 @@ class Lifecycle:
         self.retired_idle += 1
         self.calm_since = None
         log.info(
-            "workers idle for %ss: retiring worker %s (pid %d), %d left (at least %d)",
+            "a worker's threads spare for %ss: retiring worker %s (pid %d), %d left (min %d)",
             cfg.workers_idle,
             w.wid.decode(),
             w.pid,
