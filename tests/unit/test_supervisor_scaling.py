@@ -277,6 +277,20 @@ def test_a_crashed_worker_is_replaced_and_the_count_kept() -> None:
     assert len(serving(life)) == 3
 
 
+def test_requests_waiting_for_a_crashed_worker_start_no_extra_one() -> None:
+    life = make(workers_spawn_interval=0.0)
+    boot(life)
+    arrive(life, 1, 1.0)
+    arrive(life, 2, 1.0)
+    (second,) = spawned(life.tick(1.2))
+    assert life.size == 2
+    life.on_exit(second, 1, 1.5)  # died before it was ready: retried after 0.1 s
+    assert life.tick(1.55) == []  # requests wait, but the retry covers them
+    (retry,) = spawned(life.tick(1.65))
+    assert life.size == 2 and life.spawned_for_load == 1 and life.restarts == 1
+    assert retry.generation == 1 and len(life.workers) == 2
+
+
 def test_the_stats_document_shows_the_queue_and_the_scaling() -> None:
     life = make()
     boot(life)

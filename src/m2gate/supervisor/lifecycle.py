@@ -388,8 +388,9 @@ class Lifecycle:
                 busy += len(w.inflight)
             elif w.state is S.STARTING:
                 starting = True
-        if self.pending_gen is not None or not self.initial_ready or starting:
-            self.calm_since = None  # workers coming: measure once they serve
+        if self.pending_gen is not None or not self.initial_ready or starting or self.respawn_at:
+            # Workers coming (a reload, a start, a crash's back-off): measure once they serve.
+            self.calm_since = None
             return
         waited = self.disp.oldest_wait(now)
         if self.disp.queue and waited >= cfg.workers_spawn_wait:
