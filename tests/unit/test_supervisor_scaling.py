@@ -179,7 +179,7 @@ def test_a_busy_moment_restarts_the_calm_spell() -> None:
     assert life.size == 1
 
 
-def test_a_busy_worker_retired_for_idle_finishes_its_request_first() -> None:
+def test_only_an_idle_worker_is_retired_so_no_request_outlives_its_grace() -> None:
     life = make(workers_min=1, workers_max=2, threads=2)
     boot(life)
     for conn_id in (1, 2, 3):
@@ -187,18 +187,20 @@ def test_a_busy_worker_retired_for_idle_finishes_its_request_first() -> None:
     (w2,) = spawned(life.tick(1.2))
     life.on_ready(w2, 1.3)
     life.disp.dispatch_queued(1.3)
-    finish(life, 2, 1.5)  # one request left on each worker: 2 busy <= 1 worker x 2 threads
-    loads = sorted(len(w.inflight) for w in serving(life))
-    assert loads == [1, 1]
-    life.tick(2.0)
-    assert life.tick(7.0) == []  # retiring, busy: not told to stop yet
-    (leaving,) = [w for w in life.workers.values() if w.state is S.RETIRING]
-    (conn_id,) = [k[1] for k in leaving.inflight]
-    # New work goes to the one that stays, never to the leaving one.
-    assert isinstance(arrive(life, 9, 7.1), Forward) and not life.disp.queue
-    assert life.disp.owner[(CONN, 9)] != leaving.wid
-    finish(life, conn_id, 8.0)
-    assert life.tick(8.0) == [Send(leaving, STOP)]
+    # One request on each worker: 2 busy threads fit one worker of 2 threads.
+    for w in serving(life):
+        for key in list(w.inflight)[1:]:
+            finish(life, key[1], 1.5)
+    assert sorted(len(w.inflight) for w in serving(life)) == [1, 1]
+    life.tick(2.0)  # the calm spell starts
+    for t in (7.0, 20.0, 60.0):  # long past workers_idle, but both are busy
+        assert life.tick(t) == []
+    assert all(w.state is S.READY for w in life.workers.values())
+    stays, goes = sorted(serving(life), key=lambda w: w.serial)
+    (conn_id,) = [k[1] for k in goes.inflight]
+    finish(life, conn_id, 61.0)  # the newest is idle now: it goes at once
+    assert life.tick(61.0) == [Send(goes, STOP)]
+    assert life.size == 1 and stays.state is S.READY and stays.inflight
 
 
 def test_no_flapping_when_the_load_fits_one_worker_fewer() -> None:

@@ -108,7 +108,7 @@ class Dispatcher:
         self._left: set[Key] = set()
         self.hold_uploads = True  # False with stream_uploads: the app reads as it arrives
         self.epoch = 0  # Mongrel2 incarnations gone (see reset_frontend)
-        # Queue waits, measured (stats, metrics, adaptive workers): see queue_wait below.
+        # Queue waits, measured (stats, metrics, adaptive workers): see oldest_wait below.
         self.waits = WaitWindow()
 
     # -- workers -----------------------------------------------------------

@@ -26,9 +26,9 @@ The rules it keeps:
   per ``workers_spawn_interval``, none while one is starting, never above
   the maximum); one fewer when for ``workers_idle`` seconds nothing waited
   and the busy threads fitted in one worker fewer (never below the
-  minimum). The pool as a whole is measured, not each worker: the
-  dispatcher spreads work over every worker, so none of them alone would
-  ever look idle. A retired worker finishes what it holds (as on reload).
+  minimum), the newest idle worker exits. The pool as a whole is measured,
+  not each worker: the dispatcher spreads work over every worker, so none
+  of them alone would look idle for long.
 """
 
 from __future__ import annotations
@@ -424,11 +424,12 @@ class Lifecycle:
             return
         if now - self.calm_since < cfg.workers_idle:
             return
-        candidates = [w for w in ready if not w.recycling and not w.replaced]
+        # Only an idle one (the newest): a busy one could hold a request that outlives
+        # the graceful timeout and be killed for it. None idle yet: the next tick.
+        candidates = [w for w in ready if not w.inflight and not w.recycling and not w.replaced]
         if not candidates:
             return
-        # The least loaded, newest first: an idle one exits at once.
-        w = min(candidates, key=lambda p: (len(p.inflight), -p.serial))
+        w = max(candidates, key=lambda p: p.serial)
         self.size -= 1
         self.retired_idle += 1
         self.calm_since = None
