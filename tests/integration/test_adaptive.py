@@ -119,11 +119,12 @@ def test_a_load_ramp_grows_the_pool_and_quiet_shrinks_it(
     before = metrics_of(metrics)
     assert before["m2gate_workers_target"] == 1 and before["m2gate_workers_spawned_total"] == 0
 
-    # The ramp: 2 clients, then 6 more, each sending slow requests back to back.
+    # The ramp: 2 clients, then 8 more, each sending slow requests back to back: more
+    # than 4 workers hold (a thread and a --prefetch slot each), so requests keep waiting.
     with Sampler(status) as sampler:
         light = LoadGenerator(mongrel2.port, [SLOW], threads=2, max_requests=400).start()
         light.wait_for(5)
-        heavy = LoadGenerator(mongrel2.port, [SLOW], threads=6, max_requests=400).start()
+        heavy = LoadGenerator(mongrel2.port, [SLOW], threads=8, max_requests=400).start()
         grown = wait_until(
             lambda: (d := status()) and len(serving(d)) > 1 and d, "more workers under load", 60
         )
