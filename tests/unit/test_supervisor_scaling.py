@@ -349,9 +349,11 @@ def test_expired_requests_count_as_waits() -> None:
         ({"workers_min": 5, "workers_max": 4}, "workers_min: 5 is above workers_max 4"),
         ({"processes": 6, "workers_max": 4}, "processes: 6 is outside workers_min..workers_max"),
         ({"processes": 1, "workers_min": 2, "workers_max": 4}, "an integer from 2 to 4"),
+        ({"workers_max": 4, "dispatch": "direct"}, "workers_max: adaptive workers measure"),
+        ({"workers_max": 4, "sticky": "conn"}, "workers_max: sticky routing keeps keys"),
     ],
 )
-def test_bad_worker_ranges_fail_in_one_line(values: dict[str, int], expected: str) -> None:
+def test_bad_worker_ranges_fail_in_one_line(values: dict[str, object], expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         load({k: str(v) for k, v in values.items()}, {})
     assert expected in str(info.value) and "\n" not in str(info.value)
