@@ -495,7 +495,9 @@ def _run(spec: WorkerSpec) -> int:
         return EXIT_APP_LOAD
     counter = ExceptionCounter()
     logging.getLogger("m2gate.wsgi").addFilter(counter)
-    handler = wsgi_handler(cfg, app, multithread=cfg.threads > 1, multiprocess=cfg.processes > 1)
+    handler = wsgi_handler(
+        cfg, app, multithread=cfg.threads > 1, multiprocess=max(cfg.processes, cfg.workers_max) > 1
+    )
     transport: ZmqTransport | None = None
     if isinstance(link, DirectLink):
         # Pulls from Mongrel2 as one process does; its PUB is the reply path.

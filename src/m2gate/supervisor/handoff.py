@@ -44,6 +44,7 @@ from m2gate.conn.uploads import announced_path
 from m2gate.protocol.peek import CONTROL, DISCONNECT, UPLOAD_DONE, Peeked
 from m2gate.supervisor.state import InFlight, Key, Worker, WorkerState, stale_key
 from m2gate.supervisor.sticky import Sticky, Waiting, target
+from m2gate.supervisor.waits import WaitWindow
 
 # Idle keep-alive connections remembered for their notices (credits, disconnect).
 LAST_SERVED_MAX = 65536
@@ -114,6 +115,8 @@ class Dispatcher:
         self._left: set[Key] = set()
         self.hold_uploads = True  # False with stream_uploads: the app reads as it arrives
         self.epoch = 0  # Mongrel2 incarnations gone (see reset_frontend)
+        # Queue waits, measured (stats, metrics, adaptive workers): see oldest_wait below.
+        self.waits = WaitWindow()
         # Sticky routing (None: off) and the requests waiting for their slot's worker.
         self.sticky: Sticky | None = None
         self.waiting: Waiting[Queued] = Waiting()
@@ -331,6 +334,7 @@ class Dispatcher:
                 wid = w.wid
                 self._add(w, key, now, False, item.peeked)
             self._pop_queue()
+            self.waits.add(now - item.arrived, now)
             out.append((wid, item))
         return out
 
@@ -338,10 +342,13 @@ class Dispatcher:
         """Requests that waited longer than ``timeout`` (to answer 503)."""
         out: list[Queued] = []
         while self.queue and now - self.queue[0].arrived > timeout:
-            out.append(self._pop_queue())
+            item = self._pop_queue()
+            self.waits.add(now - item.arrived, now)
+            out.append(item)
         if self.waiting.count:
             for item in self.waiting.expire(now, timeout):
                 self._unqueued(item.key)
+                self.waits.add(now - item.arrived, now)
                 out.append(item)
         return out
 
@@ -370,6 +377,18 @@ class Dispatcher:
                 if self.owner.get(key) == wid:
                     del self.owner[key]
                     self._left.discard(key)
+
+    # -- queue wait (stats, metrics, adaptive workers) ----------------------
+    # Every request leaving the queue or a sticky slot's FIFO (dispatch_queued,
+    # _dispatch_sticky, expire_queued) is added to ``self.waits``.
+    def oldest_wait(self, now: float) -> float:
+        """Seconds the oldest waiting request has waited so far (0.0: nothing waits)."""
+        oldest = self.queue[0].arrived if self.queue else now
+        if self.waiting.count:
+            for q in self.waiting.by_slot.values():
+                if q and q[0].arrived < oldest:
+                    oldest = q[0].arrived
+        return now - oldest
 
     # -- internals ---------------------------------------------------------
     def _add(self, w: Worker, key: Key, now: float, pipelined: bool, p: Peeked) -> None:
@@ -473,6 +492,7 @@ class Dispatcher:
                     self._add(w, key, now, False, item.peeked)
                 waiting.popleft(slot)
                 self._unqueued(key)
+                self.waits.add(now - item.arrived, now)
                 out.append((wid, item))
         return out
 
@@ -483,6 +503,7 @@ class Dispatcher:
             self._queued_keys[key] = n
         else:
             self._queued_keys.pop(key, None)
+
 
 class RoundRobin(Dispatcher):
     """``--dispatch round-robin``: each new request to the next ready worker, whatever its load.

@@ -121,13 +121,17 @@ class Master:
         self._open()
         try:
             log.info(
-                "m2gate %s master pid %d: %s %s, PUB %s, %d worker(s) x %d thread(s), dispatch %s",
+                "m2gate %s master pid %d: %s %s, PUB %s, %d worker(s)%s x %d thread(s),"
+                " dispatch %s",
                 __version__,
                 self.pid,
                 "workers PULL" if cfg.dispatch == "direct" else "PULL",
                 cfg.send_spec,
                 cfg.recv_spec,
                 cfg.workers,
+                " (adaptive: %d to %d)" % (cfg.fewest_workers, cfg.workers_max)
+                if cfg.adaptive
+                else "",
                 cfg.threads,
                 cfg.dispatch,
             )

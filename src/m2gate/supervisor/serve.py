@@ -14,6 +14,7 @@ def needs_master(cfg: Config) -> bool:
     """Whether ``cfg`` asks for anything only the master provides."""
     return bool(
         cfg.processes >= 1
+        or cfg.workers_max  # adaptive workers
         or cfg.preload
         or cfg.pidfile
         or cfg.harakiri
