@@ -51,9 +51,9 @@ class Served:
 
     def all_ready(self) -> dict[str, Any]:
         doc: dict[str, Any] = wait_until(
-            lambda: (d := self.status())
-            and all(w["status"] != "starting" for w in d["workers"])
-            and d,
+            lambda: (
+                (d := self.status()) and all(w["status"] != "starting" for w in d["workers"]) and d
+            ),
             what="every worker ready",
         )
         return doc
@@ -341,9 +341,11 @@ def test_reload_under_load_loses_nothing(
             before = load.result.ok
             s.server.signal(signal.SIGHUP)
             doc = wait_until(
-                lambda g=generation: (d := s.status())["generation"] == g
-                and {w["generation"] for w in d["workers"]} == {g}
-                and d,
+                lambda g=generation: (
+                    (d := s.status())["generation"] == g
+                    and {w["generation"] for w in d["workers"]} == {g}
+                    and d
+                ),
                 timeout=60,
                 what="generation %d alone" % generation,
             )

@@ -63,9 +63,7 @@ class AsyncOutput(OutputBuffer):
     ) -> None:
         # on_started: a worker under the master reports a response (or a
         # websocket's 101) whose first part leaves before its end.
-        super().__init__(
-            conn, sink, None, max_message, flush_interval, on_started, credits_timeout
-        )
+        super().__init__(conn, sink, None, max_message, flush_interval, on_started, credits_timeout)
         self._timer: asyncio.TimerHandle | None = None
         self._wake: asyncio.Event | None = None  # made by the first wait for credits
         self._draining = False

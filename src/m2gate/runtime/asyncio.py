@@ -33,7 +33,7 @@ from m2gate.adapters.asgi import (
 )
 from m2gate.adapters.common import EnvironDefaults
 from m2gate.conn.async_connection import AsyncConnection, AsyncOutput
-from m2gate.conn.connection import CREDITS_TIMEOUT
+from m2gate.conn.connection import CREDITS_TIMEOUT, Connection
 from m2gate.conn.uploads import Upload, UploadRejected, UploadStore, open_upload
 from m2gate.protocol import replies
 from m2gate.protocol.errors import ClientDisconnected
@@ -86,7 +86,7 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         max_pipelined: int = 16,
         websocket_queue: int = 16 * 1024 * 1024,
         credits_timeout: float = CREDITS_TIMEOUT,
-        on_started: Callable[[AsyncConnection], None] | None = None,
+        on_started: Callable[[Connection], None] | None = None,
     ) -> None:
         super().__init__(
             AsyncConnection,
@@ -381,7 +381,7 @@ def serve_asgi(cfg: Any, app: ASGIApp) -> int:
 
 
 def runtime_options(cfg: Any) -> dict[str, Any]:
-    """The :class:`AsyncioRuntime` arguments that come from the settings (one process or a worker)."""
+    """The :class:`AsyncioRuntime` arguments the settings give (one process or a worker)."""
     return {
         "defaults": EnvironDefaults(cfg.server_name, cfg.server_port, cfg.trust_x_forwarded_for),
         "reply_ident": cfg.recv_ident.encode("ascii"),

@@ -423,5 +423,5 @@ def _check_supported(cfg: Config, app: Any) -> None:
     if cfg.interface == "auto" and resolve_interface(cfg.interface, app) == "asgi":
         raise AppLoadError(
             "app %s is an ASGI app: under a master (--processes, --pidfile, --app-dir, ...)"
-            " give --interface asgi (interface = \"asgi\" in a config file)" % cfg.app
+            ' give --interface asgi (interface = "asgi" in a config file)' % cfg.app
         )

@@ -41,6 +41,7 @@ import zmq.asyncio
 from m2gate import logs
 from m2gate.adapters.asgi import ASGIApp, Lifespan, LifespanError
 from m2gate.conn.async_connection import AsyncConnection
+from m2gate.conn.connection import Connection
 from m2gate.protocol import replies
 from m2gate.protocol.messages import WebSocketFrame
 from m2gate.runtime.asyncio import AsyncioRuntime, runtime_options
@@ -136,7 +137,7 @@ class AsyncMasterLink:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
-    def started(self, conn: AsyncConnection) -> None:
+    def started(self, conn: Connection) -> None:
         """A response's first part leaves before its end: the master must not answer for it."""
         self.started_report((conn.sender, conn.conn_id, conn.epoch))
 
@@ -313,4 +314,3 @@ async def _serve(spec: WorkerSpec, ctx: zmq.Context[Any], link: MasterLink, app:
         loop.remove_signal_handler(signum)
     log.debug("worker %s exits after %d request(s)", spec.wid.decode(), runtime.requests)
     return 0 if clean else 1
-
