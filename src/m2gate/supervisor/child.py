@@ -389,7 +389,7 @@ def _run(spec: WorkerSpec) -> int:
     if cfg.interface == "asgi":  # an event loop, not threads (imported by serve, as root)
         from m2gate.supervisor.child_asgi import serve_asgi_worker
 
-        return serve_asgi_worker(spec, ctx, link, app)
+        return serve_asgi_worker(spec, ctx, link, app, ExceptionCounter(), rss_bytes)
     counter = ExceptionCounter()
     logging.getLogger("m2gate.wsgi").addFilter(counter)
     handler = wsgi_handler(cfg, app, multithread=cfg.threads > 1, multiprocess=cfg.processes > 1)

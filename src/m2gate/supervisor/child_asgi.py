@@ -33,19 +33,20 @@ import logging
 import os
 import signal
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import zmq
 import zmq.asyncio
 
 from m2gate import logs
 from m2gate.adapters.asgi import ASGIApp, Lifespan, LifespanError
+from m2gate.config.settings import Config
 from m2gate.conn.async_connection import AsyncConnection
 from m2gate.conn.connection import Connection
 from m2gate.protocol import replies
 from m2gate.protocol.messages import WebSocketFrame
 from m2gate.runtime.asyncio import AsyncioRuntime, runtime_options
-from m2gate.supervisor.child import ExceptionCounter, MasterLink, WorkerSpec, rss_bytes
 from m2gate.supervisor.watch import app_source_files
 from m2gate.supervisor.wire import (
     DONE,
@@ -70,6 +71,36 @@ log = logging.getLogger("m2gate.worker")
 
 REPORT_BATCH = 64  # done reports held at most before they are sent
 _OPEN = frozenset({"open", "closing"})  # websocket states after the 101 went out
+
+
+# What this module uses of :mod:`m2gate.supervisor.child`, which calls it
+# (so it does not import that module back).
+class Spec(Protocol):
+    """The fields read of :class:`~m2gate.supervisor.child.WorkerSpec`."""
+
+    cfg: Config
+    wid: bytes
+    endpoint: str
+    master_pid: int
+    probe: int
+
+
+class Greeted(Protocol):
+    """:class:`~m2gate.supervisor.child.MasterLink` once it said hello: its DEALER."""
+
+    dealer: zmq.Socket[Any]
+
+    def send(self, *frames: bytes) -> None: ...
+
+    def close(self, linger_s: float) -> None: ...
+
+
+class Counter(Protocol):
+    """:class:`~m2gate.supervisor.child.ExceptionCounter`: a logging filter that counts."""
+
+    count: int
+
+    def filter(self, record: logging.LogRecord) -> bool: ...
 
 
 class AsyncMasterLink:
@@ -102,7 +133,8 @@ class AsyncMasterLink:
         self.sink = sink
         self.send = sink.send  # replies to Mongrel2 (the runtime's transport contract)
         self.runtime: AsyncioRuntime | None = None
-        self.exceptions: ExceptionCounter | None = None
+        self.exceptions: Counter | None = None
+        self.rss: Callable[[], int] = lambda: 0
         self.ready = False
         self._reports: list[Report] = []
         self._flush_scheduled = False
@@ -111,12 +143,18 @@ class AsyncMasterLink:
         self._closed = False
 
     def attach(
-        self, runtime: AsyncioRuntime, probe_uuid: bytes, base: int, exceptions: ExceptionCounter
+        self,
+        runtime: AsyncioRuntime,
+        probe_uuid: bytes,
+        base: int,
+        exceptions: Counter,
+        rss: Callable[[], int],
     ) -> None:
         self.runtime = runtime
         self._probe_uuid = probe_uuid
         self._probe_base = base
         self.exceptions = exceptions
+        self.rss = rss
 
     def report(self, *frames: bytes) -> None:
         """A frame for the master (heartbeat, loaded, fatal), on the reports socket."""
@@ -222,7 +260,7 @@ class AsyncMasterLink:
     def heartbeat(self) -> dict[str, Any]:
         runtime = self.runtime
         return {
-            "rss": rss_bytes(),
+            "rss": self.rss(),
             "requests": runtime.requests if runtime is not None else 0,
             "exceptions": self.exceptions.count if self.exceptions is not None else 0,
             "disconnects": runtime.disconnects if runtime is not None else 0,
@@ -254,10 +292,19 @@ class WorkerRuntime(AsyncioRuntime):
 
 
 def serve_asgi_worker(
-    spec: WorkerSpec, ctx: zmq.Context[Any], link: MasterLink, app: ASGIApp
+    spec: Spec,
+    ctx: zmq.Context[Any],
+    link: Greeted,
+    app: ASGIApp,
+    counter: Counter,
+    rss: Callable[[], int],
 ) -> int:
-    """Run the ASGI worker after its app loaded; the exit code for ``os._exit``."""
-    code = asyncio.run(_serve(spec, ctx, link, app))
+    """Run the ASGI worker after its app loaded; the exit code for ``os._exit``.
+
+    ``link``: the worker's hello was sent on it; ``counter`` counts app
+    exceptions for the heartbeat, ``rss`` measures the process.
+    """
+    code = asyncio.run(_serve(spec, ctx, link, app, counter, rss))
     if code == 0:
         ctx.term()  # waits for the replies and reports still queued (linger)
     else:
@@ -265,7 +312,14 @@ def serve_asgi_worker(
     return code
 
 
-async def _serve(spec: WorkerSpec, ctx: zmq.Context[Any], link: MasterLink, app: ASGIApp) -> int:
+async def _serve(
+    spec: Spec,
+    ctx: zmq.Context[Any],
+    link: Greeted,
+    app: ASGIApp,
+    counter: Counter,
+    rss: Callable[[], int],
+) -> int:
     cfg = spec.cfg
     loop = asyncio.get_running_loop()
     stop_requested: list[bool] = []
@@ -279,7 +333,6 @@ async def _serve(spec: WorkerSpec, ctx: zmq.Context[Any], link: MasterLink, app:
 
     loop.add_signal_handler(signal.SIGTERM, on_term)
     loop.add_signal_handler(signal.SIGUSR1, logs.reopen_logs)
-    counter = ExceptionCounter()
     logging.getLogger("m2gate.asgi").addFilter(counter)
     lifespan = Lifespan(app)
     try:
@@ -296,7 +349,8 @@ async def _serve(spec: WorkerSpec, ctx: zmq.Context[Any], link: MasterLink, app:
     )
     runtime.link = alink
     runtime.state = lifespan.state
-    alink.attach(runtime, replies.reply_uuid(cfg.recv_ident, cfg.send_ident), spec.probe, counter)
+    probe_uuid = replies.reply_uuid(cfg.recv_ident, cfg.send_ident)
+    alink.attach(runtime, probe_uuid, spec.probe, counter, rss)
     if stop_requested:
         runtime.stop()
     if cfg.reload_on_change:
