@@ -23,6 +23,7 @@ import requests
 import websockets
 from loadgen import LoadGenerator
 from websockets.asyncio.client import connect
+from wsgi_http import read_events
 
 from m2gate.cli import control as client
 from m2gate.ops.pidfile import control_path_for, pidfile_for_app_dir
@@ -272,6 +273,23 @@ def test_starlette_app_with_two_workers(
 
     run(go)
     s.idle()
+    assert read_events(state / "lifespan") == ["startup", "startup"]  # one per worker
+    s.server.signal(signal.SIGTERM)
+    assert s.server.proc.wait(20) == 0
+    assert read_events(state / "lifespan") == ["startup", "startup", "shutdown", "shutdown"]
+
+
+def test_lifespan_startup_failure_in_a_worker_stops_the_master_with_one_line(
+    mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path
+) -> None:
+    server = m2gate_server(
+        "starlette_app:app", "--interface", "asgi", "-p", "2", wait=False,
+        env={"M2GATE_TEST_FAIL_STARTUP": "1", "M2GATE_TEST_STATE": str(tmp_path)},
+    )  # fmt: skip
+    assert server.proc.wait(timeout=30) == 3
+    errors = [line for line in server.output.splitlines() if line.startswith("m2gate: error:")]
+    assert len(errors) == 1, server.output
+    assert "lifespan startup failed: RuntimeError: database unreachable" in errors[0]
 
 
 # -- failures: death, harakiri ------------------------------------------------------------
@@ -358,6 +376,34 @@ def test_reload_under_load_loses_nothing(
         result = load.stop()
     assert result.failures == []
     assert s.status()["reloads"] == 2
+
+
+def test_max_requests_recycles_asgi_workers_under_load(
+    mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path
+) -> None:
+    s = start(m2gate_server, tmp_path, "-p", "2", "--max-requests", "25")
+    s.all_ready()
+    load = LoadGenerator(mongrel2.port, ["/pid", "/sleep?s=0.01", "/"], threads=4).start()
+    try:
+        load.wait_for(300, timeout=60)
+    finally:
+        result = load.stop()
+    assert result.failures == []
+    assert result.ok >= 300
+    assert s.status()["restarts"] >= 4
+    # Each recycled worker stopped cleanly: its lifespan ended, its sockets closed.
+    assert "exited after" in s.server.output
+    assert "killing it" not in s.server.output
+
+
+def test_preloaded_asgi_app_runs_each_workers_lifespan(
+    mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path
+) -> None:
+    s = start(m2gate_server, tmp_path, "-p", "2", "--preload")
+    pids = {w["pid"] for w in s.all_ready()["workers"]}
+    assert "preloaded in the master" in s.server.output
+    assert {int(get(mongrel2, "/pid").text) for _ in range(20)} == pids
+    assert {get(mongrel2, "/lifespan").text for _ in range(20)} == {"True"}
 
 
 # -- an app folder ----------------------------------------------------------------------------

@@ -70,7 +70,6 @@ from m2gate.transports.zmq_common import PubSink, open_pub
 log = logging.getLogger("m2gate.worker")
 
 REPORT_BATCH = 64  # done reports held at most before they are sent
-_OPEN = frozenset({"open", "closing"})  # websocket states after the 101 went out
 
 
 # What this module uses of :mod:`m2gate.supervisor.child`, which calls it
@@ -287,8 +286,9 @@ class WorkerRuntime(AsyncioRuntime):
         conn = self._conns.get(key)
         report = (msg.sender, msg.conn_id, conn.epoch if conn is not None else self._table.epoch)
         self.link.done_report(report)
-        if session is not None and session.state in _OPEN:
-            self.link.started_report(report)  # the master's next entry for it is the open one
+        if session is not None and session.state != "connecting":
+            # Its 101 went out: the master's next entry for it must say so too.
+            self.link.started_report(report)
 
 
 def serve_asgi_worker(
