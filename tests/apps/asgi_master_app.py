@@ -2,6 +2,7 @@
 
 ``/pid`` the worker's pid, ``/sleep?s=N`` awaits N seconds (the loop stays
 free), ``/block?s=N`` blocks the loop N seconds (what harakiri is for),
+``/part?s=N`` streams a first chunk, then waits N seconds before the end,
 ``/lifespan`` whether this worker's lifespan startup ran; a websocket on any
 path echoes each text message prefixed with the worker's pid.
 """
@@ -52,6 +53,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif path == "/block":
         time.sleep(seconds)
         await _reply(send, b"blocked %s" % str(seconds).encode())
+    elif path == "/part":  # the head and a first chunk, then nothing for a long time
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first part\n", "more_body": True})
+        await asyncio.sleep(seconds)
+        await send({"type": "http.response.body", "body": b"the end\n"})
     elif path == "/lifespan":
         await _reply(send, b"%s" % str(os.getpid() in STARTED).encode())
     else:

@@ -10,8 +10,10 @@ worker that holds them, reloads under load without a lost request.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Awaitable, Callable
@@ -312,6 +314,49 @@ def test_killed_worker_answers_502_and_is_replaced(
     )
     assert len(pids & before) == 1
     assert get(mongrel2, "/").status_code == 200
+
+
+def test_killed_worker_mid_stream_closes_the_connection_without_a_502(
+    mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path
+) -> None:
+    s = start(m2gate_server, tmp_path, "-p", "2")
+    s.all_ready()
+    with socket.create_connection(("127.0.0.1", mongrel2.port), timeout=30) as client:
+        client.sendall(b"GET /part?s=60 HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while b"first part" not in got:
+            chunk = client.recv(65536)
+            assert chunk, got
+            got += chunk
+        doc = s.in_flight("GET /part")
+        victim = next(w["pid"] for w in doc["workers"] if w["in_flight"])
+        os.kill(victim, signal.SIGKILL)
+        while chunk := client.recv(65536):  # until the master has the connection closed
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 200") and got.count(b"HTTP/1.") == 1, got
+    assert b"502" not in got and b"the end" not in got
+    wait_until(lambda: len(s.worker_pids()) == 2, what="a replacement worker")
+
+
+def test_uploads_and_streams_through_asgi_workers(
+    mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    s = start(
+        m2gate_server, tmp_path, "-p", "2", "--upload-dir", str(mongrel2.upload_dir),
+        app="starlette_app:app", env={"M2GATE_TEST_STATE": str(state)},
+    )  # fmt: skip
+    s.all_ready()
+    body = os.urandom(300_000)  # beyond limits.content_length: an upload file
+    for _ in range(3):
+        resp = requests.post(mongrel2.url + "/sha256", data=body, timeout=30)
+        assert resp.status_code == 200
+        assert resp.json()["sha256"] == hashlib.sha256(body).hexdigest()
+    streamed = requests.get(mongrel2.url + "/stream?n=2000&size=100", timeout=30)
+    assert streamed.status_code == 200 and len(streamed.content) > 200_000
+    doc = s.idle()
+    assert doc["requests"] >= 4
 
 
 def test_harakiri_answers_504_and_replaces_the_worker(
