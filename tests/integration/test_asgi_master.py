@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -449,6 +450,41 @@ def test_preloaded_asgi_app_runs_each_workers_lifespan(
     assert "preloaded in the master" in s.server.output
     assert {int(get(mongrel2, "/pid").text) for _ in range(20)} == pids
     assert {get(mongrel2, "/lifespan").text for _ in range(20)} == {"True"}
+
+
+def _asgi_text(text: str) -> str:
+    return (
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] != 'http':\n"
+        "        return\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b'%s'})\n" % text
+    )
+
+
+def test_reload_on_change_of_the_asgi_app_source(
+    mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path
+) -> None:
+    app = tmp_path / "app" / "changing_asgi.py"
+    app.parent.mkdir()
+    app.write_text(_asgi_text("before"))
+    s = start(
+        m2gate_server, tmp_path, "-p", "1", "--reload-on-change",
+        app="changing_asgi:app", cwd=app.parent,
+    )  # fmt: skip
+    assert get(mongrel2, "/").text == "before"
+    time.sleep(1.5)  # the worker reported its files (before its probes); the master polled once
+    app.write_text(_asgi_text("after!"))
+    stamp = os.stat(app).st_mtime + 5
+    os.utime(app, (stamp, stamp))
+    wait_until(
+        lambda: (
+            (d := s.status())["generation"] == 2 and {w["generation"] for w in d["workers"]} == {2}
+        ),
+        timeout=60,
+        what="generation 2 alone",
+    )
+    assert get(mongrel2, "/").text == "after!"
 
 
 # -- an app folder ----------------------------------------------------------------------------
