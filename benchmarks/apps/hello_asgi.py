@@ -1,7 +1,7 @@
 """The benchmark's ASGI app: the ASGI twin of ``hello.py``.
 
 Same status, headers and body as the WSGI hello world and the naive handler,
-so ``bench_asgi.py`` compares the two interfaces on identical bytes.
+so ``bench_all.py``'s ``asgi`` side compares the two interfaces on identical bytes.
 """
 
 from __future__ import annotations

@@ -128,3 +128,26 @@ def test_bench_all_pip_side_runs_a_plain_pip_install(tmp_path: Path) -> None:
     assert isinstance(pip["probe"]["c_decoder"], bool)
     assert report["sides"][1]["command"].startswith(str(venv / "bin" / "m2gate"))
     assert report["goals"][0]["side"] == "pip" and isinstance(report["goals"][0]["met"], bool)
+
+
+def test_tail_latency_runs_every_dispatch_mode_and_the_hello_comparison() -> None:
+    report, stderr = _run("tail_latency.py", "--quick", "--rate", "30", timeout=240)
+    assert report["ok"], stderr
+    modes = [r["mode"] for r in report["mixed"]]
+    assert modes == ["direct", "round-robin", "idle", "idle-p0"], stderr
+    for run in report["mixed"]:
+        # Open loop: every scheduled request was sent and answered, none failed.
+        assert run["answered"] == run["fast"]["requests"] + run["slow"]["requests"] == 30, run
+        assert run["error_count"] == 0 and run["errors"] == {}, run
+        assert run["fast"]["p50_ms"] is not None and run["fast"]["p99_ms"] >= run["fast"]["p50_ms"]
+        assert run["throughput_rps"] > 0
+        assert "--dispatch" in run["command"] and " -p 2 " in run["command"]
+    # The same seeded order for every mode: the same number of slow requests.
+    assert len({r["slow"]["requests"] for r in report["mixed"]}) == 1
+    assert [h["mode"] for h in report["hello"]] == ["idle", "round-robin"]
+    assert all(h["ok"] and h["wrk"]["requests"] > 0 for h in report["hello"]), report["hello"]
+    goals = {(g["side"], g["against"]): g for g in report["goals"]}
+    assert goals["direct", "idle"]["value"] is not None
+    assert isinstance(goals["idle", "round-robin"]["met"], bool)
+    assert report["machine"]["cpu_model"] and report["machine"]["cpus"]
+    assert "fast-request p99, direct / idle >= 10x: " in stderr

@@ -65,3 +65,14 @@ def test_choice_values_are_still_checked_by_the_loader() -> None:
     assert load({"interface": "WSGI"}, environ={}).interface == "wsgi"
     with pytest.raises(ConfigError, match="interface; accepted: one of auto, wsgi, asgi"):
         load({"interface": "cgi"}, environ={})
+
+
+@pytest.mark.parametrize("command", ["status", "stop", "reload"])
+def test_control_commands_show_their_timeout_default(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--timeout SECONDS" in out
+    assert "(default: 60.0)" in out

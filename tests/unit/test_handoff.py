@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 from m2gate.protocol.peek import Peeked, peek
-from m2gate.supervisor.handoff import Dispatcher, Drop, Forward, Hold, Reject
+from m2gate.supervisor.handoff import (
+    Dispatcher,
+    Drop,
+    Forward,
+    Hold,
+    Reject,
+    RoundRobin,
+    make_dispatcher,
+)
 from m2gate.supervisor.state import Worker
 
 from .helpers import SENDER, control, message, request_headers
@@ -21,8 +31,10 @@ def notice(kind: str, conn_id: int, **extra: str) -> tuple[Peeked, bytes]:
     return peek(raw), raw
 
 
-def dispatcher(*capacities: int, prefetch: int = 0, queue_size: int = 100) -> Dispatcher:
-    d = Dispatcher(queue_size, prefetch)
+def dispatcher(
+    *capacities: int, prefetch: int = 0, queue_size: int = 100, mode: str = "idle"
+) -> Dispatcher:
+    d = make_dispatcher(mode, queue_size, prefetch)
     for i, cap in enumerate(capacities):
         d.add_worker(Worker(b"w%d" % i, 1000 + i, 1, cap))
         d.mark_ready(b"w%d" % i)
@@ -164,3 +176,67 @@ def test_upload_done_completes_the_upload_in_flight_without_a_new_entry() -> Non
     d2.on_done(b"w0", (KEY_SENDER, 1), 1.0)
     assert [q.key[1] for _, q in d2.dispatch_queued(1.0)] == [3, 3]
     assert d2.workers[b"w0"].pending == 1
+
+
+# -- round-robin --------------------------------------------------------------------
+
+
+def test_the_dispatch_setting_picks_the_policy() -> None:
+    assert type(make_dispatcher("idle")) is Dispatcher
+    assert type(make_dispatcher("round-robin")) is RoundRobin
+    assert type(make_dispatcher("direct")) is Dispatcher  # routes nothing: the master pulls none
+
+
+def test_round_robin_takes_turns_whatever_the_load() -> None:
+    d = dispatcher(1, 1, 1, mode="round-robin")
+    targets = [assign(d, req(c)) for c in range(1, 8)]
+    assert [t.wid for t in targets if isinstance(t, Forward)] == [
+        b"w0", b"w1", b"w2", b"w0", b"w1", b"w2", b"w0",
+    ]  # fmt: skip
+    # Each worker has one thread, yet nothing waits in the master: it queues in them.
+    assert d.queue == deque()
+    assert [d.workers[b"w%d" % i].pending for i in range(3)] == [3, 2, 2]
+
+
+def test_round_robin_puts_a_fast_request_behind_a_slow_one_where_idle_would_not() -> None:
+    rr, idle = dispatcher(1, 1, mode="round-robin"), dispatcher(1, 1)
+    for d in (rr, idle):
+        slow, other = assign(d, req(1)), assign(d, req(2))
+        assert isinstance(slow, Forward) and isinstance(other, Forward)
+        d.on_done(other.wid, (KEY_SENDER, 2), 1.0)  # the fast one is done, the slow one runs
+    # The next request: round-robin's turn is the busy worker, idle picks the free one.
+    assert assign(rr, req(3)) == Forward(b"w0")
+    assert rr.workers[b"w0"].load == 2
+    assert assign(idle, req(3)) == Forward(b"w1")
+
+
+def test_round_robin_skips_workers_not_ready_and_holds_only_with_none() -> None:
+    d = make_dispatcher("round-robin", 100)
+    d.add_worker(Worker(b"w0", 1, 1, 1))
+    assert assign(d, req(1)) == Hold()  # nothing is ready: the master keeps it
+    d.add_worker(Worker(b"w1", 2, 1, 1))
+    d.mark_ready(b"w1")
+    assert [(wid, q.key[1]) for wid, q in d.dispatch_queued(1.0)] == [(b"w1", 1)]
+    d.retire(b"w1")
+    d.mark_ready(b"w0")
+    assert [assign(d, req(c)) for c in (2, 3)] == [Forward(b"w0"), Forward(b"w0")]
+
+
+def test_round_robin_keeps_connections_and_in_flight_accounting() -> None:
+    d = dispatcher(1, 1, mode="round-robin")
+    first = assign(d, req(5))
+    assert isinstance(first, Forward)
+    assert assign(d, req(5)) == first  # pipelined: the same worker, not the next in turn
+    assert assign(d, notice("disconnect", 5)) == first
+    lost = d.remove_worker(first.wid)  # it died: the master answers both
+    assert [e.key[1] for e in lost] == [5, 5]
+
+
+def test_a_new_ready_worker_gets_the_next_turn() -> None:
+    d = dispatcher(1, 1, mode="round-robin")
+    assign(d, req(1))
+    assign(d, req(2))
+    d.add_worker(Worker(b"w9", 9, 2, 1))
+    d.mark_ready(b"w9")
+    assert assign(d, req(3)) == Forward(b"w9")
+    assert assign(d, req(4)) == Forward(b"w0")

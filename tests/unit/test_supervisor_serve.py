@@ -48,6 +48,11 @@ def test_worker_processes_refuse_gevent_before_forking_anything() -> None:
         serve(Config(processes=2, worker_class="gevent", interface="asgi"))
 
 
+def test_asgi_worker_processes_refuse_dispatch_direct_before_forking_anything() -> None:
+    with pytest.raises(ConfigError, match=r"^dispatch: .*idle, round-robin"):
+        serve(Config(processes=2, interface="asgi", dispatch="direct"))
+
+
 def test_asgi_workers_count_asgi_connections_as_their_capacity() -> None:
     assert Config(interface="asgi", asgi_connections=7, threads=3).worker_capacity == 7
     assert Config(interface="wsgi", asgi_connections=7, threads=3).worker_capacity == 3

@@ -143,6 +143,8 @@ class WSGIHandler:
         scheme = scheme or "http"
         script_name, path_info = split_path(msg)
         server_name, server_port = server_address(msg, scheme, self.defaults)
+        if method == "WEBSOCKET_HANDSHAKE":
+            method = "GET"  # Mongrel2's name for an upgrade; the client sent GET (RFC 6455)
         env["REQUEST_METHOD"] = method or ""
         env["SCRIPT_NAME"] = script_name
         env["PATH_INFO"] = path_info

@@ -79,12 +79,23 @@ def locate(pidfile: str, app_dir: str, sock: str) -> str:
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pidfile", default="", metavar="FILE", help="the master's pidfile")
+    parser.add_argument(
+        "--pidfile",
+        default="",
+        metavar="FILE",
+        help="the master's pidfile (one of --pidfile, --app-dir, --socket is needed)",
+    )
     parser.add_argument(
         "--app-dir", default="", metavar="DIR", help="app folder (pidfile DIR/run/m2gate.pid)"
     )
     parser.add_argument("--socket", default="", metavar="PATH", help="the control socket itself")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for the master's answer (default: %(default)s)",
+    )
 
 
 def _age(seconds: float) -> str:

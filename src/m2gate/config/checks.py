@@ -109,3 +109,14 @@ def check_paste(value: str) -> str:
     if value.startswith("egg:"):
         raise ValueError(value)
     return value
+
+
+# RFC 6265 cookie-name: an RFC 2616 token.
+_COOKIE_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}\Z")
+
+
+def check_cookie_name(value: str) -> str:
+    """A name a browser can send back in ``Cookie:`` (empty: none)."""
+    if value and not _COOKIE_NAME_RE.match(value):
+        raise ValueError(value)
+    return value

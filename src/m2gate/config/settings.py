@@ -16,6 +16,7 @@ from typing import Any, Literal
 from m2gate.config.checks import (
     SPEC_ACCEPTED,
     check_access_format,
+    check_cookie_name,
     check_env,
     check_group,
     check_ident,
@@ -27,7 +28,7 @@ from m2gate.config.checks import (
     non_negative,
     positive,
 )
-from m2gate.config.declare import Meta, setting
+from m2gate.config.declare import ConfigError, Meta, setting
 
 
 @dataclass
@@ -267,6 +268,23 @@ class Config:
         " with watchfiles (pip install 'm2gate[reload]'), else mtime polling every second.",
         section="workers",
     )
+    sticky: Literal["none", "conn", "cookie"] = setting(
+        "none",
+        "Sticky routing under a master: conn keeps every request of a client connection"
+        " (keep-alive, uploads, websockets) on one worker; cookie sends requests carrying"
+        " the cookie --sticky-cookie to the worker its value hashes to (consistent hashing"
+        " over worker slots); none: any free worker.",
+        section="workers",
+    )
+    sticky_cookie: str = setting(
+        "",
+        "Cookie whose value picks the worker (implies --sticky cookie; requests without"
+        " it go to any free worker).",
+        section="workers",
+        metavar="NAME",
+        validate=check_cookie_name,
+        accepted="a cookie name (RFC 6265 token characters, at most 128)",
+    )
     queue_size: int = setting(
         10000,
         "Requests the master holds while every worker is busy; beyond it clients get 503.",
@@ -288,6 +306,15 @@ class Config:
         section="workers",
         validate=non_negative,
         accepted="an integer >= 0",
+    )
+    dispatch: Literal["idle", "round-robin", "direct"] = setting(
+        "idle",
+        "With worker processes, how requests reach them: idle (the master hands each to a"
+        " worker with a free thread, queueing when all are busy), round-robin (the master"
+        " hands each to the next ready worker in turn, whatever its load), or direct (every"
+        " worker pulls from Mongrel2 itself, as uWSGI does; lossy on reload and worker exit:"
+        " what Mongrel2 queued to a leaving worker is lost). See docs/operations.md.",
+        section="workers",
     )
     stats: str = setting(
         "",
@@ -493,6 +520,21 @@ class Config:
         section="mongrel2",
         metavar="NAME",
     )
+
+    def __post_init__(self) -> None:
+        """``sticky_cookie`` and ``sticky`` decided together (each alone is checked already)."""
+        if self.sticky_cookie and self.sticky == "none":
+            self.sticky = "cookie"  # naming the cookie is asking for cookie stickiness
+        elif self.sticky_cookie and self.sticky != "cookie":
+            raise ConfigError(
+                "sticky_cookie: given with sticky=%s; accepted: sticky=cookie (or none,"
+                " which --sticky-cookie then implies)" % self.sticky
+            )
+        elif self.sticky == "cookie" and not self.sticky_cookie:
+            raise ConfigError(
+                "sticky: cookie needs the cookie's name; accepted: --sticky-cookie NAME"
+                " (or sticky=none or conn)"
+            )
 
     @property
     def workers(self) -> int:

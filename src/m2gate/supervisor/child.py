@@ -9,6 +9,13 @@ id with a disconnect notice, which arrives at the master's PULL. Only then
 does the master route requests here (ZeroMQ silently drops what a fresh PUB
 sends before it has connected).
 
+With ``--dispatch direct`` the worker pulls from Mongrel2 itself, on the
+single-process transport (:class:`~m2gate.transports.zmq_sync.ZmqTransport`),
+and :class:`DirectLink` is its request source: the DEALER then carries only
+hello, heartbeats (with the request count), fatal, ready and stop. Probe
+notices now reach whichever worker's PULL Mongrel2 picks, which passes them
+to the master; a worker holds what it pulls until it is ready.
+
 The wire (frames, probe ids) is :mod:`m2gate.supervisor.wire`.
 """
 
@@ -24,6 +31,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
@@ -37,7 +45,7 @@ from m2gate.config.settings import Config
 from m2gate.conn.connection import Connection
 from m2gate.loading import AppLoadError, load_app
 from m2gate.protocol import replies
-from m2gate.runtime.options import worker_options, wsgi_handler
+from m2gate.runtime.options import transport_args, worker_options, wsgi_handler
 from m2gate.runtime.threaded import ThreadedRuntime
 from m2gate.supervisor.watch import app_source_files
 from m2gate.supervisor.wire import (
@@ -49,6 +57,7 @@ from m2gate.supervisor.wire import (
     HEARTBEAT_INTERVAL,
     HELLO,
     LOADED,
+    PROBE,
     PROBE_INTERVAL,
     PROBE_SPAN,
     READY,
@@ -57,8 +66,10 @@ from m2gate.supervisor.wire import (
     Report,
     encode_report,
     encode_reports,
+    parse_probe_notice,
 )
 from m2gate.transports.zmq_common import PubSink, open_pub
+from m2gate.transports.zmq_sync import ZmqTransport
 
 log = logging.getLogger("m2gate.worker")
 
@@ -307,6 +318,98 @@ class MasterLink:
         }
 
 
+class DirectLink(MasterLink):
+    """``--dispatch direct``: requests come from this worker's own PULL on Mongrel2.
+
+    The :class:`RequestSource` is the transport's PULL; the DEALER to the
+    master is read between messages, for ``ready`` and ``stop`` only. No
+    request is reported to the master (it tracks none in this mode): the
+    heartbeat carries the count, for stats and max-requests. Two rules keep
+    readiness working without the master's PULL: a probe notice (a negative
+    connection id, which only probes have) that arrives here is passed to
+    the master, whoever's probe it is; and until the master says ``ready``
+    (this worker's own probe came back: its PUB is connected) what the PULL
+    brings is held here, at most ``hold`` messages, so no early reply is
+    dropped by ZeroMQ's slow joiner.
+    """
+
+    def __init__(
+        self, ctx: zmq.Context[Any], endpoint: str, wid: bytes, master_pid: int, hold: int = 1000
+    ) -> None:
+        super().__init__(ctx, endpoint, wid, master_pid)
+        self.transport: ZmqTransport | None = None
+        self.hold = hold
+        self._held: deque[bytes] = deque()
+        self._poller = zmq.Poller()
+        self._poller.register(self.dealer, zmq.POLLIN)
+
+    def connect(self, transport: ZmqTransport) -> None:
+        """Pull from ``transport`` (connected to Mongrel2) from now on."""
+        self.transport = transport
+        self._poller.register(transport.pull, zmq.POLLIN)
+
+    def done(self, conn: Connection) -> None:
+        """Nothing to report: the master does not see this worker's requests."""
+
+    def started(self, conn: Connection) -> None:
+        """Nothing to report (see :meth:`done`)."""
+
+    def frontend_changed(self) -> bool:
+        """Mongrel2 went away (this worker's own PULL saw it): see ``FrontendMonitor``."""
+        return self.transport is not None and self.transport.frontend_changed()
+
+    def recv(self, timeout_ms: int) -> bytes | None:
+        transport = self.transport
+        assert transport is not None, "connect() first"
+        pull, dealer, held = transport.pull, self.dealer, self._held
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            now = time.monotonic()
+            if now >= self._next_housekeeping:
+                self._housekeeping(now)
+            if int(dealer.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                self._handle(dealer.recv_multipart())  # ready, stop: never a request
+                continue
+            stopping = self._stopping()
+            if held and (self.ready or stopping):
+                return held.popleft()
+            try:
+                data: bytes = pull.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            else:
+                sp = data.find(b" ")
+                if data[sp + 1 : sp + 2] == b"-" and self._forward_probe(data):
+                    continue
+                if not self.ready and not stopping and len(held) < self.hold:
+                    held.append(data)
+                    continue
+                return data
+            if now >= deadline or stopping:
+                return None
+            wait = min(deadline, self._next_housekeeping)
+            self._poller.poll(int(max(0.0, wait - now) * 1000) + 1)
+
+    def _forward_probe(self, data: bytes) -> bool:
+        """A probe notice (anyone's) goes to the master; True if ``data`` was one."""
+        probe = parse_probe_notice(data)
+        if probe is None:
+            return False  # a malformed message: the runtime logs and drops it
+        self.dealer.send_multipart((PROBE, b"%d" % probe))
+        return True
+
+    def stop_receiving(self) -> None:
+        """Disconnect the PULL: Mongrel2 pushes new requests to the other workers."""
+        if self.transport is not None:
+            self.transport.stop_receiving()
+
+    def close(self, linger_s: float) -> None:
+        """A last heartbeat (the final request count), then the DEALER."""
+        with contextlib.suppress(zmq.ZMQError):
+            self.send(HEARTBEAT, json.dumps(self.heartbeat()).encode())
+        super().close(linger_s)
+
+
 @dataclass
 class WorkerSpec:
     """Everything a forked worker needs from the master."""
@@ -369,7 +472,11 @@ def _run(spec: WorkerSpec) -> int:
         with contextlib.suppress(OSError):
             os.close(fd)
     ctx: zmq.Context[Any] = zmq.Context()
-    link = MasterLink(ctx, spec.endpoint, spec.wid, spec.master_pid)
+    link: MasterLink
+    if cfg.dispatch == "direct":
+        link = DirectLink(ctx, spec.endpoint, spec.wid, spec.master_pid, cfg.backlog)
+    else:
+        link = MasterLink(ctx, spec.endpoint, spec.wid, spec.master_pid)
     holder.append(link)
     link.send(HELLO, json.dumps({"pid": os.getpid(), "generation": spec.generation}).encode())
     try:
@@ -393,17 +500,29 @@ def _run(spec: WorkerSpec) -> int:
     counter = ExceptionCounter()
     logging.getLogger("m2gate.wsgi").addFilter(counter)
     handler = wsgi_handler(cfg, app, multithread=cfg.threads > 1, multiprocess=cfg.processes > 1)
-    identity = b"%s-%s" % (cfg.send_ident.encode("ascii"), spec.wid)
-    sink = PubSink(open_pub(ctx, cfg.recv_spec, identity, hwm=cfg.send_hwm), cfg.send_timeout)
-    worker = ThreadedRuntime(
-        link, sink, handler, on_done=link.done, on_started=link.started, **worker_options(cfg)
-    )
+    transport: ZmqTransport | None = None
+    if isinstance(link, DirectLink):
+        # Pulls from Mongrel2 as one process does; its PUB is the reply path.
+        transport = ZmqTransport(*transport_args(cfg))
+        link.connect(transport)
+        sink = transport.sink
+        worker = ThreadedRuntime(link, sink, handler, **worker_options(cfg))
+    else:
+        identity = b"%s-%s" % (cfg.send_ident.encode("ascii"), spec.wid)
+        pub = open_pub(ctx, cfg.recv_spec, identity, hwm=cfg.send_hwm)
+        sink = PubSink(pub, cfg.send_timeout)
+        worker = ThreadedRuntime(
+            link, sink, handler, on_done=link.done, on_started=link.started, **worker_options(cfg)
+        )
     probe_uuid = replies.reply_uuid(cfg.recv_ident, cfg.send_ident)
     link.attach(worker, sink, probe_uuid, spec.probe, counter)
     if cfg.reload_on_change:
         link.send(LOADED, json.dumps(app_source_files()).encode())
     clean = worker.run(cfg.graceful_timeout)
-    sink.close(linger_s=min(cfg.graceful_timeout, 5.0))
+    if transport is not None:
+        transport.close(linger_s=min(cfg.graceful_timeout, 5.0))
+    else:
+        sink.close(linger_s=min(cfg.graceful_timeout, 5.0))
     link.close(linger_s=1.0)
     if clean:
         ctx.term()  # waits for the replies and reports still queued (linger)

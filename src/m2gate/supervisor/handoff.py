@@ -24,9 +24,15 @@ Rules (each from a measured Mongrel2 fact):
   ZeroMQ silently drops what a fresh PUB sends before it has connected.
 - When every thread is busy the request waits here, in arrival order, so a
   worker that leaves (reload, recycling, harakiri) never strands requests.
+- :class:`RoundRobin` (``--dispatch round-robin``) only changes :meth:`~Dispatcher.pick`:
+  new work goes to the next ready worker in turn whatever its load (it
+  queues in that worker, as Mongrel2's PUSH would queue it), and everything
+  else, in-flight tracking included, is the same.
 - A worker holds an upload's request until Mongrel2's upload-done (unless
   ``stream_uploads``): no app runs meanwhile, so harakiri does not count the
   client's upload time; the request's clock starts at upload-done.
+- Sticky routing (``sticky``, off by default; :mod:`.sticky`): a new
+  request goes to its slot's worker or waits for it, in a FIFO per slot.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from dataclasses import dataclass
 from m2gate.conn.uploads import announced_path
 from m2gate.protocol.peek import CONTROL, DISCONNECT, UPLOAD_DONE, Peeked
 from m2gate.supervisor.state import InFlight, Key, Worker, WorkerState, stale_key
+from m2gate.supervisor.sticky import Sticky, Waiting, target
 
 # Idle keep-alive connections remembered for their notices (credits, disconnect).
 LAST_SERVED_MAX = 65536
@@ -107,6 +114,9 @@ class Dispatcher:
         self._left: set[Key] = set()
         self.hold_uploads = True  # False with stream_uploads: the app reads as it arrives
         self.epoch = 0  # Mongrel2 incarnations gone (see reset_frontend)
+        # Sticky routing (None: off) and the requests waiting for their slot's worker.
+        self.sticky: Sticky | None = None
+        self.waiting: Waiting[Queued] = Waiting()
 
     # -- workers -----------------------------------------------------------
     def add_worker(self, w: Worker) -> None:
@@ -186,6 +196,10 @@ class Dispatcher:
                 # Most likely late: the worker that answered the upload knows.
                 # (It ignores it, or answers a forged one 400: not counted.)
                 return self.forward(last)
+        if self.sticky is not None:
+            decision = self._assign_sticky(self.sticky, p, raw, now, key)
+            if decision is not None:
+                return decision
         if key in self._queued_keys:
             return self._hold(p, raw, now)  # behind an earlier request of this connection
         w = self.pick()
@@ -274,8 +288,9 @@ class Dispatcher:
         """
         old = self.epoch
         self.epoch += 1
-        dropped = len(self.queue)
+        dropped = len(self.queue) + self.waiting.count
         self.queue.clear()
+        self.waiting.clear()
         self._queued_keys.clear()
         self.owner.clear()
         self.last.clear()
@@ -299,7 +314,7 @@ class Dispatcher:
 
     def dispatch_queued(self, now: float) -> list[tuple[bytes, Queued]]:
         """Hand queued requests to workers that have room, oldest first."""
-        out: list[tuple[bytes, Queued]] = []
+        out = self._dispatch_sticky(now) if self.waiting.count else []
         while self.queue:
             item = self.queue[0]
             key = item.key
@@ -324,6 +339,10 @@ class Dispatcher:
         out: list[Queued] = []
         while self.queue and now - self.queue[0].arrived > timeout:
             out.append(self._pop_queue())
+        if self.waiting.count:
+            for item in self.waiting.expire(now, timeout):
+                self._unqueued(item.key)
+                out.append(item)
         return out
 
     def overdue(self, now: float, limit: float) -> list[tuple[Worker, InFlight]]:
@@ -381,7 +400,7 @@ class Dispatcher:
             q[0].started = now
 
     def _hold(self, p: Peeked, raw: bytes, now: float) -> Decision:
-        if len(self.queue) >= self.queue_size:
+        if len(self.queue) + self.waiting.count >= self.queue_size:
             return REJECT
         self.queue.append(Queued(p, raw, now))
         key = (p[0], p[1])
@@ -402,5 +421,99 @@ class Dispatcher:
         """The client of queued requests went away: forget them."""
         if key not in self._queued_keys:
             return
-        self.queue = deque(q for q in self.queue if q.key != key)
+        if not (self.waiting.count and self.waiting.drop_key(key)):
+            self.queue = deque(q for q in self.queue if q.key != key)
         del self._queued_keys[key]
+
+    # -- sticky routing (only with ``sticky`` set: see .sticky) --------------
+    def _assign_sticky(
+        self, sticky: Sticky, p: Peeked, raw: bytes, now: float, key: Key
+    ) -> Decision | None:
+        """A new request's slot worker, or a wait for it; None: not sticky, route as usual.
+
+        A request behind a waiting one of its connection waits with it (same
+        slot); one behind a non-sticky queued request stays in the main queue.
+        """
+        waiting = self.waiting
+        slot = waiting.slot_of(key) if waiting.count else None
+        if slot is None:
+            if key in self._queued_keys:
+                return None
+            slot = sticky.slot_for(p, raw)
+            if slot is None:
+                return None
+            w = target(self.workers.values(), slot)
+            if w is not None and len(w.inflight) < w.capacity + self.prefetch:
+                self._add(w, key, now, False, p)
+                return self._forward.get(w.wid) or self.forward(w.wid)
+        if len(self.queue) + waiting.count >= self.queue_size:
+            return REJECT
+        waiting.add(slot, Queued(p, raw, now))
+        self._queued_keys[key] = self._queued_keys.get(key, 0) + 1
+        return HOLD
+
+    def _dispatch_sticky(self, now: float) -> list[tuple[bytes, Queued]]:
+        """Requests waiting for their slot's worker that it has room for now, oldest first.
+
+        They go before the main queue: they can go nowhere else, its requests can.
+        """
+        out: list[tuple[bytes, Queued]] = []
+        waiting = self.waiting
+        for slot in list(waiting.by_slot):
+            w = target(self.workers.values(), slot)
+            q = waiting.by_slot[slot]
+            while q:
+                item = q[0]
+                key = item.key
+                wid = self.owner.get(key)
+                if wid is not None:  # an earlier request of its connection just went
+                    if item.peeked[2] != UPLOAD_DONE:
+                        self._add(self.workers[wid], key, now, True, item.peeked)
+                    else:
+                        self._upload_done(key, now)
+                else:
+                    if w is None or len(w.inflight) >= w.capacity + self.prefetch:
+                        break
+                    wid = w.wid
+                    self._add(w, key, now, False, item.peeked)
+                waiting.popleft(slot)
+                self._unqueued(key)
+                out.append((wid, item))
+        return out
+
+    def _unqueued(self, key: Key) -> None:
+        """One request of ``key`` left the waiting FIFOs."""
+        n = self._queued_keys.get(key, 0) - 1
+        if n > 0:
+            self._queued_keys[key] = n
+        else:
+            self._queued_keys.pop(key, None)
+
+class RoundRobin(Dispatcher):
+    """``--dispatch round-robin``: each new request to the next ready worker, whatever its load.
+
+    Mongrel2's PUSH behaviour, kept for comparison: a fast request can wait
+    in a worker behind a slow one while another worker is idle. The master
+    still tracks every request in flight (502/504 on a worker's death,
+    harakiri, reloads). A subclass, so the default policy's :meth:`pick`
+    pays nothing for this mode. Harakiri's clock of a request starts when it
+    is handed over, so it includes the time it waited in its worker's queue.
+    """
+
+    def pick(self) -> Worker | None:
+        """The ready worker picked longest ago (a new one first): strict rotation."""
+        best: Worker | None = None
+        for w in self.workers.values():
+            if w.state is READY and (best is None or w.turn < best.turn):
+                best = w
+        if best is not None:
+            self._turn += 1
+            best.turn = self._turn
+        return best
+
+
+def make_dispatcher(mode: str, queue_size: int = 10000, prefetch: int = 0) -> Dispatcher:
+    """The policy of the ``dispatch`` setting (``direct``: the master routes no requests)."""
+    if mode == "round-robin":
+        return RoundRobin(queue_size, prefetch)
+    return Dispatcher(queue_size, prefetch)

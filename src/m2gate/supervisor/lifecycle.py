@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from m2gate.config.settings import Config
 from m2gate.supervisor.actions import Action, Dump, Fatal, Kill, Notify, Send, Spawn
 from m2gate.supervisor.handoff import Dispatcher
-from m2gate.supervisor.state import InFlight, Worker, WorkerState
+from m2gate.supervisor.state import LEAVING, InFlight, Worker, WorkerState
 from m2gate.supervisor.wire import EXIT_APP_LOAD, READY, STOP, new_probe_block, probe_base
 
 log = logging.getLogger("m2gate.master")
@@ -190,7 +190,7 @@ class Lifecycle:
             self._check_deadlines(w, now, pub_ready_at)
         self._respawn_due(now)
         if self.stopping:
-            if not self.disp.queue:
+            if not self.disp.queue and not self.disp.waiting.count:
                 for w in list(self.workers.values()):
                     if w.state is S.READY:
                         self._retire(w, now)
@@ -211,8 +211,12 @@ class Lifecycle:
         out, self._out = self._out, []
         return out
 
-    def _spawn(self, generation: int, now: float, replaces: bytes = b"") -> Worker:
+    def _spawn(
+        self, generation: int, now: float, replaces: bytes = b"", slot: int | None = None
+    ) -> Worker:
         cfg = self.cfg
+        if slot is None:
+            slot = self._free_slot(generation)
         self.serial += 1
         limit = 0
         if cfg.max_requests:
@@ -227,11 +231,28 @@ class Lifecycle:
             started=now,
             max_requests=limit,
             replaces=replaces,
+            slot=slot,
         )
         self.workers[w.wid] = w
         self.disp.add_worker(w)
         self._out.append(Spawn(w))
         return w
+
+    def _free_slot(self, generation: int) -> int:
+        """The lowest slot no staying worker of ``generation`` holds.
+
+        So a generation fills 0..N-1, and a worker that died or is leaving
+        (harakiri) hands its slot to the worker started for it.
+        """
+        taken = {
+            w.slot
+            for w in self.workers.values()
+            if w.generation == generation and w.state not in LEAVING
+        }
+        slot = 0
+        while slot in taken:
+            slot += 1
+        return slot
 
     def _check_deadlines(self, w: Worker, now: float, pub_ready_at: float | None) -> None:
         """SIGKILL after the harakiri grace, the ready timeout or the graceful timeout."""
@@ -294,7 +315,7 @@ class Lifecycle:
         w.recycling = reason
         log.info("worker %s (pid %d): %s, recycling", w.wid.decode(), w.pid, reason)
         self.restarts += 1
-        self._spawn(w.generation, now, replaces=w.wid)
+        self._spawn(w.generation, now, replaces=w.wid, slot=w.slot)
 
     def _kill(self, w: Worker, status: str) -> None:
         if w.state in (S.KILLED, S.GONE):

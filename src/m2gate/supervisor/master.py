@@ -47,10 +47,11 @@ from m2gate.ops.stats import DocumentServer, Render, require_metrics
 from m2gate.supervisor import status, workers
 from m2gate.supervisor.actions import Action, Dump, Fatal, Kill, Notify, Send, Spawn
 from m2gate.supervisor.child import WorkerSpec
-from m2gate.supervisor.handoff import Dispatcher
+from m2gate.supervisor.handoff import Dispatcher, make_dispatcher
 from m2gate.supervisor.lifecycle import Lifecycle
 from m2gate.supervisor.router import Router
 from m2gate.supervisor.state import Worker
+from m2gate.supervisor.sticky import Sticky
 from m2gate.supervisor.systemd import sd_notify
 from m2gate.supervisor.watch import WATCH_INTERVAL, Watcher
 from m2gate.supervisor.wire import EXIT_APP_LOAD, READY
@@ -85,7 +86,8 @@ class Master:
         self.pid = os.getpid()
         self.app: Any = None
         # The hand-off policy is replaceable (e.g. idle-aware or sticky routing).
-        self.disp = dispatcher or Dispatcher(cfg.queue_size, cfg.prefetch)
+        self.disp = dispatcher or make_dispatcher(cfg.dispatch, cfg.queue_size, cfg.prefetch)
+        self.disp.sticky = self.disp.sticky or Sticky.from_config(cfg)
         self.life = Lifecycle(cfg, self.disp, self.pid)
         self.watcher = Watcher(cfg, inotify=True, wake=self._poke_watch)
         self.by_pid: dict[int, Worker] = {}
@@ -102,6 +104,16 @@ class Master:
     # == set-up ==============================================================
     def run(self) -> int:
         cfg = self.cfg
+        if cfg.dispatch == "direct" and cfg.harakiri:
+            raise ConfigError(
+                "harakiri: not available with --dispatch direct (the master does not see the"
+                " requests it would time); accepted: 0, or --dispatch idle or round-robin"
+            )
+        if cfg.dispatch == "direct" and (cfg.sticky != "none" or cfg.sticky_cookie):
+            raise ConfigError(
+                "sticky: not available with --dispatch direct (Mongrel2, not the master,"
+                " picks the worker); accepted: none, or --dispatch idle or round-robin"
+            )
         if cfg.preload:
             self.app = load_app(cfg.app, cfg.chdir, cfg.paste)  # AppLoadError: exit 3
             logs.after_app_import()
@@ -109,13 +121,15 @@ class Master:
         self._open()
         try:
             log.info(
-                "m2gate %s master pid %d: PULL %s, PUB %s, %d worker(s) x %d thread(s)",
+                "m2gate %s master pid %d: %s %s, PUB %s, %d worker(s) x %d thread(s), dispatch %s",
                 __version__,
                 self.pid,
+                "workers PULL" if cfg.dispatch == "direct" else "PULL",
                 cfg.send_spec,
                 cfg.recv_spec,
                 cfg.workers,
                 cfg.threads,
+                cfg.dispatch,
             )
             self.execute(self.life.start(time.monotonic()))
             self._loop()
@@ -143,7 +157,8 @@ class Master:
         pull = open_pull(
             self.ctx, cfg.send_ident.encode("ascii"), pull_limit(cfg.mongrel2_content_length)
         )
-        pull.connect(cfg.send_spec)
+        if cfg.dispatch != "direct":
+            pull.connect(cfg.send_spec)  # direct: each worker pulls; this one stays unconnected
         # Mongrel2's restarts: its connection ids start again at 1.
         self.frontend = FrontendMonitor(pull, cfg.send_spec)
         self.router = Router(
@@ -397,7 +412,7 @@ class Master:
             self.life,
             pid=self.pid,
             uptime=time.time() - self.started_at,
-            queued=len(self.disp.queue),
+            queued=len(self.disp.queue) + self.disp.waiting.count,
             rejected=self.router.rejected,
             now=time.monotonic(),
         )

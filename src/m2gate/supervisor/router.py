@@ -51,6 +51,7 @@ from m2gate.supervisor.wire import (
     HEARTBEAT,
     HELLO,
     LOADED,
+    PROBE,
     PROBE_SPAN,
     STARTED,
     decode_reports,
@@ -94,6 +95,8 @@ class Router:
         self._pub_probe = 0
         self._next_pub_probe = 0.0
         self._queue_warned = 0.0
+        # The workers pull from Mongrel2 themselves; only probes and heartbeats come here.
+        self.direct = cfg.dispatch == "direct"
         self.store = UploadStore(cfg.upload_dir, cfg.mongrel2_chroot)
         disp.hold_uploads = not cfg.stream_uploads
         # Temp files Mongrel2 announced for requests in flight or queued, by connection.
@@ -173,6 +176,13 @@ class Router:
                     # Start-up (or a fleet being replaced): not saturation.
                     log.info(
                         "no worker is ready yet: %d request(s) wait in the master for one",
+                        len(self.disp.queue),
+                    )
+                elif self.disp.waiting.count:  # sticky routing: each waits for its own worker
+                    log.warning(
+                        "%d request(s) wait in the master for a thread of their sticky worker"
+                        " (%d for any worker)",
+                        self.disp.waiting.count,
                         len(self.disp.queue),
                     )
                 else:
@@ -343,6 +353,9 @@ class Router:
             self._on_heartbeat(w, frames[2] if len(frames) > 2 else b"{}", now)
         elif kind == FATAL:
             w.fatal = frames[2].decode("utf-8", "replace") if len(frames) > 2 else ""
+        elif kind == PROBE:  # --dispatch direct: a probe notice a worker's PULL got
+            if len(frames) > 2 and frames[2].isdigit():
+                self._on_probe(int(frames[2]), now)
         elif kind == LOADED and len(frames) > 2:
             self.watcher.add_files(frames[2])
         elif kind == HELLO:
@@ -376,8 +389,13 @@ class Router:
             w.rss = int(beat.get("rss", 0))
             w.exceptions = int(beat.get("exceptions", 0))
             w.disconnects = int(beat.get("disconnects", 0))
+            served = int(beat.get("requests", 0)) if self.direct else 0
         except (ValueError, TypeError, AttributeError):
             return
+        if served > w.requests:
+            # --dispatch direct: no done reports, the heartbeat's count is all there is.
+            w.requests = served
+            self.run(self.life.on_done(w, now))
         self.run(self.life.on_heartbeat(w, now))
 
     def late_fatal(self, wid: bytes, clock: Callable[[], float]) -> str:

@@ -49,6 +49,11 @@ def serve(cfg: Config) -> int:
             " drop --processes and the master options for worker_class=%s" % cfg.worker_class
         )
     if cfg.interface == "asgi":
+        if cfg.dispatch == "direct":
+            raise ConfigError(
+                "dispatch: ASGI worker processes take their requests from the master;"
+                " accepted with --interface asgi: idle, round-robin"
+            )
         # Imported here, before --chroot and --user: a worker may no longer read them.
         import m2gate.supervisor.child_asgi  # noqa: F401
     pidfile = None

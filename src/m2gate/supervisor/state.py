@@ -103,6 +103,10 @@ class Worker:
     last_time: float = 0.0  # duration of the last request
     # life cycle (kept by the Lifecycle)
     serial: int = 0
+    # Its place in the fleet, 0..N-1: a replacement (crash, harakiri, recycling)
+    # inherits it and each generation fills the same slots (sticky routing hashes
+    # onto slots, not pids).
+    slot: int = 0
     probe: int = 0  # its probe_base
     started: float = 0.0
     max_requests: int = 0  # 0: no limit

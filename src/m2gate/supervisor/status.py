@@ -26,6 +26,7 @@ def worker_document(w: Worker, now: float) -> dict[str, Any]:
         "id": w.wid.decode(),
         "pid": w.pid,
         "generation": w.generation,
+        "slot": w.slot,  # sticky routing's place: a replacement inherits it
         "status": worker_status(w),
         "threads": w.capacity,
         "busy": w.load,

@@ -14,7 +14,8 @@ Multipart frames, the master's ROUTER adds the worker's id:
   started to leave before its end: from then on only a close may answer for
   it; a response sent whole needs none), ``hb JSON`` (every second),
   ``loaded JSON`` (app source files, for reload-on-change), ``fatal TEXT``
-  (app load failed)
+  (app load failed), ``probe ID`` (``--dispatch direct``: a probe notice
+  that reached this worker's own PULL, for the master to match)
 
 ``REPORTS`` is binary (:func:`encode_reports`): one or more groups, each a
 header ``=HHBQ`` (sender length, count, flags, epoch: the Mongrel2
@@ -67,6 +68,7 @@ STARTED = b"s"
 HEARTBEAT = b"hb"
 LOADED = b"loaded"
 FATAL = b"fatal"
+PROBE = b"probe"
 
 
 # A report group: sender length, count, flags, epoch; then the ids, then the sender.
