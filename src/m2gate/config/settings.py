@@ -418,6 +418,16 @@ class Config:
         validate=non_negative,
         accepted="a number of seconds >= 0",
     )
+    asgi_connections: int = setting(
+        1000,
+        "ASGI under a master (-p, --interface asgi): requests (and open websockets) one"
+        " worker process serves at once; the master hands it no more (plus --prefetch) and"
+        " holds the rest in its queue for the next worker with room. One process without a"
+        " master has no such limit.",
+        section="asgi",
+        validate=positive,
+        accepted="an integer >= 1",
+    )
     websocket_queue: int = setting(
         16 * 1024 * 1024,
         "ASGI: bytes of websocket messages received but not yet read by the app; beyond it"
@@ -624,6 +634,15 @@ def check_worker_range(processes: int, low: int, high: int) -> None:
             " count, an integer from %d to %d, or 0 to start at workers_min"
             % (processes, low, high, low, high)
         )
+
+    @property
+    def worker_capacity(self) -> int:
+        """Requests one worker process serves at once: its threads, or asgi_connections.
+
+        The master's dispatch counts a worker free while it holds fewer; an
+        ASGI worker runs them all on its event loop.
+        """
+        return self.asgi_connections if self.interface == "asgi" else self.threads
 
 
 def settings() -> list[tuple[dataclasses.Field[Any], Meta, Any]]:

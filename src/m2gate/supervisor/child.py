@@ -493,6 +493,10 @@ def _run(spec: WorkerSpec) -> int:
         link.close(linger_s=2.0)
         ctx.term()
         return EXIT_APP_LOAD
+    if cfg.interface == "asgi":  # an event loop, not threads (imported by serve, as root)
+        from m2gate.supervisor.child_asgi import serve_asgi_worker
+
+        return serve_asgi_worker(spec, ctx, link, app, ExceptionCounter(), rss_bytes)
     counter = ExceptionCounter()
     logging.getLogger("m2gate.wsgi").addFilter(counter)
     handler = wsgi_handler(
@@ -531,13 +535,14 @@ def _run(spec: WorkerSpec) -> int:
 
 
 def _check_supported(cfg: Config, app: Any) -> None:
-    """Worker processes run threaded WSGI; the other kinds run single-process.
+    """An ASGI app needs ``--interface asgi`` under the master (its capacity is asgi_connections).
 
     ``resolve_interface`` is imported with this module, in the master, before
     ``--user`` drops privileges: the unprivileged worker may not be able to
     read the standard library (or the venv) any more.
     """
-    if resolve_interface(cfg.interface, app) == "asgi":
+    if cfg.interface == "auto" and resolve_interface(cfg.interface, app) == "asgi":
         raise AppLoadError(
-            "app %s is an ASGI app: run it without --processes (one process) for now" % cfg.app
+            "app %s is an ASGI app: under a master (--processes, --pidfile, --app-dir, ...)"
+            ' give --interface asgi (interface = "asgi" in a config file)' % cfg.app
         )

@@ -359,7 +359,12 @@ class Dispatcher:
             for key, q in w.inflight.items():
                 if len(q) == 1 and key in self.uploading:
                     continue  # held for its upload-done: no app is running yet
-                if q and now - q[0].started > limit:
+                # An open websocket (its 101 went out) lives as long as its client wants.
+                if (
+                    q
+                    and now - q[0].started > limit
+                    and not (q[0].streaming and q[0].method[:9] == b"WEBSOCKET")
+                ):
                     out.append((w, q[0]))
         return out
 

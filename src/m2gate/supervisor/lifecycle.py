@@ -242,7 +242,7 @@ class Lifecycle:
             b"w%d" % self.serial,
             0,
             generation,
-            cfg.threads,
+            cfg.worker_capacity,
             serial=self.serial,
             probe=probe_base(self.serial, self.probe_block),
             started=now,
