@@ -608,6 +608,15 @@ class Config:
         """The count adaptive workers shrink to (``workers_min``, at least one)."""
         return max(1, self.workers_min)
 
+    @property
+    def worker_capacity(self) -> int:
+        """Requests one worker process serves at once: its threads, or asgi_connections.
+
+        The master's dispatch counts a worker free while it holds fewer; an
+        ASGI worker runs them all on its event loop.
+        """
+        return self.asgi_connections if self.interface == "asgi" else self.threads
+
 
 def check_worker_range(processes: int, low: int, high: int) -> None:
     """``1 <= workers_min <= workers_max``, and ``-p`` (the starting count) between them.
@@ -634,15 +643,6 @@ def check_worker_range(processes: int, low: int, high: int) -> None:
             " count, an integer from %d to %d, or 0 to start at workers_min"
             % (processes, low, high, low, high)
         )
-
-    @property
-    def worker_capacity(self) -> int:
-        """Requests one worker process serves at once: its threads, or asgi_connections.
-
-        The master's dispatch counts a worker free while it holds fewer; an
-        ASGI worker runs them all on its event loop.
-        """
-        return self.asgi_connections if self.interface == "asgi" else self.threads
 
 
 def settings() -> list[tuple[dataclasses.Field[Any], Meta, Any]]:
