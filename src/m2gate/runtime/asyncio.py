@@ -46,8 +46,8 @@ from m2gate.protocol.messages import (
     WebSocketHandshake,
 )
 from m2gate.runtime.base import Runtime, refusal_status
-from m2gate.runtime.options import transport_args
-from m2gate.transports.zmq_async import AsyncZmqTransport
+from m2gate.runtime.options import socket_args, transport_args
+from m2gate.transports.zmq_async import AsyncZmqTransport, MultiAsyncZmqTransport
 
 log = logging.getLogger("m2gate.worker")
 
@@ -99,7 +99,7 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         )
         self.websocket_queue = websocket_queue
         self.transport = transport
-        self.watch_frontend(getattr(transport, "frontend_changed", None))
+        self.watch_source(transport)
         self.app = app
         self.defaults = defaults
         self.ws_close_timeout = ws_close_timeout
@@ -376,7 +376,11 @@ async def _main(cfg: Any, app: ASGIApp) -> int:
     lifespan = Lifespan(app)
     await lifespan.startup()
     defaults = EnvironDefaults(cfg.server_name, cfg.server_port, cfg.trust_x_forwarded_for)
-    transport = AsyncZmqTransport(*transport_args(cfg))
+    transport: AsyncZmqTransport | MultiAsyncZmqTransport
+    if len(cfg.frontends) > 1:
+        transport = MultiAsyncZmqTransport(cfg.frontends, *socket_args(cfg))
+    else:
+        transport = AsyncZmqTransport(*transport_args(cfg))
     worker = AsyncioRuntime(
         transport,
         app,
@@ -405,8 +409,8 @@ async def _main(cfg: Any, app: ASGIApp) -> int:
     log.info(
         "serving %s (ASGI): PULL %s, PUB %s, identity %s",
         cfg.app,
-        cfg.send_spec,
-        cfg.recv_spec,
+        " ".join(cfg.send_spec),
+        " ".join(cfg.recv_spec),
         cfg.send_ident,
     )
     try:

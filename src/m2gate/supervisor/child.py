@@ -390,7 +390,7 @@ def _run(spec: WorkerSpec) -> int:
     logging.getLogger("m2gate.wsgi").addFilter(counter)
     handler = wsgi_handler(cfg, app, multithread=cfg.threads > 1, multiprocess=cfg.processes > 1)
     identity = b"%s-%s" % (cfg.send_ident.encode("ascii"), spec.wid)
-    sink = PubSink(open_pub(ctx, cfg.recv_spec, identity, hwm=cfg.send_hwm), cfg.send_timeout)
+    sink = PubSink(open_pub(ctx, cfg.recv_spec[0], identity, hwm=cfg.send_hwm), cfg.send_timeout)
     worker = ThreadedRuntime(
         link, sink, handler, on_done=link.done, on_started=link.started, **worker_options(cfg)
     )

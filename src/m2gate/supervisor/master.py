@@ -112,8 +112,8 @@ class Master:
                 "m2gate %s master pid %d: PULL %s, PUB %s, %d worker(s) x %d thread(s)",
                 __version__,
                 self.pid,
-                cfg.send_spec,
-                cfg.recv_spec,
+                cfg.send_spec[0],
+                cfg.recv_spec[0],
                 cfg.workers,
                 cfg.threads,
             )
@@ -139,13 +139,14 @@ class Master:
         router.setsockopt(zmq.SNDHWM, 0)
         router.setsockopt(zmq.RCVHWM, 0)
         router.bind(self.endpoint)
-        pub = open_pub(self.ctx, cfg.recv_spec, ("%s-master" % cfg.send_ident).encode("ascii"))
+        send_spec, recv_spec = cfg.frontends[0]  # one front-end (serve.py refuses more)
+        pub = open_pub(self.ctx, recv_spec, ("%s-master" % cfg.send_ident).encode("ascii"))
         pull = open_pull(
             self.ctx, cfg.send_ident.encode("ascii"), pull_limit(cfg.mongrel2_content_length)
         )
-        pull.connect(cfg.send_spec)
+        pull.connect(send_spec)
         # Mongrel2's restarts: its connection ids start again at 1.
-        self.frontend = FrontendMonitor(pull, cfg.send_spec)
+        self.frontend = FrontendMonitor(pull, send_spec)
         self.router = Router(
             cfg, self.disp, self.life, self.watcher, (pull, router, pub), self.execute
         )
