@@ -214,6 +214,4 @@ def test_worker_processes_with_two_frontends_refused_at_start(
         wait=False,
     )
     assert server.proc.wait(timeout=60) != 0
-    assert "2 Mongrel2 front-ends are served by one process only" in server.output, (
-        server.output
-    )
+    assert "2 Mongrel2 front-ends are served by one process only" in server.output, server.output

@@ -82,9 +82,7 @@ def resolve_specs(cfg: Config) -> Config:
     if not cfg.recv_spec:
         for spec in sends:
             if not spec.startswith("tcp://"):
-                raise ConfigError(
-                    "recv_spec: missing; it can only be derived from a tcp send_spec"
-                )
+                raise ConfigError("recv_spec: missing; it can only be derived from a tcp send_spec")
             host, port = spec.rsplit(":", 1)
             recvs.append("%s:%d" % (host, int(port) - 1))
             log.info("recv_spec not given: using %s (send port - 1)", recvs[-1])
