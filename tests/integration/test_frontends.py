@@ -69,7 +69,11 @@ def check_tagged(m2: Mongrel2, name: str, keep: http.client.HTTPConnection | Non
     assert body.startswith(b"answer for %s from " % tag.encode()), (name, body)
 
 
-@pytest.mark.parametrize("args", [(), ("--threads", "8")], ids=["1-thread", "8-threads"])
+@pytest.mark.parametrize(
+    "args",
+    [(), ("--threads", "8"), ("--worker-class", "gevent")],
+    ids=["1-thread", "8-threads", "gevent"],
+)
 def test_each_frontend_gets_its_own_answers(
     mongrel2_factory: Callable[..., Mongrel2], m2gate_server: Any, args: tuple[str, ...]
 ) -> None:

@@ -305,8 +305,10 @@ def test_two_handler_hosts_one_killed_mid_load(
                 lambda: not any(pid_alive(p) for p in workers), "host 1's m2gate gone", timeout=30
             )
             wait_until(
-                lambda: clients.count("h2", after_kill=True) >= AFTER_KILL
-                and clients.all_last_from("h2"),
+                lambda: (
+                    clients.count("h2", after_kill=True) >= AFTER_KILL
+                    and clients.all_last_from("h2")
+                ),
                 "the surviving host serving every client (those that lost a request too)",
                 timeout=CLIENT_TIMEOUT + 180,
             )
