@@ -110,3 +110,11 @@ def test_table_of_tagged_senders_resets_one_frontend_only() -> None:
     assert [conn for conn, _ in old] == [a]
     assert list(table.conns.values()) == [b]
     assert table.reset() == [(b, 0)]
+
+
+def test_init_writes_one_spec_as_text_and_several_as_a_list() -> None:
+    from m2gate.config.resolve import init_values
+
+    assert init_values(cli_of("--send-spec", A))["send_spec"] == A
+    values = init_values(cli_of("--send-spec", A, "--send-spec", B))
+    assert values["send_spec"] == [A, B]

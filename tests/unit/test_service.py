@@ -109,7 +109,7 @@ def test_init_command_writes_only_given_non_default_options(
     written = tomllib.loads((site / "m2gate.toml").read_text())
     assert written == {
         "app": "hello:app",
-        "send_spec": ["tcp://127.0.0.1:9997"],
+        "send_spec": "tcp://127.0.0.1:9997",
         "graceful_timeout": 5.0,
         "env": ["A=1", "B=2"],
         "trust_x_forwarded_for": True,

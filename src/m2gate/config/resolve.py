@@ -35,11 +35,15 @@ def init_values(cli: Mapping[str, Any]) -> dict[str, Any]:
     """
     cfg = load(cli, environ={})
     defaults = Config()
-    return {
+    values = {
         f.name: getattr(cfg, f.name)
         for f, _, _ in settings()
         if f.name in cli and getattr(cfg, f.name) != getattr(defaults, f.name)
     }
+    for name in ("send_spec", "recv_spec"):  # one front-end: the plain string users know
+        if len(values.get(name, ())) == 1:
+            values[name] = values[name][0]
+    return values
 
 
 def resolve_specs(cfg: Config) -> Config:
