@@ -202,20 +202,53 @@ def test_recv_specs_must_pair_with_send_specs(
     assert lines and "2 send_spec(s) but 1 recv_spec(s)" in lines[0], server.output
 
 
-def test_worker_processes_with_two_frontends_refused_at_start(
+def test_worker_processes_serve_two_frontends(
     mongrel2_factory: Callable[..., Mongrel2], m2gate_server: Any
 ) -> None:
+    """-p 2: the master PULLs from both, each worker has a PUB on each (proven by probes)."""
     a, b = two_frontends(mongrel2_factory)
-    server = m2gate_server(
-        "frontend_app:application",
-        "--send-spec",
-        b.handler.send_spec,
-        "--recv-spec",
-        b.handler.recv_spec,
-        "-p",
-        "2",
-        m2=a,
-        wait=False,
+    server = serve_both(
+        m2gate_server, "frontend_app:application", a, b, "-p", "2", "--threads", "4"
     )
-    assert server.proc.wait(timeout=60) != 0
-    assert "2 Mongrel2 front-ends are served by one process only" in server.output, server.output
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def client(m2: Mongrel2, name: str) -> None:
+        for i in range(30):
+            try:
+                check_tagged(m2, "%s%d" % (name, i))
+            except (AssertionError, OSError, http.client.HTTPException) as exc:
+                with lock:
+                    failures.append("%s: %r" % (name, exc))
+                return
+
+    threads = [
+        threading.Thread(target=client, args=(m2, "%s%d_" % (label, k)))
+        for label, m2 in (("a", a), ("b", b))
+        for k in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "clients still waiting"
+    assert not failures, (failures[:5], server.output[-3000:])
+    # One front-end restarted: only its connections go; the other's slow one ends well.
+    slow_done: list[bytes] = []
+    slow = threading.Thread(
+        target=lambda: slow_done.append(get(b, "/slow?s=3&tag=b-slow")), daemon=True
+    )
+    slow.start()
+    a.restart()
+    wait_until(
+        lambda: "front-end 0 went away" in server.output,
+        "the master noticing front-end 0's restart",
+        timeout=30,
+    )
+    assert "front-end 1 went away" not in server.output
+    slow.join(timeout=60)
+    assert slow_done and slow_done[0].startswith(b"answer for b-slow from "), slow_done
+    server.wait_ready("/tag?tag=again")
+    for i in range(10):
+        check_tagged(a, "a-after%d" % i)
+        check_tagged(b, "b-after%d" % i)

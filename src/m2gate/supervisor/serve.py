@@ -43,12 +43,6 @@ def serve(cfg: Config) -> int:
 
         confine.start_single(cfg)  # chroot, user, app environment, SIGUSR1
         return serve_single(cfg)
-    if len(cfg.frontends) > 1:
-        raise ConfigError(
-            "send_spec/recv_spec: %d Mongrel2 front-ends are served by one process only for now;"
-            " drop --processes and the master options, or run one m2gate per front-end"
-            % len(cfg.frontends)
-        )
     if cfg.worker_class != "threads" or cfg.interface == "asgi":
         raise ConfigError(
             "processes: worker processes run threaded WSGI apps only for now;"

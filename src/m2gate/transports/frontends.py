@@ -18,17 +18,38 @@ itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from m2gate.transports.base import ReplySink
 
-# The tag is digits then '-': at most this many bytes (index below 1000).
+# The tag is digits (and, under a master, 'g' and the incarnation) then '-'.
 MAX_FRONTENDS = 999
-_TAG_SPAN = 4
+_TAG_SPAN = 24
 
 
 def tag(index: int) -> bytes:
     """What front-end ``index``'s messages' senders are prefixed with."""
     return b"%d-" % index
+
+
+def gen_tag(index: int, gen: int) -> bytes:
+    """The tag under a master: front-end ``index`` in its ``gen``-th incarnation.
+
+    A restarted Mongrel2 reuses connection ids; its senders get a new tag,
+    so no key of the old incarnation names a new client, and replies with
+    an old tag are refused (:class:`FrontendPubs`).
+    """
+    return b"%dg%d-" % (index, gen)
+
+
+def _index_of(msg: bytes | memoryview) -> tuple[int, int]:
+    """``(front-end index, bytes of tag)`` of a tagged reply; ValueError if untagged."""
+    head = bytes(msg[:_TAG_SPAN])
+    dash = head.find(b"-")
+    number = head[:dash].split(b"g", 1)[0]
+    if dash <= 0 or not number.isdigit():
+        raise ValueError("reply without a front-end tag: %r" % head)
+    return int(number), dash + 1
 
 
 def tag_message(prefix: bytes, data: bytes) -> bytes:
@@ -57,10 +78,30 @@ class FrontendSinks:
     def send(self, messages: Sequence[bytes]) -> None:
         if not messages:
             return
-        first = messages[0]
-        dash = first.find(b"-", 0, _TAG_SPAN)
-        if dash <= 0 or not first[:dash].isdigit():
-            raise ValueError("reply without a front-end tag: %r" % first[:40])
-        sink = self.sinks[int(first[:dash])]
-        cut = dash + 1
-        sink.send([memoryview(m)[cut:] for m in messages])  # type: ignore[misc]
+        index, cut = _index_of(messages[0])
+        self.sinks[index].send([memoryview(m)[cut:] for m in messages])  # type: ignore[misc]
+
+
+class FrontendPubs:
+    """The master's own PUBs, one per front-end: ``send`` one tagged reply.
+
+    ``tags`` holds each front-end's current tag (:func:`gen_tag`); a reply
+    whose tag is an old incarnation's raises ``ValueError`` instead of
+    reaching a new client that got the same connection id.
+    """
+
+    __slots__ = ("pubs", "tags")
+
+    def __init__(self, pubs: Sequence[Any], tags: list[bytes]) -> None:
+        self.pubs = list(pubs)
+        self.tags = tags
+
+    def send(self, msg: bytes) -> None:
+        index, cut = _index_of(msg)
+        if msg[:cut] != self.tags[index]:
+            raise ValueError("reply for an old incarnation of front-end %d dropped" % index)
+        self.pubs[index].send(memoryview(msg)[cut:])
+
+    def close(self, linger: int) -> None:
+        for pub in self.pubs:
+            pub.close(linger=linger)
