@@ -118,3 +118,45 @@ def test_init_writes_one_spec_as_text_and_several_as_a_list() -> None:
     assert init_values(cli_of("--send-spec", A))["send_spec"] == A
     values = init_values(cli_of("--send-spec", A, "--send-spec", B))
     assert values["send_spec"] == [A, B]
+
+
+def test_master_tags_name_the_incarnation_and_route_like_the_others() -> None:
+    from m2gate.transports.frontends import FrontendPubs, gen_tag
+
+    class Pub:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        def send(self, msg: bytes | memoryview) -> None:
+            self.sent.append(bytes(msg))
+
+    assert gen_tag(1, 2) == b"1g2-"
+    sinks = [Recorder(), Recorder()]
+    FrontendSinks(sinks).send([replies.reply(b"1g2-ident", 3, b"x")])
+    assert sinks[1].sent == [[b"ident 1:3, x"]]
+    pubs, tags = [Pub(), Pub()], [gen_tag(0, 0), gen_tag(1, 0)]
+    out = FrontendPubs(pubs, tags)
+    out.send(replies.reply(b"1g0-ident", 3, b"x"))
+    assert pubs[1].sent == [b"ident 1:3, x"] and pubs[0].sent == []
+    tags[1] = gen_tag(1, 1)  # front-end 1 restarted: its old connections' ids are void
+    with pytest.raises(ValueError, match="old incarnation"):
+        out.send(replies.reply(b"1g0-ident", 3, b"x"))
+    out.send(replies.reply(b"1g1-ident", 3, b"y"))
+    assert pubs[1].sent[-1] == b"ident 1:3, y"
+
+
+def test_dispatcher_forgets_one_frontend_and_keeps_the_epoch() -> None:
+    from m2gate.protocol.peek import peek
+    from m2gate.supervisor.handoff import Dispatcher, Forward, Hold
+    from m2gate.supervisor.state import Worker
+
+    d = Dispatcher(100)
+    d.add_worker(Worker(b"w0", 1000, 1, 1))
+    d.mark_ready(b"w0")
+    raws = [tag_message(t, request("id", 1)) for t in (b"0g0-", b"1g0-")]
+    assert isinstance(d.assign(peek(raws[0]), raws[0], 0.0), Forward)
+    assert d.assign(peek(raws[1]), raws[1], 0.0) == Hold()  # the one thread is busy
+    assert d.forget_frontend("1g0-") == 1  # front-end 1's queued request: dropped
+    assert d.epoch == 0 and not d.queue
+    # Front-end 0's request in flight is still counted, and its report still frees it.
+    assert d.on_done(b"w0", ("0g0-id", 1), 1.0, 0)

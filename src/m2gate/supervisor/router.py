@@ -290,10 +290,13 @@ class Router:
         wid = self.by_probe.get(slot)
         w = self.life.workers.get(wid) if wid is not None else None
         if w is not None and w.ready_at is None and w.state is not WorkerState.KILLED:
-            if self.tags is not None:  # ready once every front-end answered its probe
+            if self.tags is not None:
+                # Ready once proven on every front-end that is up (its Mongrel2
+                # answers the master's own probe): one that is down must not
+                # keep new workers from serving the others.
                 seen = self._probed_on.setdefault(w.wid, set())
                 seen.add(frontend)
-                if len(seen) < len(self.tags):
+                if not self._pub_proven or not seen >= self._pub_proven:
                     return
             if w.wid not in self.greeted:
                 self.probed.add(w.wid)  # ready when its hello arrives
