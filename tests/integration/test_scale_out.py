@@ -46,7 +46,7 @@ CLONE_NEWNET = 0x40000000
 CLIENTS = 8
 CLIENT_TIMEOUT = 15.0  # well below Mongrel2's own idle timeout (limits.min_ping, 120 s)
 BEFORE_KILL = 60  # requests each host serves before one is killed
-AFTER_KILL = 150  # requests the survivor serves after the kill
+AFTER_KILL = 20  # requests each client has served after the kill before it ends
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -195,11 +195,9 @@ class Clients:
                 if o.host == host and (after_kill is None or o.after_kill == after_kill)
             )
 
-    def all_last_from(self, host: str) -> bool:
-        """Whether every client's latest request was answered by ``host``."""
-        with self.lock:
-            last = {o.client: o.host for o in self.outcomes}
-        return len(last) == CLIENTS and all(h == host for h in last.values())
+    def finished(self) -> bool:
+        """Whether every client ended (each after AFTER_KILL answers started after the kill)."""
+        return not any(t.is_alive() for t in self._threads)
 
     def stop(self) -> None:
         self._stop.set()
@@ -208,8 +206,8 @@ class Clients:
         assert not any(t.is_alive() for t in self._threads), "a client is still waiting"
 
     def _run(self, client: int) -> None:
-        n = 0
-        while not self._stop.is_set():
+        n = served_after_kill = 0
+        while not self._stop.is_set() and served_after_kill < AFTER_KILL:
             n += 1
             outcome = Outcome(client, self.killed.is_set(), started=time.monotonic())
             # A mix: most fast, some slow enough to be in flight at the kill.
@@ -229,6 +227,8 @@ class Clients:
             finally:
                 conn.close()
             outcome.ended_after_kill = self.killed.is_set()
+            if outcome.after_kill and outcome.host is not None:
+                served_after_kill += 1
             with self.lock:
                 self.outcomes.append(outcome)
 
@@ -304,12 +304,11 @@ def test_two_handler_hosts_one_killed_mid_load(
             wait_until(
                 lambda: not any(pid_alive(p) for p in workers), "host 1's m2gate gone", timeout=30
             )
+            # No client is left hanging: each one, those that lost a request with
+            # the host too, gets AFTER_KILL answers after the kill and ends.
             wait_until(
-                lambda: (
-                    clients.count("h2", after_kill=True) >= AFTER_KILL
-                    and clients.all_last_from("h2")
-                ),
-                "the surviving host serving every client (those that lost a request too)",
+                clients.finished,
+                "every client served after the kill (those that lost a request too)",
                 timeout=CLIENT_TIMEOUT + 180,
             )
         finally:
@@ -338,7 +337,7 @@ def test_two_handler_hosts_one_killed_mid_load(
         for key, value in figures.items():
             record_property(key, value)
         assert served_before["h1"] >= BEFORE_KILL and served_before["h2"] >= BEFORE_KILL
-        assert served_after["h2"] >= AFTER_KILL
+        assert served_after["h2"] >= AFTER_KILL * CLIENTS - served_after.get("h1", 0)
         # Nothing served by the dead host once its death was known... except
         # what it answered in the instant between the flag and the SIGKILL.
         assert served_after.get("h1", 0) <= CLIENTS, figures
@@ -347,13 +346,6 @@ def test_two_handler_hosts_one_killed_mid_load(
         # At most the one request each client had in flight is lost with the host.
         per_client = Counter(o.client for o in failed)
         assert all(n <= 1 for n in per_client.values()), figures
-        # And each client's last request was served by the survivor: no client hangs.
-        last: dict[int, Outcome] = {}
-        for o in outcomes:
-            last[o.client] = o
-        assert all(o.host == "h2" for o in last.values()), [
-            o for o in last.values() if o.host != "h2"
-        ]
     finally:
         for server in servers:
             server.stop()
