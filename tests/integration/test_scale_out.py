@@ -10,11 +10,12 @@ and workers) is killed with SIGKILL mid-load.
 
 What Mongrel2 1.12 does then (found by this test): requests it had already
 PUSHed to the dead host are lost (no handler answers them and Mongrel2 keeps
-no record of which handler got what; their clients wait until Mongrel2's own
-idle timeout, ``limits.min_ping``), and every request after the dead host's
-TCP connections closed goes to the survivor. Each client has at most one
+no record of which handler got what, so it neither answers nor retries
+them; their clients wait), and every request after the dead host's TCP
+connections closed goes to the survivor. Each client has at most one
 request in flight, so at most one loss per client; the clients here bound
-their wait well below Mongrel2's timeout and count those as lost. The
+their wait (15 s, well below Mongrel2's idle timeout) and count those as
+lost, and each must then be served AFTER_KILL times by the survivor. The
 figures are printed (``pytest -s``) and recorded as test properties.
 
 Skipped, with the reason, where network namespaces cannot be made (not
