@@ -91,17 +91,19 @@ class Config:
         accepted="KEY=VALUE with KEY a shell variable name",
         env_separator="\n",
     )
-    send_spec: str = setting(
-        "",
-        "Mongrel2's send_spec, where m2gate PULLs requests from.",
+    send_spec: list[str] = setting(  # noqa: RUF009
+        [],
+        "Mongrel2's send_spec, where m2gate PULLs requests from; repeat it (with --recv-spec,"
+        " pairs in order) to serve several Mongrel2 front-ends from one m2gate.",
         section="mongrel2",
         metavar="SPEC",
         validate=check_spec,
         accepted=SPEC_ACCEPTED,
     )
-    recv_spec: str = setting(
-        "",
-        "Mongrel2's recv_spec, where m2gate PUBlishes replies; default: send port - 1.",
+    recv_spec: list[str] = setting(  # noqa: RUF009
+        [],
+        "Mongrel2's recv_spec, where m2gate PUBlishes replies; default: send port - 1."
+        " Repeated: one per --send-spec, in the same order.",
         section="mongrel2",
         metavar="SPEC",
         validate=check_spec,
@@ -616,6 +618,11 @@ class Config:
         ASGI worker runs them all on its event loop.
         """
         return self.asgi_connections if self.interface == "asgi" else self.threads
+
+    @property
+    def frontends(self) -> list[tuple[str, str]]:
+        """``(send_spec, recv_spec)`` of each Mongrel2 front-end, in order (once resolved)."""
+        return list(zip(self.send_spec, self.recv_spec, strict=True))
 
 
 def check_worker_range(processes: int, low: int, high: int) -> None:

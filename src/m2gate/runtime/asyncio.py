@@ -46,8 +46,8 @@ from m2gate.protocol.messages import (
     WebSocketHandshake,
 )
 from m2gate.runtime.base import Runtime, refusal_status
-from m2gate.runtime.options import transport_args
-from m2gate.transports.zmq_async import AsyncZmqTransport
+from m2gate.runtime.options import socket_args, transport_args
+from m2gate.transports.zmq_async import AsyncZmqTransport, MultiAsyncZmqTransport
 
 log = logging.getLogger("m2gate.worker")
 
@@ -103,7 +103,7 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         # the master must not answer for it any more).
         self.on_started = on_started
         self.transport = transport
-        self.watch_frontend(getattr(transport, "frontend_changed", None))
+        self.watch_source(transport)
         self.app = app
         self.defaults = defaults
         self.ws_close_timeout = ws_close_timeout
@@ -402,7 +402,11 @@ async def _main(cfg: Any, app: ASGIApp) -> int:
     loop = asyncio.get_running_loop()
     lifespan = Lifespan(app)
     await lifespan.startup()
-    transport = AsyncZmqTransport(*transport_args(cfg))
+    transport: AsyncZmqTransport | MultiAsyncZmqTransport
+    if len(cfg.frontends) > 1:
+        transport = MultiAsyncZmqTransport(cfg.frontends, *socket_args(cfg))
+    else:
+        transport = AsyncZmqTransport(*transport_args(cfg))
     worker = AsyncioRuntime(transport, app, **runtime_options(cfg))
     worker.state = lifespan.state
 
@@ -416,8 +420,8 @@ async def _main(cfg: Any, app: ASGIApp) -> int:
     log.info(
         "serving %s (ASGI): PULL %s, PUB %s, identity %s",
         cfg.app,
-        cfg.send_spec,
-        cfg.recv_spec,
+        " ".join(cfg.send_spec),
+        " ".join(cfg.recv_spec),
         cfg.send_ident,
     )
     try:

@@ -342,7 +342,7 @@ async def _serve(
         link.close(linger_s=2.0)
         return EXIT_APP_LOAD
     identity = b"%s-%s" % (cfg.send_ident.encode("ascii"), spec.wid)
-    sink = PubSink(open_pub(ctx, cfg.recv_spec, identity, hwm=cfg.send_hwm), cfg.send_timeout)
+    sink = PubSink(open_pub(ctx, cfg.recv_spec[0], identity, hwm=cfg.send_hwm), cfg.send_timeout)
     alink = AsyncMasterLink(link.dealer, ctx, spec.endpoint, spec.wid, spec.master_pid, sink)
     runtime = WorkerRuntime(
         alink, app, on_done=alink.done, on_started=alink.started, **runtime_options(cfg)

@@ -306,6 +306,28 @@ class Dispatcher:
             }
         return dropped
 
+    # -- several front-ends (multi-front-end master) ----------------------------
+    def forget_frontend(self, tag: str) -> int:
+        """One of several front-ends went away: forget its connections; requests dropped.
+
+        Its senders carry ``tag``, which its next incarnation does not reuse
+        (:func:`~m2gate.transports.frontends.gen_tag`): requests in flight
+        stay counted under their keys until done, and no epoch changes (the
+        other front-ends' reports stay current). Queued requests are dropped
+        unanswered, as in :meth:`reset_frontend`.
+        """
+        gone = [q for q in self.queue if q.key[0].startswith(tag)]
+        if gone:
+            self.queue = deque(q for q in self.queue if not q.key[0].startswith(tag))
+            for q in gone:
+                self._queued_keys.pop(q.key, None)
+        for keys in (self.owner, self.last):
+            for key in [k for k in keys if k[0].startswith(tag)]:
+                del keys[key]
+        self.uploading = {k for k in self.uploading if not k[0].startswith(tag)}
+        self._left = {k for k in self._left if not k[0].startswith(tag)}
+        return len(gone)
+
     def mark_started(self, wid: bytes, key: Key) -> bool:
         """``wid``'s response to ``key`` began to stream; False if not in flight there."""
         w = self.workers.get(wid)
