@@ -455,7 +455,9 @@ def test_status_stop_reload_commands(
     mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path
 ) -> None:
     s = start(m2gate_server, tmp_path, "-p", "2", "--threads", "2")
-    t, _out = in_background(lambda: get(mongrel2, "/sleep?s=1"))
+    # Long enough to still run when the `status` command (a Python start-up,
+    # seconds on a loaded 2-CPU machine) asks; the reload waits it out.
+    t, _out = in_background(lambda: get(mongrel2, "/sleep?s=5"))
     wait_in_flight(s)
     st = s.command("status")
     assert st.returncode == 0, st.stderr
@@ -594,6 +596,13 @@ def test_uploads_through_the_master(
     assert doc["requests"] >= 3
 
 
+def _status_or_none(s: Served) -> dict[str, Any] | None:
+    try:
+        return s.status()
+    except client.NotRunning:
+        return None
+
+
 def test_started_before_mongrel2_and_across_its_restart(
     m2gate_server: Factory, tmp_path: Path
 ) -> None:
@@ -610,9 +619,11 @@ def test_started_before_mongrel2_and_across_its_restart(
             "master_app:application", "-p", "2", "--pidfile", str(tmp_path / "m.pid"),
             m2=m2, handler=m2.handlers[0], wait=False,
         )  # fmt: skip
-        time.sleep(1.0)
         s = Served(server, tmp_path / "m.pid")
-        assert {w["status"] for w in s.status()["workers"]} == {"starting"}
+        # The control socket exists once the master is up (not at a fixed time).
+        doc = wait_until(lambda: _status_or_none(s), what="the master's control socket")
+        time.sleep(0.5)  # the workers had time to try; with no Mongrel2 none is ready
+        assert {w["status"] for w in s.status()["workers"]} == {"starting"}, doc
         m2.start()
         server.wait_ready("/")
         assert get(m2, "/").status_code == 200

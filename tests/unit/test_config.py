@@ -45,7 +45,7 @@ def test_defaults_when_nothing_is_given() -> None:
 def test_toml_keys_as_settings_or_flags(tmp_path: Path, key: str) -> None:
     path = write(tmp_path, '%s = "%s"\nthreads = 4\ntrust-x-forwarded-for = true\n' % (key, SPEC))
     cfg = load(cli_of("-c", path), {})
-    assert cfg.send_spec == SPEC
+    assert cfg.send_spec == [SPEC]
     assert cfg.threads == 4
     assert cfg.trust_x_forwarded_for is True
     assert cfg.config == path
@@ -170,7 +170,7 @@ def test_app_dir_reads_its_toml_and_defaults_paths(tmp_path: Path) -> None:
     (app_dir / "app").mkdir(parents=True)
     write(app_dir, 'app = "hello:app"\nsend_spec = "%s"\n' % SPEC)
     cfg = load(cli_of("--app-dir", str(app_dir)), {})
-    assert cfg.app == "hello:app" and cfg.send_spec == SPEC
+    assert cfg.app == "hello:app" and cfg.send_spec == [SPEC]
     assert cfg.app_dir == str(app_dir)
     assert cfg.chdir == str(app_dir / "app")
     assert cfg.pidfile == str(app_dir / "run" / "m2gate.pid")

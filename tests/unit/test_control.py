@@ -79,6 +79,10 @@ def _doc() -> dict[str, Any]:
     return {
         "ok": True, "pid": 10, "generation": 2, "reloading_to": None, "queued": 3,
         "requests": 9, "rejected": 1, "harakiri": 0, "restarts": 2, "reloads": 1,
+        "processes": 1, "workers_min": 1, "workers_max": 1, "workers_spawned": 0,
+        "workers_retired_idle": 0, "queue_oldest_wait": 0.5, "queue_waited": 4,
+        "queue_wait_seconds": 1.0, "queue_wait_window": 10, "queue_wait_recent": 4,
+        "queue_wait_avg": 0.25, "queue_wait_max": 0.5,
         "workers": [worker],
     }  # fmt: skip
 

@@ -170,8 +170,8 @@ def test_child_argv_adds_the_specs_and_the_master_reload(tmp_path: Path) -> None
     argv = child_argv(plan, m2, environ={})
     assert argv[:4] == [sys.executable, "-m", "m2gate", "serve"]
     values = serve_values(*argv[4:])
-    assert values["send_spec"] == m2.handler.send_spec
-    assert values["recv_spec"] == m2.handler.recv_spec
+    assert values["send_spec"] == [m2.handler.send_spec]
+    assert values["recv_spec"] == [m2.handler.recv_spec]
     assert values["send_ident"] == m2.handler.send_ident
     assert values["upload_dir"] == str(m2.upload_dir)
     assert values["reload_on_change"] is True

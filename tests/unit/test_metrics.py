@@ -31,6 +31,10 @@ def _doc(*workers: dict[str, Any]) -> dict[str, Any]:
     return {
         "ok": True, "pid": 10, "generation": 3, "queued": 2, "requests": 17, "rejected": 0,
         "harakiri": 1, "restarts": 0, "reloads": 2, "workers": list(workers),
+        "processes": 2, "workers_min": 1, "workers_max": 4, "workers_spawned": 3,
+        "workers_retired_idle": 2, "queue_oldest_wait": 0.25, "queue_waited": 40,
+        "queue_wait_seconds": 3.5, "queue_wait_window": 10, "queue_wait_recent": 12,
+        "queue_wait_avg": 0.0625, "queue_wait_max": 1.5,
     }  # fmt: skip
 
 
@@ -56,6 +60,20 @@ def test_scrape_parses_and_has_a_series_per_worker() -> None:
         "idle": 1,
     }
     assert fams["m2gate_worker_rss_bytes"].documentation == "Resident memory of the worker."
+
+
+def test_queue_waits_and_adaptive_workers_are_metrics() -> None:
+    fams = families(render_metrics(_doc(_worker("w1", 101, 7)))[0].decode())
+    values = {name: fam.samples[0].value for name, fam in fams.items() if not fam.samples[0].labels}
+    assert values["m2gate_queue_oldest_wait_seconds"] == 0.25
+    assert values["m2gate_queue_wait_recent_max_seconds"] == 1.5
+    assert values["m2gate_queue_wait_recent_avg_seconds"] == 0.0625
+    assert values["m2gate_workers_target"] == 2
+    assert (values["m2gate_workers_min"], values["m2gate_workers_max"]) == (1, 4)
+    assert fams["m2gate_queue_wait_seconds"].type == "counter"
+    assert fams["m2gate_queue_wait_seconds"].samples[0].name == "m2gate_queue_wait_seconds_total"
+    assert values["m2gate_queue_waited_requests"] == 40
+    assert (values["m2gate_workers_spawned"], values["m2gate_workers_retired_idle"]) == (3, 2)
 
 
 def test_label_values_are_escaped_by_the_library() -> None:

@@ -48,8 +48,8 @@ def test_select_by_route(m2: Mongrel2) -> None:
     cfg = configure(m2.db_path, route="/api/")
     api = m2.handlers[1]
     assert (cfg.send_spec, cfg.recv_spec, cfg.send_ident) == (
-        api.send_spec,
-        api.recv_spec,
+        [api.send_spec],
+        [api.recv_spec],
         api.send_ident,
     )
     assert cfg.recv_ident == ""
@@ -57,9 +57,9 @@ def test_select_by_route(m2: Mongrel2) -> None:
 
 
 def test_select_by_ident_and_host(m2: Mongrel2) -> None:
-    assert configure(m2.db_path, handler_ident=ROOT_SPEC.send_ident).send_spec == (
+    assert configure(m2.db_path, handler_ident=ROOT_SPEC.send_ident).send_spec == [
         m2.handlers[0].send_spec
-    )
+    ]
     cfg = configure(m2.db_path, host="localhost", route="/")
     assert cfg.send_ident == ROOT_SPEC.send_ident
 
@@ -67,7 +67,7 @@ def test_select_by_ident_and_host(m2: Mongrel2) -> None:
 def test_explicit_settings_win(m2: Mongrel2) -> None:
     cfg = configure(m2.db_path, route="/", send_ident="mine", upload_dir="/elsewhere")
     assert cfg.send_ident == "mine" and cfg.upload_dir == "/elsewhere"
-    assert cfg.send_spec == m2.handlers[0].send_spec
+    assert cfg.send_spec == [m2.handlers[0].send_spec]
 
 
 def test_ambiguous_selection_lists_handlers(m2: Mongrel2) -> None:
@@ -96,7 +96,7 @@ def test_empty_selection_lists_handlers(m2: Mongrel2) -> None:
 def test_single_handler_needs_no_selector(tmp_path: Path) -> None:
     mongrel = Mongrel2(tmp_path / "one")
     mongrel.write_config()
-    assert configure(mongrel.db_path).send_spec == mongrel.handler.send_spec
+    assert configure(mongrel.db_path).send_spec == [mongrel.handler.send_spec]
 
 
 def test_wildcard_binds_chroot_and_relative_temp_store(m2: Mongrel2) -> None:
@@ -109,7 +109,7 @@ def test_wildcard_binds_chroot_and_relative_temp_store(m2: Mongrel2) -> None:
             "UPDATE setting SET value = '/tmp/up/upload.XXXXXX' WHERE key = 'upload.temp_store'"
         )
     cfg = configure(m2.db_path, route="/")
-    assert (cfg.send_spec, cfg.recv_spec) == ("tcp://127.0.0.1:7001", "tcp://127.0.0.1:7000")
+    assert (cfg.send_spec, cfg.recv_spec) == (["tcp://127.0.0.1:7001"], ["tcp://127.0.0.1:7000"])
     assert cfg.mongrel2_chroot == str(m2.workdir)
     assert cfg.upload_dir == str(m2.workdir / "tmp" / "up")
 

@@ -41,6 +41,20 @@ def test_master_only_settings_need_the_master(settings: dict[str, object]) -> No
     assert needs_master(Config(**settings))  # type: ignore[arg-type]
 
 
-def test_worker_processes_refuse_asgi_before_forking_anything() -> None:
-    with pytest.raises(ConfigError, match="threaded WSGI apps only"):
-        serve(Config(processes=2, interface="asgi"))
+def test_worker_processes_refuse_gevent_before_forking_anything() -> None:
+    with pytest.raises(ConfigError, match="worker_class=gevent"):
+        serve(Config(processes=2, worker_class="gevent"))
+    with pytest.raises(ConfigError, match="worker_class=gevent"):
+        serve(Config(processes=2, worker_class="gevent", interface="asgi"))
+
+
+def test_asgi_worker_processes_refuse_dispatch_direct_before_forking_anything() -> None:
+    with pytest.raises(ConfigError, match=r"^dispatch: .*idle, round-robin"):
+        serve(Config(processes=2, interface="asgi", dispatch="direct"))
+
+
+def test_asgi_workers_count_asgi_connections_as_their_capacity() -> None:
+    assert Config(interface="asgi", asgi_connections=7, threads=3).worker_capacity == 7
+    assert Config(interface="wsgi", asgi_connections=7, threads=3).worker_capacity == 3
+    # auto: the app is not imported yet; an ASGI app found then is refused (child.py)
+    assert Config(interface="auto", asgi_connections=7, threads=3).worker_capacity == 3

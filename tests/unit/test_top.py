@@ -37,6 +37,10 @@ def _doc(**extra: Any) -> dict[str, Any]:
         "ok": True, "version": "9.9", "pid": 4100, "uptime": 3723.5, "generation": 2,
         "reloading_to": None, "stopping": False, "processes": 2, "threads": 4, "queued": 3,
         "requests": 1523, "rejected": 1, "harakiri": 0, "restarts": 1, "reloads": 1,
+        "workers_min": 2, "workers_max": 2, "workers_spawned": 0, "workers_retired_idle": 0,
+        "queue_oldest_wait": 0.25, "queue_waited": 40, "queue_wait_seconds": 3.5,
+        "queue_wait_window": 10, "queue_wait_recent": 12, "queue_wait_avg": 0.0625,
+        "queue_wait_max": 1.5,
         "workers": [busy, idle],
     }  # fmt: skip
     doc.update(extra)
@@ -45,12 +49,13 @@ def _doc(**extra: Any) -> dict[str, Any]:
 
 def test_frame_shows_totals_and_a_row_per_worker() -> None:
     lines = render(_doc(), rate=12.04)
-    assert lines[:3] == [
+    assert lines[:4] == [
         "m2gate 9.9  master pid 4100  up 1h02m  generation 2",
         "workers 2: 1 busy, 1 idle  restarts 1  reloads 1  harakiri 0",
         "requests 1523  rate 12.0/s  avg 0.4/s  queued 3  rejected 1",
+        "wait: oldest 250ms  last 10s: 12 waited, avg 62ms, max 1.50s",
     ]
-    heading, busy, idle = lines[HEADING_LINE], lines[4], lines[5]
+    heading, busy, idle = lines[HEADING_LINE], lines[5], lines[6]
     assert heading.split() == [
         "WORKER", "PID", "GEN", "STATE", "REQS", "BUSY", "RSS", "AVG", "AGE", "CURRENT", "REQUEST",
     ]  # fmt: skip
@@ -61,9 +66,9 @@ def test_frame_shows_totals_and_a_row_per_worker() -> None:
     assert idle.split()[:4] == ["w2", "4102", "2", "idle"] and idle.split()[-2:] == ["-", "-"]
     # The request starts under its heading, whatever the widths of the numbers.
     assert busy.index("GET /sleep") == heading.index("CURRENT REQUEST")
-    assert len(lines) == 6
+    assert len(lines) == 7
     # An 80-column terminal shows the frame whole, and 16 characters of the request.
-    assert all(len(line) <= 80 for line in lines[:4])
+    assert all(len(line) <= 80 for line in lines[:5])
     assert len(busy[: busy.index("GET")]) == 64
 
 
@@ -78,8 +83,22 @@ def test_a_request_not_started_yet_is_shown_when_it_is_all_there_is() -> None:
     doc["workers"][0]["in_flight"] = [
         {"sender": "s", "conn_id": 5, "age": 0.3, "pipelined": True, "request": ""}
     ]
-    row = render(doc)[4]
+    row = render(doc)[5]
     assert row.endswith(" 0.3s conn 5")
+
+
+def test_the_wait_line_shows_adaptive_workers_and_a_quiet_queue() -> None:
+    doc = _doc(
+        queued=0,
+        queue_wait_recent=0,
+        workers_min=1,
+        workers_max=4,
+        workers_spawned=3,
+        workers_retired_idle=2,
+    )
+    line = render(doc)[3]
+    assert line == "wait: oldest -  last 10s: none waited  adaptive 1..4: +3 -2"
+    assert len(line) <= 80
 
 
 def test_an_error_answer_is_one_line() -> None:
@@ -100,7 +119,7 @@ def test_rate_between_two_snapshots_of_one_master() -> None:
 def test_long_ages_are_durations() -> None:
     doc = _doc()
     doc["workers"][0]["in_flight"][1]["age"] = 754.0
-    assert "12m34s GET /sleep?s=30 (+1)" in render(doc)[4]
+    assert "12m34s GET /sleep?s=30 (+1)" in render(doc)[5]
 
 
 @pytest.mark.parametrize(

@@ -538,8 +538,8 @@ def child_argv(plan: Plan, m2: Mongrel2, environ: Mapping[str, str]) -> list[str
     """``python -m m2gate serve``: the user's options plus the specs of this Mongrel2."""
     spec = m2.handler
     generated: dict[str, Any] = {
-        "send_spec": spec.send_spec,
-        "recv_spec": spec.recv_spec,
+        "send_spec": [spec.send_spec],
+        "recv_spec": [spec.recv_spec],
         "send_ident": spec.send_ident,
         "upload_dir": str(m2.upload_dir),
         **dev_defaults(plan.opts.serve, plan.cfg, environ),

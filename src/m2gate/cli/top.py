@@ -3,8 +3,9 @@
 Each second it reads the master's snapshot (the document ``m2gate status``
 shows) from the control socket, or from ``--stats ADDR``, and redraws one
 row per worker: pid, state, requests, RSS, and the request it has been
-serving longest with its age; above them the totals, the request rate and
-the master's queue. curses from the standard library draws it (``q`` or
+serving longest with its age; above them the totals, the request rate, the
+master's queue and how long requests waited in it, and what adaptive workers
+did. curses from the standard library draws it (``q`` or
 Ctrl-C quits, and curses restores the terminal); ``--once`` prints one
 frame as plain text, for scripts.
 
@@ -136,7 +137,7 @@ def worker_row(w: dict[str, Any]) -> str:
 
 
 def render(doc: dict[str, Any], rate: float | None = None) -> list[str]:
-    """The frame for one snapshot: three lines of totals, the headings, a row per worker."""
+    """The frame for one snapshot: four lines of totals, the headings, a row per worker."""
     if not doc.get("ok", True):
         return ["m2gate: the master answered: %s" % doc.get("error", "an error")]
     workers = doc.get("workers", [])
@@ -168,12 +169,44 @@ def render(doc: dict[str, Any], rate: float | None = None) -> list[str]:
         "queued %s" % doc.get("queued", 0),
         "rejected %s" % doc.get("rejected", 0),
     ]
-    return ["  ".join(master), "  ".join(pool), "  ".join(traffic), COLUMNS % HEADINGS] + [
-        worker_row(w) for w in workers
+    return [
+        "  ".join(master),
+        "  ".join(pool),
+        "  ".join(traffic),
+        waiting_line(doc),
+        COLUMNS % HEADINGS,
+    ] + [worker_row(w) for w in workers]
+
+
+def waiting_line(doc: dict[str, Any]) -> str:
+    """How long requests wait for a free thread, and what adaptive workers did about it."""
+    oldest = float(doc.get("queue_oldest_wait", 0.0))
+    recent = int(doc.get("queue_wait_recent", 0))
+    parts = [
+        "wait: oldest %s" % (_seconds(oldest) if doc.get("queued") else "-"),
+        "last %ss: %s"
+        % (
+            doc.get("queue_wait_window", "?"),
+            "%d waited, avg %s, max %s"
+            % (
+                recent,
+                _seconds(float(doc.get("queue_wait_avg", 0.0))),
+                _seconds(float(doc.get("queue_wait_max", 0.0))),
+            )
+            if recent
+            else "none waited",
+        ),
     ]
+    low, high = doc.get("workers_min"), doc.get("workers_max")
+    if low is not None and low != high:
+        parts.append(
+            "adaptive %s..%s: +%s -%s"
+            % (low, high, doc.get("workers_spawned", 0), doc.get("workers_retired_idle", 0))
+        )
+    return "  ".join(parts)
 
 
-HEADING_LINE = 3  # index of the column headings in :func:`render`'s lines
+HEADING_LINE = 4  # index of the column headings in :func:`render`'s lines
 HINT_LINE = 1  # where the live view says how to quit
 
 

@@ -51,6 +51,12 @@ def non_negative(value: float) -> float:
     return value
 
 
+def positive_seconds(value: float) -> float:
+    if not value > 0:  # also rejects NaN
+        raise ValueError(value)
+    return value
+
+
 def check_listen_addr(value: str) -> str:
     """``HOST:PORT`` (tcp) or a path with a ``/`` (unix socket)."""
     if value and "/" not in value:

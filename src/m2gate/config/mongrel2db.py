@@ -146,8 +146,8 @@ def apply(cfg: Config) -> Config:
         return cfg
     db = read(cfg.mongrel2_db)
     chosen = select(db.handlers, cfg.route, cfg.handler_ident, cfg.host)
-    cfg.send_spec = cfg.send_spec or _connectable(chosen.send_spec)
-    cfg.recv_spec = cfg.recv_spec or _connectable(chosen.recv_spec)
+    cfg.send_spec = cfg.send_spec or [_connectable(chosen.send_spec)]
+    cfg.recv_spec = cfg.recv_spec or [_connectable(chosen.recv_spec)]
     cfg.send_ident = cfg.send_ident or chosen.send_ident
     cfg.recv_ident = cfg.recv_ident or chosen.recv_ident
     cfg.upload_dir = cfg.upload_dir or upload_dir_of(db, cfg.mongrel2_db)

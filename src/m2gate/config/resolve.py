@@ -35,15 +35,24 @@ def init_values(cli: Mapping[str, Any]) -> dict[str, Any]:
     """
     cfg = load(cli, environ={})
     defaults = Config()
-    return {
+    values = {
         f.name: getattr(cfg, f.name)
         for f, _, _ in settings()
         if f.name in cli and getattr(cfg, f.name) != getattr(defaults, f.name)
     }
+    for name in ("send_spec", "recv_spec"):  # one front-end: the plain string users know
+        if len(values.get(name, ())) == 1:
+            values[name] = values[name][0]
+    return values
 
 
 def resolve_specs(cfg: Config) -> Config:
-    """Fill send/recv specs and identity from --zeromq, IDENT@ and m2wsgi's default."""
+    """Fill send/recv specs and identity from --zeromq, IDENT@ and m2wsgi's default.
+
+    Several ``--send-spec``/``--recv-spec`` are several Mongrel2 front-ends,
+    paired in order; each recv spec may be left to m2wsgi's default only
+    when none is given.
+    """
     if cfg.zeromq:
         parts = [p.strip() for p in cfg.zeromq.split(",")]
         if len(parts) != 2 or not all(parts):
@@ -57,23 +66,39 @@ def resolve_specs(cfg: Config) -> Config:
                 raise ConfigError(
                     "--zeromq: invalid spec %r; accepted: %s" % (part, SPEC_ACCEPTED)
                 ) from None
-        cfg.send_spec = cfg.send_spec or parts[0]
-        cfg.recv_spec = cfg.recv_spec or parts[1]
+        cfg.send_spec = cfg.send_spec or [parts[0]]
+        cfg.recv_spec = cfg.recv_spec or [parts[1]]
     if not cfg.send_spec:
         raise ConfigError("send_spec: missing; pass --send-spec SPEC (or --zeromq SEND,RECV)")
-    cfg.send_spec, ident = split_spec(cfg.send_spec)
-    if ident and not cfg.send_ident:
-        cfg.send_ident = ident
+    if cfg.recv_spec and len(cfg.recv_spec) != len(cfg.send_spec):
+        raise ConfigError(
+            "send_spec/recv_spec: %d send_spec(s) but %d recv_spec(s); give one --recv-spec"
+            " per --send-spec, in the same order (or none: send port - 1 each)"
+            % (len(cfg.send_spec), len(cfg.recv_spec))
+        )
+    sends: list[str] = []
+    for spec in cfg.send_spec:
+        spec, ident = split_spec(spec)
+        sends.append(spec)
+        if ident and not cfg.send_ident:
+            cfg.send_ident = ident
+    recvs: list[str] = []
     if not cfg.recv_spec:
-        if not cfg.send_spec.startswith("tcp://"):
-            raise ConfigError("recv_spec: missing; it can only be derived from a tcp send_spec")
-        host, port = cfg.send_spec.rsplit(":", 1)
-        cfg.recv_spec = "%s:%d" % (host, int(port) - 1)
-        log.info("recv_spec not given: using %s (send port - 1)", cfg.recv_spec)
+        for spec in sends:
+            if not spec.startswith("tcp://"):
+                raise ConfigError("recv_spec: missing; it can only be derived from a tcp send_spec")
+            host, port = spec.rsplit(":", 1)
+            recvs.append("%s:%d" % (host, int(port) - 1))
+            log.info("recv_spec not given: using %s (send port - 1)", recvs[-1])
     else:
-        cfg.recv_spec, recv_ident = split_spec(cfg.recv_spec)
-        if recv_ident and not cfg.recv_ident:
-            cfg.recv_ident = recv_ident
+        for spec in cfg.recv_spec:
+            spec, recv_ident = split_spec(spec)
+            recvs.append(spec)
+            if recv_ident and not cfg.recv_ident:
+                cfg.recv_ident = recv_ident
+    if len(set(sends)) != len(sends):
+        raise ConfigError("send_spec: the same spec given twice; accepted: one per front-end")
+    cfg.send_spec, cfg.recv_spec = sends, recvs
     if not cfg.send_ident:
         cfg.send_ident = str(uuid.uuid4())
     return cfg

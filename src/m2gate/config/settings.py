@@ -27,6 +27,7 @@ from m2gate.config.checks import (
     check_user,
     non_negative,
     positive,
+    positive_seconds,
 )
 from m2gate.config.declare import ConfigError, Meta, setting
 
@@ -90,17 +91,19 @@ class Config:
         accepted="KEY=VALUE with KEY a shell variable name",
         env_separator="\n",
     )
-    send_spec: str = setting(
-        "",
-        "Mongrel2's send_spec, where m2gate PULLs requests from.",
+    send_spec: list[str] = setting(  # noqa: RUF009
+        [],
+        "Mongrel2's send_spec, where m2gate PULLs requests from; repeat it (with --recv-spec,"
+        " pairs in order) to serve several Mongrel2 front-ends from one m2gate.",
         section="mongrel2",
         metavar="SPEC",
         validate=check_spec,
         accepted=SPEC_ACCEPTED,
     )
-    recv_spec: str = setting(
-        "",
-        "Mongrel2's recv_spec, where m2gate PUBlishes replies; default: send port - 1.",
+    recv_spec: list[str] = setting(  # noqa: RUF009
+        [],
+        "Mongrel2's recv_spec, where m2gate PUBlishes replies; default: send port - 1."
+        " Repeated: one per --send-spec, in the same order.",
         section="mongrel2",
         metavar="SPEC",
         validate=check_spec,
@@ -218,6 +221,50 @@ class Config:
         short="-p",
         validate=non_negative,
         accepted="an integer >= 0",
+    )
+    workers_min: int = setting(
+        0,
+        "Adaptive workers: the fewest worker processes the master keeps; it retires idle ones"
+        " down to this. Needs --workers-max; default (0): 1.",
+        section="workers",
+        metavar="N",
+        validate=non_negative,
+        accepted="an integer from 1 to workers_max",
+    )
+    workers_max: int = setting(
+        0,
+        "Adaptive workers: the most worker processes the master runs; it starts more while"
+        " requests wait for a free thread (implies a master; -p is then the starting count,"
+        " default workers_min). 0: a fixed -p count.",
+        section="workers",
+        metavar="M",
+        validate=non_negative,
+        accepted="an integer >= workers_min (0: off)",
+    )
+    workers_spawn_wait: float = setting(
+        0.1,
+        "Adaptive workers: start one more worker once the oldest request queued in the master"
+        " has waited this many seconds (every thread busy).",
+        section="workers",
+        validate=non_negative,
+        accepted="a number of seconds >= 0",
+    )
+    workers_spawn_interval: float = setting(
+        1.0,
+        "Adaptive workers: at least this many seconds between two starts (and none while a"
+        " started one is not ready yet), so a burst does not fork the whole range at once.",
+        section="workers",
+        validate=non_negative,
+        accepted="a number of seconds >= 0",
+    )
+    workers_idle: float = setting(
+        30.0,
+        "Adaptive workers: retire one worker once, for this many seconds, nothing waited and"
+        " the busy threads would have fitted in one worker fewer; it finishes its requests"
+        " first.",
+        section="workers",
+        validate=positive_seconds,
+        accepted="a number of seconds > 0",
     )
     preload: bool = setting(
         False,
@@ -373,6 +420,16 @@ class Config:
         validate=non_negative,
         accepted="a number of seconds >= 0",
     )
+    asgi_connections: int = setting(
+        1000,
+        "ASGI under a master (-p, --interface asgi): requests (and open websockets) one"
+        " worker process serves at once; the master hands it no more (plus --prefetch) and"
+        " holds the rest in its queue for the next worker with room. One process without a"
+        " master has no such limit.",
+        section="asgi",
+        validate=positive,
+        accepted="an integer >= 1",
+    )
     websocket_queue: int = setting(
         16 * 1024 * 1024,
         "ASGI: bytes of websocket messages received but not yet read by the app; beyond it"
@@ -512,7 +569,8 @@ class Config:
     )
 
     def __post_init__(self) -> None:
-        """``sticky_cookie`` and ``sticky`` decided together (each alone is checked already)."""
+        """Settings decided together (each alone is checked already): sticky and its
+        cookie, the adaptive worker range, and what adaptive workers cannot go with."""
         if self.sticky_cookie and self.sticky == "none":
             self.sticky = "cookie"  # naming the cookie is asking for cookie stickiness
         elif self.sticky_cookie and self.sticky != "cookie":
@@ -525,11 +583,73 @@ class Config:
                 "sticky: cookie needs the cookie's name; accepted: --sticky-cookie NAME"
                 " (or sticky=none or conn)"
             )
+        check_worker_range(self.processes, self.workers_min, self.workers_max)
+        if self.workers_max and self.dispatch == "direct":
+            raise ConfigError(
+                "workers_max: adaptive workers measure the master's queue, which dispatch=direct"
+                " bypasses; accepted: --dispatch idle or round-robin with --workers-max"
+            )
+        if self.workers_max and self.sticky != "none":
+            raise ConfigError(
+                "workers_max: sticky routing keeps keys on a fixed set of worker slots;"
+                " accepted: --sticky none with --workers-max (or a fixed -p with --sticky)"
+            )
 
     @property
     def workers(self) -> int:
-        """Worker processes a master runs: ``processes``, at least one."""
-        return max(1, self.processes)
+        """Worker processes a master starts with: ``processes`` (or ``workers_min``), >= 1."""
+        return max(1, self.processes or self.workers_min)
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the master starts and retires workers by load (``workers_max`` given)."""
+        return self.workers_max > 0
+
+    @property
+    def fewest_workers(self) -> int:
+        """The count adaptive workers shrink to (``workers_min``, at least one)."""
+        return max(1, self.workers_min)
+
+    @property
+    def worker_capacity(self) -> int:
+        """Requests one worker process serves at once: its threads, or asgi_connections.
+
+        The master's dispatch counts a worker free while it holds fewer; an
+        ASGI worker runs them all on its event loop.
+        """
+        return self.asgi_connections if self.interface == "asgi" else self.threads
+
+    @property
+    def frontends(self) -> list[tuple[str, str]]:
+        """``(send_spec, recv_spec)`` of each Mongrel2 front-end, in order (once resolved)."""
+        return list(zip(self.send_spec, self.recv_spec, strict=True))
+
+
+def check_worker_range(processes: int, low: int, high: int) -> None:
+    """``1 <= workers_min <= workers_max``, and ``-p`` (the starting count) between them.
+
+    Checked when a :class:`Config` is made, so a bad combination fails at
+    start-up in one line, whichever sources the values came from.
+    """
+    if not high:
+        if low:
+            raise ConfigError(
+                "workers_min: %d given without workers_max; accepted: --workers-min N with"
+                " --workers-max M, 1 <= N <= M" % low
+            )
+        return
+    if low > high:
+        raise ConfigError(
+            "workers_min: %d is above workers_max %d; accepted: an integer from 1 to %d"
+            % (low, high, high)
+        )
+    low = max(1, low)
+    if processes and not low <= processes <= high:
+        raise ConfigError(
+            "processes: %d is outside workers_min..workers_max (%d..%d); accepted: the starting"
+            " count, an integer from %d to %d, or 0 to start at workers_min"
+            % (processes, low, high, low, high)
+        )
 
 
 def settings() -> list[tuple[dataclasses.Field[Any], Meta, Any]]:

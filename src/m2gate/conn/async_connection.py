@@ -59,8 +59,11 @@ class AsyncOutput(OutputBuffer):
         max_message: int,
         flush_interval: float,
         credits_timeout: float = CREDITS_TIMEOUT,
+        on_started: Callable[[Connection], None] | None = None,
     ) -> None:
-        super().__init__(conn, sink, None, max_message, flush_interval, None, credits_timeout)
+        # on_started: a worker under the master reports a response (or a
+        # websocket's 101) whose first part leaves before its end.
+        super().__init__(conn, sink, None, max_message, flush_interval, on_started, credits_timeout)
         self._timer: asyncio.TimerHandle | None = None
         self._wake: asyncio.Event | None = None  # made by the first wait for credits
         self._draining = False
@@ -74,6 +77,8 @@ class AsyncOutput(OutputBuffer):
         self._buf.append(data)
         self._size += len(data)
         if self._size >= self._target or self.flush_interval <= 0:
+            if self.on_started is not None:
+                self._starting_locked()
             await self._drain()
             # Without flow control nothing above waits: let the other
             # connections run between the messages of a fast stream.
@@ -88,11 +93,15 @@ class AsyncOutput(OutputBuffer):
             return
         self._buf.append(data)
         self._size += len(data)
+        if self.on_started is not None:
+            self._starting_locked()
         self._send_ready_locked()
 
     def _on_timer(self) -> None:
         self._timer = None
         if not self.done and not self.conn.closed and not self._draining:
+            if self.on_started is not None:
+                self._starting_locked()
             self._send_ready_locked()
 
     async def _drain(self) -> None:
@@ -105,6 +114,8 @@ class AsyncOutput(OutputBuffer):
                     raise ConnectionGone()
                 if self._send_ready_locked():
                     return
+                if self.on_started is not None and self.bytes_sent:
+                    self._starting_locked()  # a part left; the rest waits for credits
                 if deadline is None:
                     deadline = self._credits_deadline() or float("inf")
                 left = deadline - time.monotonic()

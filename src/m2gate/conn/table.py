@@ -34,12 +34,24 @@ C = TypeVar("C", bound=Connection)
 Key = tuple[str, int]
 
 
+def tagged_reply_uuid(recv_ident: str | bytes, sender: str) -> bytes:
+    """:func:`reply_uuid` for a sender tagged with its front-end (``"1-"`` + sender).
+
+    The tag stays in front, so the sink of several front-ends
+    (:class:`~m2gate.transports.frontends.FrontendSinks`) knows where the
+    reply goes and strips it.
+    """
+    cut = sender.index("-") + 1
+    return sender[:cut].encode("ascii") + reply_uuid(recv_ident, sender[cut:])
+
+
 class ConnectionTable(Generic[C]):
     """Connections with a request in flight, or with flow-control credits to keep."""
 
     __slots__ = (
         "_factory",
         "_reply_ident",
+        "_reply_uuid",
         "conns",
         "disconnects",
         "epoch",
@@ -55,11 +67,16 @@ class ConnectionTable(Generic[C]):
     ) -> None:
         self._factory = factory
         self._reply_ident = reply_ident
+        self._reply_uuid = reply_uuid
         self.max_pipelined = max_pipelined
         self.conns: dict[Key, C] = {}
         self.disconnects = 0  # notices that came while a request was being served
         self.epoch = 0  # Mongrel2 incarnations seen go away (see reset)
         self.on_held: Callable[[], bool] | None = None
+
+    def tag_senders(self) -> None:
+        """Several front-ends: senders carry their front-end's tag (:func:`tagged_reply_uuid`)."""
+        self._reply_uuid = tagged_reply_uuid
 
     def admit(self, msg: Message) -> tuple[C, bool | None]:
         """The connection for request ``msg``; True if it may start now.
@@ -70,9 +87,9 @@ class ConnectionTable(Generic[C]):
         """
         conn = self.conns.get(msg.key)
         if conn is not None and self.on_held is not None and self.on_held():
-            conn = None  # the table was reset: that was an old incarnation's
+            conn = self.conns.get(msg.key)  # reset: None if it was an old incarnation's
         if conn is None or (conn.closed and not conn.busy):
-            uuid = reply_uuid(self._reply_ident, msg.sender)
+            uuid = self._reply_uuid(self._reply_ident, msg.sender)
             conn = self.conns[msg.key] = self._factory(msg.sender, msg.conn_id, uuid)
             if self.epoch:
                 conn.epoch = self.epoch
@@ -90,18 +107,28 @@ class ConnectionTable(Generic[C]):
         conn.busy = True
         return conn, True
 
-    def reset(self, epoch: int | None = None) -> list[tuple[C, int]]:
+    def reset(
+        self, epoch: int | None = None, frontends: tuple[str, ...] = ()
+    ) -> list[tuple[C, int]]:
         """Mongrel2 went away: forget every connection, start ``epoch`` (default: next).
 
         Returns ``(conn, pipelined requests dropped)`` for each: the caller
         marks them closed, so nothing more is sent for them (their ids may
         already belong to new clients). A request still being served on one
-        ends as usual; :meth:`done` leaves the new table alone.
+        ends as usual; :meth:`done` leaves the new table alone. With
+        ``frontends`` (sender tags, several front-ends) only the connections
+        of those front-ends go; the others' stay.
         """
-        old = [(conn, len(conn.pending)) for conn in self.conns.values()]
+        if frontends:
+            gone = [c for c in self.conns.values() if c.sender.startswith(frontends)]
+            for conn in gone:
+                del self.conns[conn.key]
+        else:
+            gone = list(self.conns.values())
+            self.conns.clear()
+        old = [(conn, len(conn.pending)) for conn in gone]
         for conn, _ in old:
             conn.pending.clear()
-        self.conns.clear()
         self.epoch = self.epoch + 1 if epoch is None else epoch
         return old
 

@@ -45,6 +45,58 @@ TOTALS = [
     ("m2gate_worker_restarts", "counter", "Workers started to replace another.", "restarts"),
     ("m2gate_reloads", "counter", "Completed graceful reloads.", "reloads"),
     ("m2gate_generation", "gauge", "Generation of the workers serving now.", "generation"),
+    # What ZeroMQ hides: how long requests wait for a free worker thread.
+    (
+        "m2gate_queue_oldest_wait_seconds",
+        "gauge",
+        "How long the oldest request waiting in the master has waited so far.",
+        "queue_oldest_wait",
+    ),
+    (
+        "m2gate_queue_waited_requests",
+        "counter",
+        "Requests that waited in the master's queue (then went to a worker, or got 503).",
+        "queue_waited",
+    ),
+    (
+        "m2gate_queue_wait_seconds",
+        "counter",
+        "Seconds requests waited in the master's queue, together (rate / waited rate: mean).",
+        "queue_wait_seconds",
+    ),
+    (
+        "m2gate_queue_wait_recent_max_seconds",
+        "gauge",
+        "Longest wait of the requests that left the queue in the last queue_wait_window s.",
+        "queue_wait_max",
+    ),
+    (
+        "m2gate_queue_wait_recent_avg_seconds",
+        "gauge",
+        "Mean wait of the requests that left the queue in the last queue_wait_window s.",
+        "queue_wait_avg",
+    ),
+    # Adaptive workers (--workers-min/--workers-max; without them min = max = target).
+    (
+        "m2gate_workers_target",
+        "gauge",
+        "Worker processes the master keeps now.",
+        "processes",
+    ),
+    ("m2gate_workers_min", "gauge", "Fewest worker processes (adaptive).", "workers_min"),
+    ("m2gate_workers_max", "gauge", "Most worker processes (adaptive).", "workers_max"),
+    (
+        "m2gate_workers_spawned",
+        "counter",
+        "Workers started because requests waited (adaptive).",
+        "workers_spawned",
+    ),
+    (
+        "m2gate_workers_retired_idle",
+        "counter",
+        "Workers retired because the pool had a spare worker (adaptive).",
+        "workers_retired_idle",
+    ),
 ]
 
 PER_WORKER = [

@@ -33,7 +33,7 @@ from m2gate.adapters.asgi import (
 )
 from m2gate.adapters.common import EnvironDefaults
 from m2gate.conn.async_connection import AsyncConnection, AsyncOutput
-from m2gate.conn.connection import CREDITS_TIMEOUT
+from m2gate.conn.connection import CREDITS_TIMEOUT, Connection
 from m2gate.conn.uploads import Upload, UploadRejected, UploadStore, open_upload
 from m2gate.protocol import replies
 from m2gate.protocol.errors import ClientDisconnected
@@ -46,8 +46,8 @@ from m2gate.protocol.messages import (
     WebSocketHandshake,
 )
 from m2gate.runtime.base import Runtime, refusal_status
-from m2gate.runtime.options import transport_args
-from m2gate.transports.zmq_async import AsyncZmqTransport
+from m2gate.runtime.options import socket_args, transport_args
+from m2gate.transports.zmq_async import AsyncZmqTransport, MultiAsyncZmqTransport
 
 log = logging.getLogger("m2gate.worker")
 
@@ -86,6 +86,7 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
         max_pipelined: int = 16,
         websocket_queue: int = 16 * 1024 * 1024,
         credits_timeout: float = CREDITS_TIMEOUT,
+        on_started: Callable[[Connection], None] | None = None,
     ) -> None:
         super().__init__(
             AsyncConnection,
@@ -98,8 +99,11 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
             credits_timeout=credits_timeout,
         )
         self.websocket_queue = websocket_queue
+        # A response's first part leaves before its end (a supervisor's worker:
+        # the master must not answer for it any more).
+        self.on_started = on_started
         self.transport = transport
-        self.watch_frontend(getattr(transport, "frontend_changed", None))
+        self.watch_source(transport)
         self.app = app
         self.defaults = defaults
         self.ws_close_timeout = ws_close_timeout
@@ -257,7 +261,12 @@ class AsyncioRuntime(Runtime[AsyncConnection]):
 
     async def _serve(self, conn: AsyncConnection, msg: Message) -> bool:
         out = AsyncOutput(
-            conn, self.transport, self.max_message, self.flush_interval, self.credits_timeout
+            conn,
+            self.transport,
+            self.max_message,
+            self.flush_interval,
+            self.credits_timeout,
+            self.on_started,
         )
         try:
             if isinstance(msg, HTTPRequest):
@@ -371,28 +380,34 @@ def serve_asgi(cfg: Any, app: ASGIApp) -> int:
         raise AppLoadError(str(exc)) from None
 
 
+def runtime_options(cfg: Any) -> dict[str, Any]:
+    """The :class:`AsyncioRuntime` arguments the settings give (one process or a worker)."""
+    return {
+        "defaults": EnvironDefaults(cfg.server_name, cfg.server_port, cfg.trust_x_forwarded_for),
+        "reply_ident": cfg.recv_ident.encode("ascii"),
+        "max_message": cfg.max_message,
+        "flush_interval": cfg.flush_interval,
+        "credits_timeout": cfg.credits_timeout,
+        "uploads": UploadStore(
+            cfg.upload_dir, cfg.mongrel2_chroot, cfg.upload_timeout, cfg.stream_uploads
+        ),
+        "access_log": logs.access_logger(),
+        "idle_keepalive": cfg.idle_keepalive,
+        "max_pipelined": cfg.max_pipelined,
+        "websocket_queue": cfg.websocket_queue,
+    }
+
+
 async def _main(cfg: Any, app: ASGIApp) -> int:
     loop = asyncio.get_running_loop()
     lifespan = Lifespan(app)
     await lifespan.startup()
-    defaults = EnvironDefaults(cfg.server_name, cfg.server_port, cfg.trust_x_forwarded_for)
-    transport = AsyncZmqTransport(*transport_args(cfg))
-    worker = AsyncioRuntime(
-        transport,
-        app,
-        defaults,
-        reply_ident=cfg.recv_ident.encode("ascii"),
-        max_message=cfg.max_message,
-        flush_interval=cfg.flush_interval,
-        credits_timeout=cfg.credits_timeout,
-        uploads=UploadStore(
-            cfg.upload_dir, cfg.mongrel2_chroot, cfg.upload_timeout, cfg.stream_uploads
-        ),
-        access_log=logs.access_logger(),
-        idle_keepalive=cfg.idle_keepalive,
-        max_pipelined=cfg.max_pipelined,
-        websocket_queue=cfg.websocket_queue,
-    )
+    transport: AsyncZmqTransport | MultiAsyncZmqTransport
+    if len(cfg.frontends) > 1:
+        transport = MultiAsyncZmqTransport(cfg.frontends, *socket_args(cfg))
+    else:
+        transport = AsyncZmqTransport(*transport_args(cfg))
+    worker = AsyncioRuntime(transport, app, **runtime_options(cfg))
     worker.state = lifespan.state
 
     def on_signal() -> None:
@@ -405,8 +420,8 @@ async def _main(cfg: Any, app: ASGIApp) -> int:
     log.info(
         "serving %s (ASGI): PULL %s, PUB %s, identity %s",
         cfg.app,
-        cfg.send_spec,
-        cfg.recv_spec,
+        " ".join(cfg.send_spec),
+        " ".join(cfg.recv_spec),
         cfg.send_ident,
     )
     try:

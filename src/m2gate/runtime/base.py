@@ -104,6 +104,8 @@ from m2gate.transports.base import ReplyStalled
 log = logging.getLogger("m2gate.worker")
 
 C = TypeVar("C", bound=Connection)
+# Did Mongrel2 go away? True/False, or (several front-ends) the tags of those that did.
+FrontendChanged = Callable[[], "bool | tuple[str, ...]"]
 
 FORGED_UPLOAD = "upload headers on an ordinary request"
 FORGED_DONE = "a forged upload-done header on an upload"
@@ -152,7 +154,7 @@ class Runtime(Generic[C]):
         # Held requests of connections a front-end reset dropped: started (as
         # not started: their clients are gone) once the lock is released.
         self._orphans: list[tuple[C, Message]] = []
-        self._frontend_changed: Callable[[], bool] | None = None
+        self._frontend_changed: FrontendChanged | None = None
         # The announced path of the upload each connection had answered before
         # Mongrel2 said it was done: its upload-done is late, not forged (until
         # the connection's disconnect: the master forgets it then too).
@@ -169,21 +171,40 @@ class Runtime(Generic[C]):
         return self._table.disconnects
 
     # -- the front-end's incarnations ----------------------------------------
-    def watch_frontend(self, changed: Callable[[], bool] | None) -> None:
-        """Use ``changed()`` (True once per Mongrel2 gone away) to detect restarts."""
+    def watch_source(self, source: object) -> None:
+        """Restart detection and front-end tags, as ``source`` offers them.
+
+        A source of several front-ends (``tagged``) puts each one's tag in
+        front of its messages' senders; replies keep it (the sink routes by it).
+        """
+        if getattr(source, "tagged", False):
+            self._table.tag_senders()
+        self.watch_frontend(getattr(source, "frontend_changed", None))
+
+    def watch_frontend(self, changed: FrontendChanged | None) -> None:
+        """Use ``changed()`` to detect restarts: True once per Mongrel2 gone away.
+
+        A source of several front-ends returns the tags of those that went
+        away instead (an empty tuple: none), and only their connections go.
+        """
         self._frontend_changed = changed
         self._table.on_held = self._held_changed if changed is not None else None
 
     def check_frontend(self) -> None:
         """From the receiving loop when idle: reset if Mongrel2 went away."""
         changed = self._frontend_changed
-        if changed is not None and changed():
-            self.reset_frontend()
+        if changed is not None:
+            which = changed()
+            if which:
+                self.reset_frontend(frontends=which if isinstance(which, tuple) else ())
 
-    def reset_frontend(self, epoch: int | None = None) -> None:
-        """Drop every connection of Mongrel2's old incarnation (receiving thread)."""
+    def reset_frontend(self, epoch: int | None = None, frontends: tuple[str, ...] = ()) -> None:
+        """Drop every connection of Mongrel2's old incarnation (receiving thread).
+
+        ``frontends``: only those front-ends' (their sender tags); else all.
+        """
         with self._lock:
-            self._reset_locked(epoch)
+            self._reset_locked(epoch, frontends)
         self._start_orphans()
 
     def _start_orphans(self) -> None:
@@ -194,24 +215,34 @@ class Runtime(Generic[C]):
     def _held_changed(self) -> bool:
         # The table's on_held, under _lock: a request joins a held connection.
         changed = self._frontend_changed
-        if changed is not None and changed():
-            self._reset_locked(None)
-            return True
+        if changed is not None:
+            which = changed()
+            if which:
+                self._reset_locked(None, which if isinstance(which, tuple) else ())
+                return True
         return False
 
-    def _reset_locked(self, epoch: int | None) -> None:
-        old = self._table.reset(epoch)
-        self._answered_uploads.clear()  # the master forgets which worker answered them too
-        for conn, msg in self._held.values():  # no upload-done or disconnect can reach them
+    def _reset_locked(self, epoch: int | None, frontends: tuple[str, ...] = ()) -> None:
+        old = self._table.reset(epoch, frontends)
+        # The master forgets which worker answered them too.
+        if frontends:
+            for key in [k for k in self._answered_uploads if k[0].startswith(frontends)]:
+                del self._answered_uploads[key]
+            gone = [k for k in self._held if k[0].startswith(frontends)]
+        else:
+            self._answered_uploads.clear()
+            gone = list(self._held)
+        for key in gone:  # no upload-done or disconnect can reach them
+            conn, msg = self._held.pop(key)
             if conn.upload is not None:
                 conn.upload.held = False
             self._orphans.append((conn, msg))
-        self._held.clear()
         for conn, dropped in old:
             conn.mark_closed()  # its writer sends nothing more: the id is no longer its
             self._report_dropped(conn, dropped)
         log.warning(
-            "Mongrel2 went away: forgot %d connection(s) of its old incarnation (epoch %d)",
+            "Mongrel2%s went away: forgot %d connection(s) of its old incarnation (epoch %d)",
+            (" front-end %s" % ",".join(t.rstrip("-") for t in frontends)) if frontends else "",
             len(old),
             self._table.epoch,
         )

@@ -28,7 +28,7 @@ from m2gate.protocol.messages import Message
 from m2gate.runtime.gevent_patch import patch
 from m2gate.runtime.threaded import RequestHandler, ThreadedRuntime
 from m2gate.transports.base import ReplySink, RequestSource
-from m2gate.transports.zmq_sync import ZmqTransport
+from m2gate.transports.zmq_sync import MultiZmqTransport, ZmqTransport
 
 log = logging.getLogger("m2gate.worker")
 
@@ -42,6 +42,13 @@ class GreenZmqTransport(ZmqTransport):
     context_class = zmq.green.Context
     poller_class = zmq.green.Poller
     blocking_recv = False
+
+
+class GreenMultiZmqTransport(MultiZmqTransport):
+    """Several front-ends on ``zmq.green``: waiting for a message lets greenlets run."""
+
+    context_class = zmq.green.Context
+    poller_class = zmq.green.Poller
 
 
 class GeventRuntime(ThreadedRuntime):

@@ -47,9 +47,15 @@ def worker_options(cfg: Config) -> dict[str, Any]:
 
 def transport_args(cfg: Config) -> tuple[str, str, str, int, float, int]:
     """The positional arguments of a ZeroMQ transport (sync, gevent or asyncio)."""
+    return (cfg.send_spec[0], cfg.recv_spec[0], *socket_args(cfg))
+
+
+def socket_args(cfg: Config) -> tuple[str, int, float, int]:
+    """What every front-end's sockets share: identity, hwm, send timeout, MAXMSGSIZE.
+
+    A transport of several front-ends takes ``cfg.frontends`` and these.
+    """
     return (
-        cfg.send_spec,
-        cfg.recv_spec,
         cfg.send_ident,
         cfg.send_hwm,
         cfg.send_timeout,

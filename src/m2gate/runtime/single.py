@@ -13,9 +13,9 @@ from m2gate.adapters.asgi import resolve_interface
 from m2gate.config.declare import ConfigError
 from m2gate.config.settings import Config
 from m2gate.loading import load_app
-from m2gate.runtime.options import transport_args, worker_options, wsgi_handler
+from m2gate.runtime.options import socket_args, transport_args, worker_options, wsgi_handler
 from m2gate.runtime.threaded import ThreadedRuntime
-from m2gate.transports.zmq_sync import ZmqTransport
+from m2gate.transports.zmq_sync import MultiZmqTransport, ZmqTransport
 
 log = logging.getLogger("m2gate")
 
@@ -52,7 +52,14 @@ def serve(cfg: Config) -> int:
     if green:
         transport_class = gevent_worker.GreenZmqTransport
         worker_class = partial(gevent_worker.GeventRuntime, connections=cfg.gevent_connections)
-    transport = transport_class(*transport_args(cfg))
+    transport: ZmqTransport | MultiZmqTransport
+    if len(cfg.frontends) > 1:
+        multi_class: type[MultiZmqTransport] = MultiZmqTransport
+        if green:
+            multi_class = gevent_worker.GreenMultiZmqTransport
+        transport = multi_class(cfg.frontends, *socket_args(cfg))
+    else:
+        transport = transport_class(*transport_args(cfg))
     worker = worker_class(transport, transport, handler, **worker_options(cfg))
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -68,8 +75,8 @@ def serve(cfg: Config) -> int:
     log.info(
         "serving %s: PULL %s, PUB %s, identity %s, %s",
         cfg.app,
-        cfg.send_spec,
-        cfg.recv_spec,
+        " ".join(cfg.send_spec),
+        " ".join(cfg.recv_spec),
         cfg.send_ident,
         ("gevent, up to %d greenlets" % cfg.gevent_connections)
         if green

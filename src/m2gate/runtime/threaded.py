@@ -81,7 +81,7 @@ class ThreadedRuntime(Runtime[Connection]):
         )
         self.on_started = on_started  # a response's first part leaves before its end
         self.source = source
-        self.watch_frontend(getattr(source, "frontend_changed", None))
+        self.watch_source(source)
         self.sink = sink
         self.handler = handler
         self.threads = threads

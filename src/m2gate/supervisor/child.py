@@ -68,6 +68,7 @@ from m2gate.supervisor.wire import (
     encode_reports,
     parse_probe_notice,
 )
+from m2gate.transports.frontends import FrontendSinks, tag
 from m2gate.transports.zmq_common import PubSink, open_pub
 from m2gate.transports.zmq_sync import ZmqTransport
 
@@ -141,7 +142,11 @@ class MasterLink:
         self._reports: list[Report] = []
         self._reports_since = 0.0
         self.worker: ThreadedRuntime | None = None
-        self.sink: PubSink | None = None
+        self.sink: PubSink | FrontendSinks | None = None
+        # Several front-ends: the runtime keys connections by tagged senders,
+        # and each front-end's PUB is probed (its tag in front of the uuid).
+        self.tagged = False
+        self.probe_tags: list[bytes] = [b""]
         self.exceptions: ExceptionCounter | None = None
         self.ready = False
         self.reopen_requested = False
@@ -165,7 +170,7 @@ class MasterLink:
     def attach(
         self,
         worker: ThreadedRuntime,
-        sink: PubSink,
+        sink: PubSink | FrontendSinks,
         probe_uuid: bytes,
         base: int,
         exceptions: ExceptionCounter,
@@ -283,6 +288,10 @@ class MasterLink:
             # forget (and stop writing to) every connection of the old one.
             if self.worker is not None and len(frames) > 2 and frames[2].isdigit():
                 self.worker.reset_frontend(int(frames[2]))
+            elif self.worker is not None and len(frames) > 2:  # one of several: "EPOCH TAG"
+                epoch, _, tag = frames[2].partition(b" ")
+                if epoch.isdigit() and tag:
+                    self.worker.reset_frontend(int(epoch), (tag.decode("ascii"),))
         else:
             log.warning("unknown frame from the master: %r", kind[:20])
         return None
@@ -292,7 +301,8 @@ class MasterLink:
         if not self.ready and now >= self._next_probe and self.sink is not None:
             probe = self._probe_base + self._probe_attempt % PROBE_SPAN
             self._probe_attempt += 1
-            self.sink.send(replies.close(self._probe_uuid, [probe]))
+            for tag in self.probe_tags:
+                self.sink.send(replies.close(tag + self._probe_uuid, [probe]))
             self._next_probe = now + PROBE_INTERVAL
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + HEARTBEAT_INTERVAL
@@ -493,10 +503,18 @@ def _run(spec: WorkerSpec) -> int:
         link.close(linger_s=2.0)
         ctx.term()
         return EXIT_APP_LOAD
+    if cfg.interface == "asgi":  # an event loop, not threads (imported by serve, as root)
+        from m2gate.supervisor.child_asgi import serve_asgi_worker
+
+        return serve_asgi_worker(spec, ctx, link, app, ExceptionCounter(), rss_bytes)
     counter = ExceptionCounter()
     logging.getLogger("m2gate.wsgi").addFilter(counter)
-    handler = wsgi_handler(cfg, app, multithread=cfg.threads > 1, multiprocess=cfg.processes > 1)
+    handler = wsgi_handler(
+        cfg, app, multithread=cfg.threads > 1, multiprocess=max(cfg.processes, cfg.workers_max) > 1
+    )
     transport: ZmqTransport | None = None
+    sinks: list[PubSink] = []
+    sink: PubSink | FrontendSinks
     if isinstance(link, DirectLink):
         # Pulls from Mongrel2 as one process does; its PUB is the reply path.
         transport = ZmqTransport(*transport_args(cfg))
@@ -505,8 +523,15 @@ def _run(spec: WorkerSpec) -> int:
         worker = ThreadedRuntime(link, sink, handler, **worker_options(cfg))
     else:
         identity = b"%s-%s" % (cfg.send_ident.encode("ascii"), spec.wid)
-        pub = open_pub(ctx, cfg.recv_spec, identity, hwm=cfg.send_hwm)
-        sink = PubSink(pub, cfg.send_timeout)
+        sinks = [
+            PubSink(open_pub(ctx, recv_spec, identity, hwm=cfg.send_hwm), cfg.send_timeout)
+            for recv_spec in cfg.recv_spec
+        ]
+        sink = sinks[0]
+        if len(sinks) > 1:  # several front-ends: one PUB each, replies routed by sender tag
+            sink = FrontendSinks(sinks)
+            link.tagged = True
+            link.probe_tags = [tag(i) for i in range(len(sinks))]
         worker = ThreadedRuntime(
             link, sink, handler, on_done=link.done, on_started=link.started, **worker_options(cfg)
         )
@@ -517,8 +542,8 @@ def _run(spec: WorkerSpec) -> int:
     clean = worker.run(cfg.graceful_timeout)
     if transport is not None:
         transport.close(linger_s=min(cfg.graceful_timeout, 5.0))
-    else:
-        sink.close(linger_s=min(cfg.graceful_timeout, 5.0))
+    for pub_sink in sinks:
+        pub_sink.close(linger_s=min(cfg.graceful_timeout, 5.0))
     link.close(linger_s=1.0)
     if clean:
         ctx.term()  # waits for the replies and reports still queued (linger)
@@ -529,13 +554,14 @@ def _run(spec: WorkerSpec) -> int:
 
 
 def _check_supported(cfg: Config, app: Any) -> None:
-    """Worker processes run threaded WSGI; the other kinds run single-process.
+    """An ASGI app needs ``--interface asgi`` under the master (its capacity is asgi_connections).
 
     ``resolve_interface`` is imported with this module, in the master, before
     ``--user`` drops privileges: the unprivileged worker may not be able to
     read the standard library (or the venv) any more.
     """
-    if resolve_interface(cfg.interface, app) == "asgi":
+    if cfg.interface == "auto" and resolve_interface(cfg.interface, app) == "asgi":
         raise AppLoadError(
-            "app %s is an ASGI app: run it without --processes (one process) for now" % cfg.app
+            "app %s is an ASGI app: under a master (--processes, --pidfile, --app-dir, ...)"
+            ' give --interface asgi (interface = "asgi" in a config file)' % cfg.app
         )

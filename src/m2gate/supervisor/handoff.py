@@ -47,6 +47,7 @@ from m2gate.conn.uploads import announced_path
 from m2gate.protocol.peek import CONTROL, DISCONNECT, UPLOAD_DONE, Peeked
 from m2gate.supervisor.state import InFlight, Key, Worker, WorkerState, stale_key
 from m2gate.supervisor.sticky import Sticky, Waiting, target
+from m2gate.supervisor.waits import WaitWindow
 
 # Idle keep-alive connections remembered for their notices (credits, disconnect).
 LAST_SERVED_MAX = 65536
@@ -119,6 +120,8 @@ class Dispatcher:
         self._left: set[Key] = set()
         self.hold_uploads = True  # False with stream_uploads: the app reads as it arrives
         self.epoch = 0  # Mongrel2 incarnations gone (see reset_frontend)
+        # Queue waits, measured (stats, metrics, adaptive workers): see oldest_wait below.
+        self.waits = WaitWindow()
         # Sticky routing (None: off) and the requests waiting for their slot's worker.
         self.sticky: Sticky | None = None
         self.waiting: Waiting[Queued] = Waiting()
@@ -359,6 +362,28 @@ class Dispatcher:
             }
         return dropped
 
+    # -- several front-ends (multi-front-end master) ----------------------------
+    def forget_frontend(self, tag: str) -> int:
+        """One of several front-ends went away: forget its connections; requests dropped.
+
+        Its senders carry ``tag``, which its next incarnation does not reuse
+        (:func:`~m2gate.transports.frontends.gen_tag`): requests in flight
+        stay counted under their keys until done, and no epoch changes (the
+        other front-ends' reports stay current). Queued requests are dropped
+        unanswered, as in :meth:`reset_frontend`.
+        """
+        gone = [q for q in self.queue if q.key[0].startswith(tag)]
+        if gone:
+            self.queue = deque(q for q in self.queue if not q.key[0].startswith(tag))
+            for q in gone:
+                self._queued_keys.pop(q.key, None)
+        for keys in (self.owner, self.last, self.spare):  # spare: never taken back to it
+            for key in [k for k in keys if k[0].startswith(tag)]:
+                del keys[key]
+        self.uploading = {k for k in self.uploading if not k[0].startswith(tag)}
+        self._left = {k for k in self._left if not k[0].startswith(tag)}
+        return len(gone)
+
     def mark_started(self, wid: bytes, key: Key) -> bool:
         """``wid``'s response to ``key`` began to stream; False if not in flight there."""
         w = self.workers.get(wid)
@@ -387,6 +412,7 @@ class Dispatcher:
                 wid = w.wid
                 self._add(w, key, now, False, item.peeked, item.raw)
             self._pop_queue()
+            self.waits.add(now - item.arrived, now)
             out.append((wid, item))
         return out
 
@@ -394,10 +420,13 @@ class Dispatcher:
         """Requests that waited longer than ``timeout`` (to answer 503)."""
         out: list[Queued] = []
         while self.queue and now - self.queue[0].arrived > timeout:
-            out.append(self._pop_queue())
+            item = self._pop_queue()
+            self.waits.add(now - item.arrived, now)
+            out.append(item)
         if self.waiting.count:
             for item in self.waiting.expire(now, timeout):
                 self._unqueued(item.key)
+                self.waits.add(now - item.arrived, now)
                 out.append(item)
         return out
 
@@ -408,7 +437,12 @@ class Dispatcher:
             for key, q in w.inflight.items():
                 if len(q) == 1 and key in self.uploading:
                     continue  # held for its upload-done: no app is running yet
-                if q and now - q[0].started > limit:
+                # An open websocket (its 101 went out) lives as long as its client wants.
+                if (
+                    q
+                    and now - q[0].started > limit
+                    and not (q[0].streaming and q[0].method[:9] == b"WEBSOCKET")
+                ):
                     out.append((w, q[0]))
         return out
 
@@ -427,6 +461,18 @@ class Dispatcher:
                 if self.owner.get(key) == wid:
                     del self.owner[key]
                     self._left.discard(key)
+
+    # -- queue wait (stats, metrics, adaptive workers) ----------------------
+    # Every request leaving the queue or a sticky slot's FIFO (dispatch_queued,
+    # _dispatch_sticky, expire_queued) is added to ``self.waits``.
+    def oldest_wait(self, now: float) -> float:
+        """Seconds the oldest waiting request has waited so far (0.0: nothing waits)."""
+        oldest = self.queue[0].arrived if self.queue else now
+        if self.waiting.count:
+            for q in self.waiting.by_slot.values():
+                if q and q[0].arrived < oldest:
+                    oldest = q[0].arrived
+        return now - oldest
 
     # -- internals ---------------------------------------------------------
     def _add(
@@ -534,6 +580,7 @@ class Dispatcher:
                     self._add(w, key, now, False, item.peeked, item.raw)
                 waiting.popleft(slot)
                 self._unqueued(key)
+                self.waits.add(now - item.arrived, now)
                 out.append((wid, item))
         return out
 

@@ -20,7 +20,15 @@ The rules it keeps:
   exponential delay; an app that cannot be loaded while nothing serves stops
   the master with exit code 3;
 - stop: no new requests, the busy finish within the graceful timeout, then
-  everything left is killed.
+  everything left is killed;
+- adaptive workers (``workers_max``): one more worker when the oldest
+  request queued in the master waited ``workers_spawn_wait`` (at most one
+  per ``workers_spawn_interval``, none while one is starting, never above
+  the maximum); one fewer when for ``workers_idle`` seconds nothing waited
+  and the busy threads fitted in one worker fewer (never below the
+  minimum), the newest idle worker exits. The pool as a whole is measured,
+  not each worker: the dispatcher spreads work over every worker, so none
+  of them alone would look idle for long.
 """
 
 from __future__ import annotations
@@ -85,6 +93,13 @@ class Lifecycle:
         self.restarts = 0
         self.reloads = 0
         self.harakiri_count = 0
+        # Adaptive workers: how many the serving generation should have now.
+        self.size = cfg.workers
+        self.reload_size = self.size  # what the reload in progress starts
+        self.spawned_for_load = 0
+        self.retired_idle = 0
+        self.last_scale_spawn = float("-inf")
+        self.calm_since: float | None = None  # spare capacity, nothing waiting, since then
         self._out: list[Action] = []
 
     # == facts in, actions out ================================================
@@ -189,6 +204,8 @@ class Lifecycle:
         for w in list(self.workers.values()):
             self._check_deadlines(w, now, pub_ready_at)
         self._respawn_due(now)
+        if self.cfg.adaptive and not self.stopping:
+            self._scale(now)
         if self.stopping:
             if not self.disp.queue and not self.disp.waiting.count:
                 for w in list(self.workers.values()):
@@ -225,7 +242,7 @@ class Lifecycle:
             b"w%d" % self.serial,
             0,
             generation,
-            cfg.threads,
+            cfg.worker_capacity,
             serial=self.serial,
             probe=probe_base(self.serial, self.probe_block),
             started=now,
@@ -380,6 +397,73 @@ class Lifecycle:
         log.error("worker %s %s; starting another in %.1fs", w.wid.decode(), why, delay)
         self.respawn_at.append((now + delay, w.generation))
 
+    def _scale(self, now: float) -> None:
+        """Adaptive workers: one more when requests wait, one fewer after a calm spell."""
+        cfg = self.cfg
+        ready: list[Worker] = []
+        starting = False
+        busy = 0
+        for w in self.workers.values():
+            if w.state is S.READY:
+                ready.append(w)
+                busy += len(w.inflight)
+            elif w.state is S.STARTING:
+                starting = True
+        if self.pending_gen is not None or not self.initial_ready or starting or self.respawn_at:
+            # Workers coming (a reload, a start, a crash's back-off): measure once they serve.
+            self.calm_since = None
+            return
+        waited = self.disp.oldest_wait(now)
+        if self.disp.queue and waited >= cfg.workers_spawn_wait:
+            self.calm_since = None
+            if self.size < cfg.workers_max and now - self.last_scale_spawn >= (
+                cfg.workers_spawn_interval
+            ):
+                self.last_scale_spawn = now
+                self.size += 1
+                self.spawned_for_load += 1
+                log.info(
+                    "%d request(s) waiting, the oldest for %.3fs: starting a worker (%d of at"
+                    " most %d)",
+                    len(self.disp.queue),
+                    waited,
+                    self.size,
+                    cfg.workers_max,
+                )
+                self._spawn(self.generation, now)
+            return
+        spare = (
+            not self.disp.queue
+            and len(ready) == self.size  # none crashed and waiting for its back-off
+            and busy <= (len(ready) - 1) * cfg.threads
+        )
+        if not spare or self.size <= cfg.fewest_workers:
+            self.calm_since = None
+            return
+        if self.calm_since is None:
+            self.calm_since = now
+            return
+        if now - self.calm_since < cfg.workers_idle:
+            return
+        # Only an idle one (the newest): a busy one could hold a request that outlives
+        # the graceful timeout and be killed for it. None idle yet: the next tick.
+        candidates = [w for w in ready if not w.inflight and not w.recycling and not w.replaced]
+        if not candidates:
+            return
+        w = max(candidates, key=lambda p: p.serial)
+        self.size -= 1
+        self.retired_idle += 1
+        self.calm_since = None
+        log.info(
+            "a worker's threads spare for %ss: retiring worker %s (pid %d), %d left (min %d)",
+            cfg.workers_idle,
+            w.wid.decode(),
+            w.pid,
+            self.size,
+            cfg.fewest_workers,
+        )
+        self._retire(w, now)
+
     def _reload(self, why: str, now: float) -> int:
         if self.stopping:
             return self.generation
@@ -391,7 +475,8 @@ class Lifecycle:
         self.reload_started = now
         self._out.append(Notify("RELOADING=1"))
         log.info("reload (%s): starting generation %d", why, self.pending_gen)
-        for _ in range(self.cfg.workers):
+        self.reload_size = self.size  # adaptive: as many as serve now, not the start count
+        for _ in range(self.reload_size):
             self._spawn(self.pending_gen, now)
         return self.pending_gen
 
@@ -400,7 +485,7 @@ class Lifecycle:
         if gen is None:
             return
         new = [p for p in self.workers.values() if p.generation == gen]
-        if len(new) < self.cfg.workers or any(p.ready_at is None for p in new):
+        if len(new) < self.reload_size or any(p.ready_at is None for p in new):
             return
         for p in list(self.workers.values()):
             if p.generation < gen:

@@ -109,6 +109,12 @@ class Master:
                 "harakiri: not available with --dispatch direct (the master does not see the"
                 " requests it would time); accepted: 0, or --dispatch idle or round-robin"
             )
+        if len(cfg.frontends) > 1 and (cfg.dispatch == "direct" or cfg.interface == "asgi"):
+            raise ConfigError(
+                "send_spec: several Mongrel2 front-ends under a master need threaded WSGI"
+                " workers and --dispatch idle or round-robin for now; accepted: one"
+                " --send-spec/--recv-spec pair, or one process (no --processes)"
+            )
         if cfg.dispatch == "direct" and (cfg.sticky != "none" or cfg.sticky_cookie):
             raise ConfigError(
                 "sticky: not available with --dispatch direct (Mongrel2, not the master,"
@@ -121,13 +127,17 @@ class Master:
         self._open()
         try:
             log.info(
-                "m2gate %s master pid %d: %s %s, PUB %s, %d worker(s) x %d thread(s), dispatch %s",
+                "m2gate %s master pid %d: %s %s, PUB %s, %d worker(s)%s x %d thread(s),"
+                " dispatch %s",
                 __version__,
                 self.pid,
                 "workers PULL" if cfg.dispatch == "direct" else "PULL",
-                cfg.send_spec,
-                cfg.recv_spec,
+                " ".join(cfg.send_spec),
+                " ".join(cfg.recv_spec),
                 cfg.workers,
+                " (adaptive: %d to %d)" % (cfg.fewest_workers, cfg.workers_max)
+                if cfg.adaptive
+                else "",
                 cfg.threads,
                 cfg.dispatch,
             )
@@ -153,21 +163,32 @@ class Master:
         router.setsockopt(zmq.SNDHWM, 0)
         router.setsockopt(zmq.RCVHWM, 0)
         router.bind(self.endpoint)
-        pub = open_pub(self.ctx, cfg.recv_spec, ("%s-master" % cfg.send_ident).encode("ascii"))
-        pull = open_pull(
-            self.ctx, cfg.send_ident.encode("ascii"), pull_limit(cfg.mongrel2_content_length)
-        )
-        if cfg.dispatch != "direct":
-            pull.connect(cfg.send_spec)  # direct: each worker pulls; this one stays unconnected
-        # Mongrel2's restarts: its connection ids start again at 1.
-        self.frontend = FrontendMonitor(pull, cfg.send_spec)
+        pulls, pubs = [], []
+        self.frontends: list[FrontendMonitor] = []
+        for send_spec, recv_spec in cfg.frontends:  # a PULL and a PUB per Mongrel2
+            pubs.append(
+                open_pub(self.ctx, recv_spec, ("%s-master" % cfg.send_ident).encode("ascii"))
+            )
+            pull = open_pull(
+                self.ctx, cfg.send_ident.encode("ascii"), pull_limit(cfg.mongrel2_content_length)
+            )
+            if cfg.dispatch != "direct":
+                pull.connect(send_spec)  # direct: each worker pulls; this one stays unconnected
+            pulls.append(pull)
+            # Mongrel2's restarts: its connection ids start again at 1.
+            self.frontends.append(FrontendMonitor(pull, send_spec))
+        self.frontend = self.frontends[0]
         self.router = Router(
-            cfg, self.disp, self.life, self.watcher, (pull, router, pub), self.execute
+            cfg, self.disp, self.life, self.watcher, (pulls[0], router, pubs[0]), self.execute
         )
+        if len(pulls) > 1:
+            self.router.serve_frontends(pulls, pubs)
         self.poller = zmq.Poller()
-        self.poller.register(pull, zmq.POLLIN)
+        for pull in pulls:
+            self.poller.register(pull, zmq.POLLIN)
         self.poller.register(router, zmq.POLLIN)
-        self.poller.register(self.frontend.socket, zmq.POLLIN)
+        for monitor in self.frontends:
+            self.poller.register(monitor.socket, zmq.POLLIN)
         self.poller.register(self._wake_r.fileno(), zmq.POLLIN)
         control_path = (
             control_path_for(self.pidfile.path)
@@ -204,8 +225,10 @@ class Master:
         signal.set_wakeup_fd(-1)
         # Let the 503/504 answers we published leave before the context goes.
         self.router.pub.close(linger=1000)
-        self.frontend.close()
-        self.router.pull.close(linger=0)
+        for monitor in self.frontends:
+            monitor.close()
+        for pull in self.router.pulls:
+            pull.close(linger=0)
         self.router.router.close(linger=0)
         self.ctx.term()
         self._wake_r.close()
@@ -282,21 +305,34 @@ class Master:
         self.execute(self.life.begin_stop(why, time.monotonic()))
 
     # == the loop =============================================================
+    def _frontends_changed(self, events: dict[Any, int]) -> None:
+        """Several front-ends: void the connections of each that went away, only its."""
+        for i, monitor in enumerate(self.frontends):
+            if events.get(monitor.socket) and monitor.changed():
+                self.router.frontend_gone_at(i)  # before any message of its next incarnation
+
     def _loop(self) -> None:
         pull, router = self.router.pull, self.router.router
+        several = len(self.frontends) > 1
         while True:
             now = time.monotonic()
             self._tick(now)
             if self.life.done:
                 break
             events = dict(self.poller.poll(int(TICK * 1000)))
-            if events.get(self.frontend.socket) and self.frontend.changed():
+            if several:
+                self._frontends_changed(events)
+            elif events.get(self.frontend.socket) and self.frontend.changed():
                 self.router.frontend_gone()  # before any message of the next incarnation
             if self._wake_r.fileno() in events:
                 self._on_wake()
             if events.get(router):
                 self.router.on_router(time.monotonic())
-            if events.get(pull):
+            if several:
+                for i, p in enumerate(self.router.pulls):
+                    if events.get(p):
+                        self.router.on_pull_tagged(time.monotonic(), i)
+            elif events.get(pull):
                 self.router.on_pull(time.monotonic())
         self.router.expire_queued(time.monotonic(), -1.0)
         log.info(

@@ -29,6 +29,7 @@ from typing import Any
 import zmq
 
 from m2gate.config.settings import Config
+from m2gate.conn.table import tagged_reply_uuid
 from m2gate.conn.uploads import (
     Identity,
     UploadRejected,
@@ -62,6 +63,7 @@ from m2gate.supervisor.wire import (
     probe_base,
     probe_slot,
 )
+from m2gate.transports.frontends import FrontendPubs, gen_tag
 
 log = logging.getLogger("m2gate.master")
 S = WorkerState
@@ -87,7 +89,8 @@ class Router:
         self.disp = disp
         self.life = life
         self.watcher = watcher
-        self.pull, self.router, self.pub = sockets
+        self.pull, self.router = sockets[0], sockets[1]
+        self.pub: Any = sockets[2]  # with several front-ends, a FrontendPubs
         self.run = run
         self.by_probe: dict[int, bytes] = {}  # probe_base -> worker id
         # A worker is ready once both its reply path (probe) and its DEALER (its
@@ -112,6 +115,70 @@ class Router:
         self.gone_keys: OrderedDict[Key, bool] = OrderedDict()
         # Uploads Mongrel2 announced and is still reading from its client.
         self.receiving: set[Key] = set()
+        # Several front-ends (serve_frontends): a PULL each, the tag of each
+        # one's current incarnation, whose PUBs (the master's, the workers')
+        # proved their reply path. None: one front-end, nothing tagged.
+        self.tags: list[bytes] | None = None
+        self.pulls: list[zmq.Socket[Any]] = [self.pull]
+        self._gens: list[int] = []
+        self._pub_proven: set[int] = set()
+        self._probed_on: dict[bytes, set[int]] = {}
+        self._uuid = replies.reply_uuid
+
+    # -- several front-ends ----------------------------------------------------
+    def serve_frontends(self, pulls: list[zmq.Socket[Any]], pubs: list[zmq.Socket[Any]]) -> None:
+        """Serve several Mongrel2s: their messages get tagged senders (transports/frontends.py).
+
+        Each front-end's tag names its incarnation too: when one restarts,
+        its new connections get new keys, so only its old ones are voided
+        (:meth:`frontend_gone_at`) and no epoch changes for the others.
+        """
+        self.pulls = list(pulls)
+        self.pull = self.pulls[0]
+        self._gens = [0] * len(pulls)
+        self.tags = [gen_tag(i, 0) for i in range(len(pulls))]
+        self.pub = FrontendPubs(pubs, self.tags)
+        self._uuid = tagged_reply_uuid
+
+    def on_pull_tagged(self, now: float, index: int) -> None:
+        """:meth:`on_pull` for front-end ``index`` of several: each message tagged first."""
+        assert self.tags is not None
+        pull, tag = self.pulls[index], self.tags[index]
+        for _ in range(BATCH):
+            try:
+                raw = pull.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self.on_message(tag + raw, now, index)
+            except Exception:  # a bug of ours must not end the batch, nor the master
+                log.exception("failed to route a message (%d bytes)", len(raw))
+
+    def frontend_gone_at(self, index: int) -> None:
+        """Front-end ``index`` of several went away: void its connections, only its."""
+        assert self.tags is not None
+        old = self.tags[index].decode("ascii")
+        self._gens[index] += 1
+        self.tags[index] = gen_tag(index, self._gens[index])  # the PUBs share this list
+        mine = [k for k in self.uploads if k[0].startswith(old)]
+        for key in [k for k in mine if k not in self.disp.owner]:
+            self.drop_upload(key)  # queued, so dropped now: nobody else removes it
+        for key in mine:
+            self.uploads.pop(key, None)  # in flight: their workers remove them
+        for key in [k for k in self.gone_keys if k[0].startswith(old)]:
+            del self.gone_keys[key]
+        self.receiving = {k for k in self.receiving if not k[0].startswith(old)}
+        dropped = self.disp.forget_frontend(old)
+        self._pub_proven.discard(index)  # the new Mongrel2 must answer our probe again
+        log.warning(
+            "Mongrel2 front-end %d went away: forgot its connections (%d queued request(s)"
+            " dropped)",
+            index,
+            dropped,
+        )
+        for w in list(self.life.workers.values()):
+            if w.ready_at is not None and w.state is not WorkerState.KILLED:
+                self.send(w.wid, b"", EPOCH, b"%d %s" % (self.disp.epoch, old.encode("ascii")))
 
     # -- Mongrel2's incarnations ---------------------------------------------
     def frontend_gone(self) -> None:
@@ -153,14 +220,14 @@ class Router:
             except Exception:  # a bug of ours must not end the batch, nor the master
                 log.exception("failed to route a message (%d bytes)", len(raw))
 
-    def on_message(self, raw: bytes, now: float) -> None:
+    def on_message(self, raw: bytes, now: float, frontend: int = 0) -> None:
         """Route one message from Mongrel2; only what routing needs is parsed (:func:`peek`)."""
         try:
             p = peek(raw)
         except ProtocolError as exc:
             probe = parse_probe_notice(raw)  # probe ids come back negative: not parsed
             if probe is not None:
-                self._on_probe(probe, now)
+                self._on_probe(probe, now, frontend)
             else:
                 log_dropped(log, raw, exc)
             return
@@ -275,13 +342,17 @@ class Router:
         if found is not None and remove_claimed(*found):
             log.info("removed the upload of %s:%s", key[0], key[1])
 
-    def _on_probe(self, probe_id: int, now: float) -> None:
+    def _on_probe(self, probe_id: int, now: float, frontend: int = 0) -> None:
         block = self.life.probe_block
         slot = probe_slot(probe_id, block)
         if slot is None:
             log.debug("probe notice %d is another master's", probe_id)
             return
         if slot == probe_base(0, block):
+            if self.tags is not None:
+                self._pub_proven.add(frontend)
+                if len(self._pub_proven) < len(self.tags):
+                    return
             if self.pub_ready_at is None:
                 self.pub_ready_at = now
                 log.debug("master reply path proven")
@@ -289,6 +360,14 @@ class Router:
         wid = self.by_probe.get(slot)
         w = self.life.workers.get(wid) if wid is not None else None
         if w is not None and w.ready_at is None and w.state is not WorkerState.KILLED:
+            if self.tags is not None:
+                # Ready once proven on every front-end that is up (its Mongrel2
+                # answers the master's own probe): one that is down must not
+                # keep new workers from serving the others.
+                seen = self._probed_on.setdefault(w.wid, set())
+                seen.add(frontend)
+                if not self._pub_proven or not seen >= self._pub_proven:
+                    return
             if w.wid not in self.greeted:
                 self.probed.add(w.wid)  # ready when its hello arrives
                 return
@@ -301,17 +380,24 @@ class Router:
 
     def probe_pub(self, now: float) -> None:
         """Until Mongrel2 answers the master's own PUB, probe it (every 50 ms)."""
-        if self.pub_ready_at is not None or now < self._next_pub_probe:
+        tags = self.tags
+        if tags is not None and len(self._pub_proven) < len(tags):
+            pass  # a restarted front-end: its PUB is probed again
+        elif self.pub_ready_at is not None or now < self._next_pub_probe:
+            return
+        if now < self._next_pub_probe:
             return
         self._next_pub_probe = now + PUB_PROBE_INTERVAL
         probe = probe_base(0, self.life.probe_block) + self._pub_probe % PROBE_SPAN
         self._pub_probe += 1
-        with contextlib.suppress(zmq.ZMQError):
-            self.pub.send(
-                replies.close(
-                    replies.reply_uuid(self.cfg.recv_ident, self.cfg.send_ident), [probe]
-                )[0]
-            )
+        uuid = replies.reply_uuid(self.cfg.recv_ident, self.cfg.send_ident)
+        with contextlib.suppress(zmq.ZMQError, ValueError):
+            if tags is None:
+                self.pub.send(replies.close(uuid, [probe])[0])
+                return
+            for i, tag in enumerate(tags):
+                if i not in self._pub_proven:
+                    self.pub.send(replies.close(tag + uuid, [probe])[0])
 
     def send(self, wid: bytes, *frames: bytes) -> bool:
         try:
@@ -381,7 +467,7 @@ class Router:
         version = request_framing(msg)[0] if msg is not None else "HTTP/1.1"
         method = msg.method if msg is not None else "GET"
         payload, _ = error_response(status, version, method=method)
-        uuid = replies.reply_uuid(self.cfg.recv_ident, sender)
+        uuid = self._uuid(self.cfg.recv_ident, sender)
         closing = () if wait else replies.close(uuid, [conn_id])
         try:
             for m in (replies.reply(uuid, conn_id, payload), *closing):
@@ -395,7 +481,7 @@ class Router:
             self._send_close(sender, conn_id)
 
     def _send_close(self, sender: str, conn_id: int) -> None:
-        uuid = replies.reply_uuid(self.cfg.recv_ident, sender)
+        uuid = self._uuid(self.cfg.recv_ident, sender)
         try:
             for m in replies.close(uuid, [conn_id]):
                 self.pub.send(m)
@@ -504,6 +590,7 @@ class Router:
         self.probed.discard(w.wid)
         # What it had not begun goes to the others (or its replacement) first.
         moved = self.disp.take_waiting(w.wid)
+        self._probed_on.pop(w.wid, None)
         lost = self.disp.remove_worker(w.wid)
         expected = w.state is WorkerState.STOPPING and code == 0
         how = "exited with %d" % code if code >= 0 else "killed by signal %d" % -code

@@ -14,6 +14,7 @@ def needs_master(cfg: Config) -> bool:
     """Whether ``cfg`` asks for anything only the master provides."""
     return bool(
         cfg.processes >= 1
+        or cfg.workers_max  # adaptive workers
         or cfg.preload
         or cfg.pidfile
         or cfg.harakiri
@@ -43,12 +44,19 @@ def serve(cfg: Config) -> int:
 
         confine.start_single(cfg)  # chroot, user, app environment, SIGUSR1
         return serve_single(cfg)
-    if cfg.worker_class != "threads" or cfg.interface == "asgi":
+    if cfg.worker_class != "threads":
         raise ConfigError(
-            "processes: worker processes run threaded WSGI apps only for now;"
-            " drop --processes and the master options for worker_class=%s/interface=%s"
-            % (cfg.worker_class, cfg.interface)
+            "processes: worker processes run app threads (WSGI) or an event loop (ASGI);"
+            " drop --processes and the master options for worker_class=%s" % cfg.worker_class
         )
+    if cfg.interface == "asgi":
+        if cfg.dispatch == "direct":
+            raise ConfigError(
+                "dispatch: ASGI worker processes take their requests from the master;"
+                " accepted with --interface asgi: idle, round-robin"
+            )
+        # Imported here, before --chroot and --user: a worker may no longer read them.
+        import m2gate.supervisor.child_asgi  # noqa: F401
     pidfile = None
     if cfg.pidfile:
         try:

@@ -62,6 +62,8 @@ def document(
 ) -> dict[str, Any]:
     """The whole document (built in the loop: it reads the live records)."""
     workers = sorted(life.workers.values(), key=lambda w: w.serial)
+    waits = life.disp.waits
+    recent = waits.recent(now)
     return {
         "ok": True,
         "version": __version__,
@@ -70,9 +72,20 @@ def document(
         "generation": life.generation,
         "reloading_to": life.pending_gen,
         "stopping": life.stopping,
-        "processes": cfg.workers,
+        "processes": life.size,  # kept now (adaptive workers: between the two below)
+        "workers_min": cfg.fewest_workers if cfg.adaptive else life.size,
+        "workers_max": cfg.workers_max if cfg.adaptive else life.size,
+        "workers_spawned": life.spawned_for_load,
+        "workers_retired_idle": life.retired_idle,
         "threads": cfg.threads,
         "queued": queued,
+        "queue_oldest_wait": round(life.disp.oldest_wait(now), 4),
+        "queue_waited": waits.count,
+        "queue_wait_seconds": round(waits.total, 4),
+        "queue_wait_window": recent.window,
+        "queue_wait_recent": recent.count,
+        "queue_wait_avg": round(recent.avg, 4),
+        "queue_wait_max": round(recent.max, 4),
         "requests": life.served_by_gone + sum(w.requests for w in workers),
         "rejected": rejected,
         "harakiri": life.harakiri_count,

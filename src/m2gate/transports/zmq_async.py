@@ -13,15 +13,18 @@ only.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import zmq
 import zmq.asyncio
 
+from m2gate.transports.frontends import MAX_FRONTENDS, FrontendSinks, tag, tag_message
 from m2gate.transports.zmq_common import (
     FrontendMonitor,
     HandlerSockets,
     PubSink,
     connect_pair,
+    disconnect_pull,
 )
 
 
@@ -84,4 +87,97 @@ class AsyncZmqTransport(HandlerSockets):
         """Close both sockets, giving queued replies ``linger_s`` to leave."""
         self._close_pull()
         self._async_pub.close(linger=int(linger_s * 1000))
+        self.ctx.term()
+
+
+class MultiAsyncZmqTransport:
+    """Several Mongrel2 front-ends on one event loop: a PULL and a PUB for each.
+
+    As :class:`~m2gate.transports.zmq_sync.MultiZmqTransport`: messages come
+    out with their front-end's tag in front of the sender, replies go out on
+    the PUB their tag names, PULLs are read in turn, and each PULL has its
+    own :class:`FrontendMonitor`.
+    """
+
+    tagged = True
+
+    def __init__(
+        self,
+        frontends: Sequence[tuple[str, str]],
+        identity: str,
+        hwm: int = 0,
+        send_timeout: float = 30.0,
+        max_size: int = -1,
+    ) -> None:
+        if not 1 <= len(frontends) <= MAX_FRONTENDS:
+            raise ValueError("1 to %d front-ends, not %d" % (MAX_FRONTENDS, len(frontends)))
+        self.frontends = list(frontends)
+        self.ctx = zmq.asyncio.Context()
+        blocking_ctx: zmq.Context[Any] = zmq.Context.shadow(self.ctx.underlying)
+        self._pulls: list[zmq.asyncio.Socket] = []
+        self._pulls_sync: list[zmq.Socket[bytes]] = []
+        self._pubs: list[zmq.asyncio.Socket] = []
+        self._monitors: list[FrontendMonitor] = []
+        sinks: list[PubSink] = []
+        self._poller = zmq.asyncio.Poller()
+        for send_spec, recv_spec in self.frontends:
+            pull, pub = connect_pair(
+                self.ctx, send_spec, recv_spec, identity, hwm=hwm, max_size=max_size
+            )
+            self._pulls.append(pull)
+            self._pubs.append(pub)
+            pull_sync: zmq.Socket[bytes] = zmq.Socket.shadow(pull.underlying)
+            self._pulls_sync.append(pull_sync)
+            sinks.append(PubSink(zmq.Socket.shadow(pub.underlying), send_timeout))
+            self._monitors.append(FrontendMonitor(pull_sync, send_spec, blocking_ctx))
+            self._poller.register(pull, zmq.POLLIN)
+        self._tags = [tag(i) for i in range(len(self.frontends))]
+        self._names = [t.decode("ascii") for t in self._tags]
+        self.sink = FrontendSinks(sinks)
+        self.send = self.sink.send
+        self._next = 0
+        self._receiving = True
+
+    async def recv(self, timeout_ms: int | None = None) -> bytes | None:
+        """Next raw message (sender tagged); ``None`` after ``timeout_ms`` (``None``: forever)."""
+        while True:
+            data = self.recv_nowait()
+            if data is not None:
+                return data
+            if not await self._poller.poll(timeout_ms):
+                return None
+
+    def recv_nowait(self) -> bytes | None:
+        """A message already queued on any PULL (in turn), or ``None``; never waits."""
+        count = len(self._pulls_sync)
+        for step in range(count):
+            i = (self._next + step) % count
+            try:
+                data: bytes = self._pulls_sync[i].recv(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                continue
+            self._next = (i + 1) % count
+            return tag_message(self._tags[i], data)
+        return None
+
+    def frontend_changed(self) -> tuple[str, ...]:
+        """The tags of the front-ends that went away since the last call."""
+        if not self._receiving:
+            return ()
+        return tuple(n for n, m in zip(self._names, self._monitors, strict=True) if m.changed())
+
+    def stop_receiving(self) -> None:
+        """Disconnect every PULL so each Mongrel2 pushes new requests elsewhere."""
+        if self._receiving:
+            self._receiving = False
+            for pull, (send_spec, _) in zip(self._pulls_sync, self.frontends, strict=True):
+                disconnect_pull(pull, send_spec)
+
+    def close(self, linger_s: float) -> None:
+        """Close every socket, giving queued replies ``linger_s`` to leave."""
+        for monitor, pull in zip(self._monitors, self._pulls, strict=True):
+            monitor.close()
+            pull.close(linger=0)
+        for pub in self._pubs:
+            pub.close(linger=int(linger_s * 1000))
         self.ctx.term()

@@ -1,4 +1,7 @@
-"""Blocking pyzmq transport: one PULL from Mongrel2, one PUB back, shared by threads."""
+"""Blocking pyzmq transport: one PULL from Mongrel2, one PUB back, shared by threads.
+
+:class:`MultiZmqTransport`: the same for several Mongrel2 front-ends at once.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,13 @@ from collections.abc import Callable, Sequence
 
 import zmq
 
+from m2gate.transports.frontends import MAX_FRONTENDS, FrontendSinks, tag, tag_message
 from m2gate.transports.zmq_common import (
     FrontendMonitor,
     HandlerSockets,
     PubSink,
     connect_pair,
+    disconnect_pull,
 )
 
 
@@ -83,4 +88,92 @@ class ZmqTransport(HandlerSockets):
         """Close both sockets, giving queued replies ``linger_s`` to leave."""
         self._close_pull()
         self.sink.close(linger_s)
+        self.ctx.term()
+
+
+class MultiZmqTransport:
+    """Several Mongrel2 front-ends: a PULL and a PUB for each, shared by threads.
+
+    Each message comes out with its front-end's tag in front of its sender
+    and each reply goes out on the PUB of the front-end its tag names
+    (:mod:`m2gate.transports.frontends`); PULLs are read in turn, so a busy
+    front-end cannot starve another. Each PULL has its own
+    :class:`FrontendMonitor`: a Mongrel2 restart voids only its own
+    front-end's connections (:meth:`frontend_changed` names them).
+    """
+
+    context_class: type[zmq.Context[zmq.Socket[bytes]]] = zmq.Context
+    poller_class: type[zmq.Poller] = zmq.Poller
+    tagged = True  # the runtime keys connections by tagged senders
+
+    def __init__(
+        self,
+        frontends: Sequence[tuple[str, str]],
+        identity: str,
+        hwm: int = 0,
+        send_timeout: float = 30.0,
+        max_size: int = -1,
+    ) -> None:
+        if not 1 <= len(frontends) <= MAX_FRONTENDS:
+            raise ValueError("1 to %d front-ends, not %d" % (MAX_FRONTENDS, len(frontends)))
+        self.frontends = list(frontends)
+        self.ctx = self.context_class()
+        self.pulls: list[zmq.Socket[bytes]] = []
+        self.sinks: list[PubSink] = []
+        self._monitors: list[FrontendMonitor] = []
+        self._poller = self.poller_class()
+        for send_spec, recv_spec in self.frontends:
+            pull, pub = connect_pair(
+                self.ctx, send_spec, recv_spec, identity, hwm=hwm, max_size=max_size
+            )
+            self.pulls.append(pull)
+            self.sinks.append(PubSink(pub, send_timeout))
+            self._monitors.append(FrontendMonitor(pull, send_spec))
+            self._poller.register(pull, zmq.POLLIN)
+        self._tags = [tag(i) for i in range(len(self.frontends))]
+        self._names = [t.decode("ascii") for t in self._tags]
+        self.sink = FrontendSinks(self.sinks)
+        self.send = self.sink.send
+        self._next = 0
+        self._receiving = True
+
+    def recv(self, timeout_ms: int) -> bytes | None:
+        """Next raw message (sender tagged) from any front-end, in turn; None after the wait."""
+        data = self._recv_ready()
+        if data is None and self._poller.poll(timeout_ms):
+            data = self._recv_ready()
+        return data
+
+    def _recv_ready(self) -> bytes | None:
+        count = len(self.pulls)
+        for step in range(count):
+            i = (self._next + step) % count
+            try:
+                data: bytes = self.pulls[i].recv(zmq.NOBLOCK)
+            except zmq.Again:
+                continue
+            self._next = (i + 1) % count
+            return tag_message(self._tags[i], data)
+        return None
+
+    def frontend_changed(self) -> tuple[str, ...]:
+        """The tags of the front-ends that went away since the last call (see FrontendMonitor)."""
+        if not self._receiving:
+            return ()
+        return tuple(n for n, m in zip(self._names, self._monitors, strict=True) if m.changed())
+
+    def stop_receiving(self) -> None:
+        """Disconnect every PULL so each Mongrel2 pushes new requests elsewhere."""
+        if self._receiving:
+            self._receiving = False
+            for pull, (send_spec, _) in zip(self.pulls, self.frontends, strict=True):
+                disconnect_pull(pull, send_spec)
+
+    def close(self, linger_s: float) -> None:
+        """Close every socket, giving queued replies ``linger_s`` to leave."""
+        for monitor, pull in zip(self._monitors, self.pulls, strict=True):
+            monitor.close()
+            pull.close(linger=0)
+        for sink in self.sinks:
+            sink.close(linger_s)
         self.ctx.term()
