@@ -10,8 +10,12 @@ from urllib.parse import parse_qs
 
 StartResponse = Callable[..., Any]
 
-# A slow import (a big app): its workers cannot prove their reply path before.
-time.sleep(float(os.environ.get("FRONTEND_APP_LOAD_DELAY", "0")))
+# A slow import (a big app: its workers cannot prove their reply path before),
+# lasting until the test says so (the file appears), at most 2 minutes.
+_GATE = os.environ.get("FRONTEND_APP_LOAD_GATE", "")
+_deadline = time.monotonic() + 120.0
+while _GATE and not os.path.exists(_GATE) and time.monotonic() < _deadline:
+    time.sleep(0.05)
 
 
 def _stream(chunks: int, pause: float) -> Iterator[bytes]:

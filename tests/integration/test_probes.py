@@ -47,9 +47,10 @@ def test_another_masters_probe_notices_never_make_a_worker_ready(
     leaves the other's workers ready and serving.
     """
     slow_pid = tmp_path / "slow.pid"
+    gate = tmp_path / "slow-may-load"
     m2gate_server(
         "frontend_app:application", "-p", "3", "--pidfile", str(slow_pid),
-        env={"FRONTEND_APP_LOAD_DELAY": "12"}, wait=False,
+        env={"FRONTEND_APP_LOAD_GATE": str(gate)}, wait=False,
     )  # fmt: skip
     wait_until(lambda: len(statuses(slow_pid)) == 3, what="slow workers")
     # The fast master's workers probe (Mongrel2 hands every notice round robin
@@ -62,6 +63,7 @@ def test_another_masters_probe_notices_never_make_a_worker_ready(
     )
     time.sleep(0.5)
     assert statuses(slow_pid) == ["starting"] * 3  # still importing: not ready
+    gate.touch()
     # Once both are up, both serve, and neither one's reload or death disturbs the other.
     wait_until(
         lambda: (st := statuses(slow_pid)) and set(st) <= {"idle", "busy"},
