@@ -49,25 +49,22 @@ from typing import Any
 
 import pytest
 
-from m2gate.testing.mongrel2 import HandlerSpec, Mongrel2, free_port
+from m2gate.testing.mongrel2 import (
+    HandlerSpec,
+    Mongrel2,
+    free_port,
+    reaper_bound,
+    reaper_settings,
+)
 from support import m2gate_command, pid_alive, wait_until
 
 CLONE_NEWNET = 0x40000000
 CLIENTS = 8
 MIN_PING = 5
-TICK = 1
 # What docs/deploying.md recommends, with a short ping for the test: close a
-# connection with no activity for MIN_PING s, checked every TICK s.
-DEAD_HOST_SETTINGS: dict[str, object] = {
-    "limits.min_ping": MIN_PING,
-    "limits.min_read_rate": 0,
-    "limits.min_write_rate": 0,
-    "limits.kill_limit": 0,
-    "limits.tick_timer": TICK,
-}
-# The reaper compares whole-second clocks it only refreshes once a tick, and
-# checks once a tick: a lost request's connection is closed within this.
-BOUND = MIN_PING + 2 * TICK + 1
+# connection with no activity for MIN_PING s, checked every second.
+DEAD_HOST_SETTINGS = reaper_settings(MIN_PING, tick_timer=1)
+BOUND = reaper_bound(MIN_PING, tick_timer=1)
 CLIENT_TIMEOUT = 60.0  # far above BOUND: only Mongrel2's close may end a lost request
 BEFORE_KILL = 60  # requests each host serves before one is killed
 AFTER_KILL = 20  # requests each client has served after the kill before it ends
