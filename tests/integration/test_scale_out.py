@@ -23,9 +23,10 @@ than ``limits.kill_limit`` hold. With the defaults (kill_limit 2: stale ping
 connection is closed within ``BOUND`` seconds. The clients wait far longer
 (``CLIENT_TIMEOUT``), so each lost request must end by Mongrel2 closing its
 connection, never by the client giving up; each client must then be served
-AFTER_KILL times by the survivor. The figures (requests per host, in flight
-at the kill, answered vs closed, the longest wait) are printed (``pytest
--s``) and recorded as test properties.
+AFTER_KILL times by the survivor, and a request longer than the bound must
+still be answered by it (its ``--busy-keepalive``). The figures (requests
+per host, in flight at the kill, answered vs closed, the longest wait) are
+printed (``pytest -s``) and recorded as test properties.
 
 Skipped, with the reason, where network namespaces cannot be made (not
 root, no CAP_NET_ADMIN, no ``ip``).
@@ -65,6 +66,7 @@ MIN_PING = 5
 # connection with no activity for MIN_PING s, checked every second.
 DEAD_HOST_SETTINGS = reaper_settings(MIN_PING, tick_timer=1)
 BOUND = reaper_bound(MIN_PING, tick_timer=1)
+LONG = BOUND + 4  # seconds of one request the survivor serves after the kill
 CLIENT_TIMEOUT = 60.0  # far above BOUND: only Mongrel2's close may end a lost request
 BEFORE_KILL = 60  # requests each host serves before one is killed
 AFTER_KILL = 20  # requests each client has served after the kill before it ends
@@ -299,6 +301,8 @@ def test_two_handler_hosts_one_killed_mid_load(
                 "2",
                 "--threads",
                 "4",
+                "--busy-keepalive",  # a third of MIN_PING, as docs/deploying.md says
+                "1",
             ]
             servers.append(
                 m2gate_server(
@@ -346,6 +350,15 @@ def test_two_handler_hosts_one_killed_mid_load(
             )
         finally:
             clients.stop()
+        # The bound closes only what no live host keeps alive: the survivor's
+        # keep-alives carry a request far longer than the bound to its answer.
+        long_conn = http.client.HTTPConnection(addr, m2.port, timeout=CLIENT_TIMEOUT)
+        try:
+            long_conn.request("GET", "/?s=%d&id=long" % LONG)
+            long_resp = long_conn.getresponse()
+            long_answer = (long_resp.status, long_resp.read())
+        finally:
+            long_conn.close()
         outcomes = list(clients.outcomes)
         before = [o for o in outcomes if not o.after_kill]
         after = [o for o in outcomes if o.after_kill]
@@ -367,6 +380,8 @@ def test_two_handler_hosts_one_killed_mid_load(
             "bound_s": BOUND,
             "client_timeout_s": CLIENT_TIMEOUT,
             "requests_after_host_gone": len(later),
+            "long_request_s": LONG,
+            "long_request_answer": long_answer[0],
         }
         print("\nscale-out figures: %s" % figures)
         for key, value in figures.items():
@@ -388,6 +403,7 @@ def test_two_handler_hosts_one_killed_mid_load(
         assert all(n <= 1 for n in per_client.values()), figures
         # Once the host was gone, every request was a 200 from the survivor.
         assert later and all(o.status == 200 and o.host == "h2" for o in later), figures
+        assert long_answer[0] == 200 and long_answer[1].startswith(b"host h2 "), figures
     finally:
         for server in servers:
             server.stop()
