@@ -413,10 +413,10 @@ class Config:
     )
     busy_keepalive: float = setting(
         30.0,
-        "WSGI (threaded): seconds between Mongrel2 keep-alives for each request an app"
-        " thread is still serving, so a long request or stream outlives Mongrel2's idle"
-        " reaper (limits.min_ping; with the dead-host settings of docs/deploying.md set it"
-        " below min_ping / 2); 0 turns them off.",
+        "WSGI (threaded, gevent): seconds between Mongrel2 keep-alives for each request a"
+        " worker serves or holds (its upload arriving), so a long request, stream or upload"
+        " outlives Mongrel2's idle reaper (limits.min_ping: with the dead-host settings of docs/deploying.md, at most"
+        " a third of it); 0 turns them off.",
         section="wsgi",
         validate=non_negative,
         accepted="a number of seconds >= 0",
