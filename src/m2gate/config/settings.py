@@ -415,8 +415,8 @@ class Config:
         30.0,
         "WSGI (threaded, gevent): seconds between Mongrel2 keep-alives for each request a"
         " worker serves or holds (its upload arriving), so a long request, stream or upload"
-        " outlives Mongrel2's idle reaper (limits.min_ping: with the dead-host settings of docs/deploying.md, at most"
-        " a third of it); 0 turns them off.",
+        " outlives Mongrel2's idle reaper (limits.min_ping: with the dead-host settings of"
+        " docs/deploying.md, at most a third of it); 0 turns them off.",
         section="wsgi",
         validate=non_negative,
         accepted="a number of seconds >= 0",
