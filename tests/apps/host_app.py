@@ -14,7 +14,7 @@ HOST = os.environ.get("SCALE_OUT_HOST", "unnamed")
 def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """``/?s=SECONDS&id=ID``: sleep, then ``host NAME pid PID id ID``."""
     query = parse_qs(environ.get("QUERY_STRING", ""))
-    time.sleep(min(float(query.get("s", ["0"])[0]), 5.0))
+    time.sleep(min(float(query.get("s", ["0"])[0]), 30.0))
     body = b"host %s pid %d id %s\n" % (
         HOST.encode(),
         os.getpid(),

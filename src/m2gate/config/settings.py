@@ -411,6 +411,16 @@ class Config:
         validate=non_negative,
         accepted="a number of seconds >= 0",
     )
+    busy_keepalive: float = setting(
+        30.0,
+        "WSGI (threaded, gevent): seconds between Mongrel2 keep-alives for each request a"
+        " worker serves or holds (its upload arriving), so a long request, stream or upload"
+        " outlives Mongrel2's idle reaper (limits.min_ping: with the dead-host settings of"
+        " docs/deploying.md, at most a third of it); 0 turns them off.",
+        section="wsgi",
+        validate=non_negative,
+        accepted="a number of seconds >= 0",
+    )
     idle_keepalive: float = setting(
         30.0,
         "ASGI: seconds between Mongrel2 keep-alives for connections waiting on the app (open"

@@ -42,6 +42,7 @@ def worker_options(cfg: Config) -> dict[str, Any]:
         "backlog": cfg.backlog,
         "max_pipelined": cfg.max_pipelined,
         "credits_timeout": cfg.credits_timeout,
+        "busy_keepalive": cfg.busy_keepalive,
     }
 
 

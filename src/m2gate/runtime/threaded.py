@@ -24,6 +24,7 @@ from typing import IO, Protocol
 
 from m2gate.conn.connection import CREDITS_TIMEOUT, Connection, Flusher, Output
 from m2gate.conn.uploads import UploadRejected, UploadStore, open_upload
+from m2gate.protocol import replies
 from m2gate.protocol.errors import ClientDisconnected
 from m2gate.protocol.http import SERVER_HEADER
 from m2gate.protocol.messages import HTTPRequest, Message, UploadDone, UploadStart
@@ -67,6 +68,7 @@ class ThreadedRuntime(Runtime[Connection]):
         max_pipelined: int = 16,
         on_started: Callable[[Connection], None] | None = None,
         credits_timeout: float = CREDITS_TIMEOUT,
+        busy_keepalive: float = 0.0,
     ) -> None:
         super().__init__(
             Connection,
@@ -86,6 +88,8 @@ class ThreadedRuntime(Runtime[Connection]):
         self.handler = handler
         self.threads = threads
         self.backlog = backlog
+        self.busy_keepalive = busy_keepalive
+        self._next_keepalive = time.monotonic() + busy_keepalive
         self._queue: queue.SimpleQueue[tuple[Connection, Message] | None] = queue.SimpleQueue()
         self._flusher = Flusher()
         self._workers = [
@@ -106,7 +110,11 @@ class ThreadedRuntime(Runtime[Connection]):
                     log.exception("failed to handle a message (%d bytes)", len(data))
             else:
                 self.check_frontend()  # idle: e.g. Mongrel2 is gone
-            self.expire_uploads(time.monotonic())
+            now = time.monotonic()
+            self.expire_uploads(now)
+            if self.busy_keepalive > 0 and now >= self._next_keepalive:
+                self._next_keepalive = now + self.busy_keepalive
+                self.send_keepalives()
         # Stop accepting, but serve what Mongrel2 already pushed to us.
         self.source.stop_receiving()
         while (data := self.source.recv(0)) is not None:
@@ -116,6 +124,25 @@ class ThreadedRuntime(Runtime[Connection]):
                 log.exception("failed to handle a message (%d bytes)", len(data))
         self.release_held()
         return self.drain(graceful_timeout)
+
+    def send_keepalives(self) -> int:
+        """One ``ctl`` keep-alive per request being served; returns how many.
+
+        Mongrel2's idle reaper (``limits.min_ping``) only counts what the
+        client sends and these keep-alives, not the response bytes: without
+        them a request (or a stream) running past min_ping is closed, the
+        same fate as a request lost with a dead handler host. A connection
+        whose client left is skipped (Mongrel2 answers a ctl for an unknown
+        id with one more disconnect notice).
+        """
+        targets: dict[bytes, list[int]] = {}
+        with self._lock:
+            for conn in self._conns.values():
+                if conn.busy and not conn.closed:
+                    targets.setdefault(conn.uuid, []).append(conn.conn_id)
+        for uuid, conn_ids in targets.items():  # one send per front-end tag
+            self.sink.send(replies.ctl(uuid, conn_ids, {"keep-alive": True}))
+        return sum(len(ids) for ids in targets.values())
 
     # -- how a unit of work runs (gevent.py overrides these and drain) --
     def _start(self) -> None:

@@ -32,7 +32,15 @@ from typing import Any, Final
 
 import zmq
 
-__all__ = ["DirSpec", "HandlerSpec", "Mongrel2", "Mongrel2Error", "free_port"]
+__all__ = [
+    "DirSpec",
+    "HandlerSpec",
+    "Mongrel2",
+    "Mongrel2Error",
+    "free_port",
+    "reaper_bound",
+    "reaper_settings",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,36 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def reaper_settings(min_ping: int, tick_timer: int = 1) -> dict[str, object]:
+    """Mongrel2 settings that close any connection quiet for ``min_ping`` seconds.
+
+    Mongrel2's reaper (``Register_cleanout``, every ``tick_timer`` s) kills a
+    connection when more criteria than ``limits.kill_limit`` hold; by default
+    (2) a stale ping *and* both low rates, which a request waiting on a dead
+    handler host meets only after 120 s and more. With the rates off and
+    kill_limit 0 the ping alone decides: a client whose request nobody will
+    answer sees its connection closed within :func:`reaper_bound`. What
+    counts as activity: a request read from the client, a handler's ``ctl``
+    keep-alive; response bytes do not (docs/deploying.md).
+    """
+    return {
+        "limits.min_ping": min_ping,
+        "limits.min_read_rate": 0,
+        "limits.min_write_rate": 0,
+        "limits.kill_limit": 0,
+        "limits.tick_timer": tick_timer,
+    }
+
+
+def reaper_bound(min_ping: int, tick_timer: int = 1) -> int:
+    """Seconds within which :func:`reaper_settings` close a quiet connection.
+
+    The reaper compares whole-second clocks that it refreshes only once a
+    tick, one tick before it checks: up to two ticks and two seconds late.
+    """
+    return min_ping + 2 * tick_timer + 2
 
 
 @dataclass
