@@ -269,11 +269,17 @@ def test_harakiri_answers_504_logs_the_traceback_and_replaces_the_worker(
     resp = get(mongrel2, "/sleep?s=30")
     assert resp.status_code == 504
     assert int(get(mongrel2, "/pid").text) != victim
-    log_text = wait_until(lambda: "master_app.py" in s.server.output and s.server.output)
-    assert "harakiri: worker" in log_text
-    # faulthandler's dump of the stuck thread, written before the kill.
-    after = log_text.split("harakiri: worker", 1)[1]
-    assert "(most recent call first)" in after and "in application" in after
+
+    def dumped() -> str:
+        # faulthandler's dump of the stuck thread, written before the kill.
+        # It is written piecemeal ("File ...master_app.py", then ", line N in
+        # application"): wait for the whole frame, not its first words.
+        text = s.server.output
+        after = text.split("harakiri: worker", 1)[1] if "harakiri: worker" in text else ""
+        return after if "in application" in after else ""
+
+    after = wait_until(dumped, what="the stuck thread's traceback after the harakiri line")
+    assert "(most recent call first)" in after and "master_app.py" in after
     assert s.status()["harakiri"] == 1
 
 
