@@ -66,6 +66,15 @@ def start(
     return Served(server, pidfile)
 
 
+def answers(s: Served) -> bool:
+    """Whether the master's control socket is up yet (it comes after the pidfile)."""
+    try:
+        s.status()
+    except client.NotRunning:
+        return False
+    return True
+
+
 def get(m2: Mongrel2, path: str, timeout: float = 15.0) -> requests.Response:
     return requests.get(m2.url + path, timeout=timeout)
 
@@ -461,7 +470,9 @@ def test_status_stop_reload_commands(
     mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path
 ) -> None:
     s = start(m2gate_server, tmp_path, "-p", "2", "--threads", "2")
-    t, _out = in_background(lambda: get(mongrel2, "/sleep?s=1"))
+    # Long enough to outlast the start of the `m2gate status` process below,
+    # however loaded the machine (1 s did not, once).
+    t, _out = in_background(lambda: get(mongrel2, "/sleep?s=3"))
     wait_in_flight(s)
     st = s.command("status")
     assert st.returncode == 0, st.stderr
@@ -616,8 +627,9 @@ def test_started_before_mongrel2_and_across_its_restart(
             "master_app:application", "-p", "2", "--pidfile", str(tmp_path / "m.pid"),
             m2=m2, handler=m2.handlers[0], wait=False,
         )  # fmt: skip
-        time.sleep(1.0)
         s = Served(server, tmp_path / "m.pid")
+        wait_until(lambda: answers(s), what="the master's control socket")
+        time.sleep(0.5)  # time for a worker to turn ready if it wrongly could
         assert {w["status"] for w in s.status()["workers"]} == {"starting"}
         m2.start()
         server.wait_ready("/")
