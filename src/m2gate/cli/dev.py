@@ -59,6 +59,8 @@ MISSING_MONGREL2: Final = (
     " (Debian/Ubuntu: apt-get install mongrel2-core)"
 )
 
+# Where dev's defaults differ from serve's, when no source sets the setting:
+# requests show in the terminal, and a reload does not wait 30 s for a stream.
 DEV_DEFAULTS: Final[Mapping[str, str]] = {"access_log": "-", "graceful_timeout": "5"}
 SOURCE_SUFFIXES: Final = (".py",)
 DJANGO_SUFFIXES: Final = (".py", ".html")  # the cached template loader needs a restart

@@ -35,8 +35,6 @@ EXCLUDED: Final = (
     "user",
     "group",
 )
-# Where dev's defaults differ from serve's, when no source sets the setting:
-# requests show in the terminal, and a reload does not wait 30 s for a stream.
 
 
 def add_dev_arguments(parser: argparse.ArgumentParser) -> None:
