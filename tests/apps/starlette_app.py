@@ -84,13 +84,21 @@ async def sha256(request: Request) -> Response:
 
 
 async def stream(request: Request) -> Response:
+    """``n`` chunks of ``size`` bytes; ``record=NAME`` writes how the stream ended there."""
     count = int(request.query_params.get("n", "10"))
     size = int(request.query_params.get("size", "10"))
+    record = request.query_params.get("record")
 
     async def chunks() -> AsyncIterator[bytes]:
-        for i in range(count):
-            yield (b"%d:" % i) + b"x" * size + b"\n"
-            await asyncio.sleep(0)
+        ended = "stopped"  # the client went away (or Mongrel2 dropped it) first
+        try:
+            for i in range(count):
+                yield (b"%d:" % i) + b"x" * size + b"\n"
+                await asyncio.sleep(0)
+            ended = "done"
+        finally:
+            if record:
+                _record(record, ended)
 
     return StreamingResponse(chunks(), media_type="text/plain")
 

@@ -118,22 +118,31 @@ def test_graceful_sigterm_finishes_in_flight(
 ) -> None:
     server = m2gate_server("green:application", *GEVENT, "--graceful-timeout", "10")
     results: list[tuple[int, str]] = []
+    # One client for all: twenty made in twenty threads (an SSL context each)
+    # took longer than the app's sleep on a loaded machine, so the first
+    # requests were done before the last arrived and 20 were never inside.
+    shared = httpx.Client(
+        base_url=mongrel2.url, timeout=20, limits=httpx.Limits(max_connections=40)
+    )
 
     def slow(n: int) -> None:
-        resp = httpx.get(mongrel2.url + "/sleep", params={"s": "1.5", "n": str(n)}, timeout=20)
+        resp = shared.get("/sleep", params={"s": "3", "n": str(n)})
         results.append((resp.status_code, resp.text))
 
     clients = [threading.Thread(target=slow, args=(n,)) for n in range(20)]
-    for t in clients:
-        t.start()
-    # Stop only once all 20 are inside the app (not still queued in Mongrel2).
-    deadline = time.monotonic() + 10
-    while httpx.get(mongrel2.url + "/sleeping", timeout=5).text != "20\n":
-        assert time.monotonic() < deadline, "the requests never reached the app"
-        time.sleep(0.02)
-    server.signal(signal.SIGTERM)
-    for t in clients:
-        t.join(20)
+    try:
+        for t in clients:
+            t.start()
+        # Stop only once all 20 are inside the app (not still queued in Mongrel2).
+        deadline = time.monotonic() + 10
+        while httpx.get(mongrel2.url + "/sleeping", timeout=5).text != "20\n":
+            assert time.monotonic() < deadline, "the requests never reached the app"
+            time.sleep(0.02)
+        server.signal(signal.SIGTERM)
+        for t in clients:
+            t.join(20)
+    finally:
+        shared.close()
     assert sorted(results) == sorted((200, "slept %d\n" % n) for n in range(20))
     assert server.proc.wait(timeout=15) == 0
     assert "stopped after" in server.output

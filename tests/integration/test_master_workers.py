@@ -66,6 +66,15 @@ def start(
     return Served(server, pidfile)
 
 
+def answers(s: Served) -> bool:
+    """Whether the master's control socket is up yet (it comes after the pidfile)."""
+    try:
+        s.status()
+    except client.NotRunning:
+        return False
+    return True
+
+
 def get(m2: Mongrel2, path: str, timeout: float = 15.0) -> requests.Response:
     return requests.get(m2.url + path, timeout=timeout)
 
@@ -269,11 +278,17 @@ def test_harakiri_answers_504_logs_the_traceback_and_replaces_the_worker(
     resp = get(mongrel2, "/sleep?s=30")
     assert resp.status_code == 504
     assert int(get(mongrel2, "/pid").text) != victim
-    log_text = wait_until(lambda: "master_app.py" in s.server.output and s.server.output)
-    assert "harakiri: worker" in log_text
-    # faulthandler's dump of the stuck thread, written before the kill.
-    after = log_text.split("harakiri: worker", 1)[1]
-    assert "(most recent call first)" in after and "in application" in after
+
+    def dumped() -> str:
+        # faulthandler's dump of the stuck thread, written before the kill.
+        # It is written piecemeal ("File ...master_app.py", then ", line N in
+        # application"): wait for the whole frame, not its first words.
+        text = s.server.output
+        after = text.split("harakiri: worker", 1)[1] if "harakiri: worker" in text else ""
+        return after if "in application" in after else ""
+
+    after = wait_until(dumped, what="the stuck thread's traceback after the harakiri line")
+    assert "(most recent call first)" in after and "master_app.py" in after
     assert s.status()["harakiri"] == 1
 
 
@@ -596,13 +611,6 @@ def test_uploads_through_the_master(
     assert doc["requests"] >= 3
 
 
-def _status_or_none(s: Served) -> dict[str, Any] | None:
-    try:
-        return s.status()
-    except client.NotRunning:
-        return None
-
-
 def test_started_before_mongrel2_and_across_its_restart(
     m2gate_server: Factory, tmp_path: Path
 ) -> None:
@@ -620,10 +628,9 @@ def test_started_before_mongrel2_and_across_its_restart(
             m2=m2, handler=m2.handlers[0], wait=False,
         )  # fmt: skip
         s = Served(server, tmp_path / "m.pid")
-        # The control socket exists once the master is up (not at a fixed time).
-        doc = wait_until(lambda: _status_or_none(s), what="the master's control socket")
-        time.sleep(0.5)  # the workers had time to try; with no Mongrel2 none is ready
-        assert {w["status"] for w in s.status()["workers"]} == {"starting"}, doc
+        wait_until(lambda: answers(s), what="the master's control socket")
+        time.sleep(0.5)  # time for a worker to turn ready if it wrongly could
+        assert {w["status"] for w in s.status()["workers"]} == {"starting"}
         m2.start()
         server.wait_ready("/")
         assert get(m2, "/").status_code == 200

@@ -80,6 +80,7 @@ def _slow_read(
         data = bytearray()
         closed = False
         reads = 0
+        total: int | None = None  # head + Content-Length, once the head is in
         while time.monotonic() < deadline:
             chunk = sock.recv(8192)
             if not chunk:
@@ -91,7 +92,9 @@ def _slow_read(
                 time.sleep(0.002)
             if version == "HTTP/1.1" and data.endswith(b"\r\n0\r\n\r\n"):
                 break
-            if b"Content-Length:" in data[:1024] and _length_complete(data):
+            if total is None and b"Content-Length:" in data[:1024]:
+                total = _length_total(data)  # parsed once: not a 20 MB copy per read
+            if total is not None and len(data) >= total:
                 break
     finally:
         sock.close()
@@ -99,14 +102,15 @@ def _slow_read(
     return head, body, closed
 
 
-def _length_complete(data: bytearray) -> bool:
-    head, sep, body = bytes(data).partition(b"\r\n\r\n")
-    if not sep:
-        return False
-    for line in head.split(b"\r\n"):
+def _length_total(data: bytearray) -> int | None:
+    """Bytes of head and body together, once the head (with a Content-Length) is in."""
+    end = data.find(b"\r\n\r\n", 0, 65536)
+    if end < 0:
+        return None
+    for line in bytes(data[:end]).split(b"\r\n"):
         if line.lower().startswith(b"content-length:"):
-            return len(body) >= int(line.split(b":", 1)[1])
-    return False
+            return end + 4 + int(line.split(b":", 1)[1])
+    return None
 
 
 def _dechunk(body: bytes) -> bytes:

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from m2gate import __version__
 from m2gate.cli.control import add_commands, run_command
-from m2gate.cli.dev import add_dev_arguments
+from m2gate.cli.devargs import add_dev_arguments
 from m2gate.cli.top import add_top_command, run_top
 from m2gate.config.declare import ConfigError
 from m2gate.config.loader import add_arguments

@@ -12,7 +12,6 @@ the project's sources and restarts the child.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import http.client
@@ -34,6 +33,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final, get_origin
 
+from m2gate.cli.devargs import DEFAULT_RUN_DIR
 from m2gate.cli.devstatic import (
     child_environ,
     django_static,
@@ -42,7 +42,6 @@ from m2gate.cli.devstatic import (
     read_static_settings,
 )
 from m2gate.config.declare import ConfigError, env_var, flag
-from m2gate.config.loader import add_arguments
 from m2gate.config.resolve import configure
 from m2gate.config.settings import Config, settings
 from m2gate.supervisor.child import die_with_parent
@@ -54,33 +53,12 @@ log = logging.getLogger("m2gate.dev")
 
 EXIT_CONFIG: Final = 2
 EXIT_FAILED: Final = 1
-DEFAULT_RUN_DIR: Final = ".m2gate-dev"
 RUN_DIR_MARKER: Final = ".m2gate-dev"  # proves a non-empty run directory is ours
 MISSING_MONGREL2: Final = (
     "m2gate dev: mongrel2 and m2sh are not on PATH; install Mongrel2"
     " (Debian/Ubuntu: apt-get install mongrel2-core)"
 )
 
-# Serve settings dev decides itself (specs, identity, uploads, Mongrel2's side)
-# or that make no sense for a foreground development server.
-EXCLUDED: Final = (
-    "send_spec",
-    "recv_spec",
-    "zeromq",
-    "send_ident",
-    "recv_ident",
-    "upload_dir",
-    "mongrel2_chroot",
-    "mongrel2_db",
-    "route",
-    "handler_ident",
-    "host",
-    "daemon",
-    "reload_on_change",
-    "chroot",
-    "user",
-    "group",
-)
 # Where dev's defaults differ from serve's, when no source sets the setting:
 # requests show in the terminal, and a reload does not wait 30 s for a stream.
 DEV_DEFAULTS: Final[Mapping[str, str]] = {"access_log": "-", "graceful_timeout": "5"}
@@ -90,50 +68,6 @@ MAX_SCANNED: Final = 20000  # directory entries per scan; beyond, the tree is wa
 SKIP_DIRS: Final = frozenset({"__pycache__", "node_modules", "site-packages", "dist-packages"})
 PROBE_TIMEOUT: Final = 2.0  # seconds one readiness GET may take
 STOP_MARGIN: Final = 5.0  # seconds past graceful_timeout before a child is killed
-
-
-def add_dev_arguments(parser: argparse.ArgumentParser) -> None:
-    """dev's own options, then the serve settings it passes through."""
-    group = parser.add_argument_group("dev")
-    group.add_argument(
-        "--host",
-        dest="dev_host",
-        default="127.0.0.1",
-        metavar="ADDR",
-        help="address Mongrel2 listens on (default 127.0.0.1; 0.0.0.0 for every interface)",
-    )
-    group.add_argument(
-        "--port",
-        dest="dev_port",
-        default="",
-        metavar="PORT",
-        help="Mongrel2's HTTP port (default: a free one)",
-    )
-    group.add_argument(
-        "--run-dir",
-        dest="dev_run_dir",
-        default=DEFAULT_RUN_DIR,
-        metavar="DIR",
-        help="where the Mongrel2 config (m2.conf, config.sqlite), logs and uploads go"
-        " (default %s)" % DEFAULT_RUN_DIR,
-    )
-    group.add_argument(
-        "--static",
-        dest="dev_static",
-        action="append",
-        default=[],
-        metavar="URL_PREFIX=DIR",
-        help="Mongrel2 serves the files of DIR under URL_PREFIX (repeatable); a Django"
-        " project's STATIC_URL=STATIC_ROOT is added by itself",
-    )
-    group.add_argument(
-        "--reload",
-        dest="dev_reload",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="restart the app when its sources change (default: on)",
-    )
-    add_arguments(parser, exclude=EXCLUDED)
 
 
 @dataclass

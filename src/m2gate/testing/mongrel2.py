@@ -245,6 +245,28 @@ def _untns(data: bytes, pos: int = 0) -> tuple[Any, int]:
     raise ValueError("unknown tnetstring tag %r" % tag)
 
 
+# Mongrel2 1.12's error log line once its control port is set up (src/control.c).
+_CONTROL_UP: Final = b"Setting up control socket in at "
+
+
+def _size(path: Path) -> int:
+    """Size of ``path`` now, 0 if it does not exist yet."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    """What ``path`` holds past ``offset``; empty if unreadable."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            return fh.read()
+    except OSError:
+        return b""
+
+
 def _tail(path: Path, lines: int = 25) -> str:
     """Last lines of a log file, for error messages; empty if unreadable."""
     try:
@@ -459,20 +481,25 @@ class Mongrel2:
 
     # -- process lifecycle ---------------------------------------------------
 
-    def start(self) -> Mongrel2:
+    def start(self, wait: bool = True) -> Mongrel2:
         """Write and load the config, start Mongrel2 and wait for its HTTP port.
 
         On the very first start, a port picked by :func:`free_port` that someone
         else grabbed in the meantime is replaced and the start retried; after
         that, ports stay fixed so connected handlers keep working across restarts.
+
+        ``wait=False`` returns as soon as Mongrel2 holds its ports (listener,
+        handler and control sockets bound), without the half second Mongrel2
+        1.12 sleeps before it accepts: a client that connects meanwhile waits
+        in the listen backlog, so a caller can start its handler during it.
         """
         attempts = 3 if not self._ever_started and self._has_auto_ports else 1
         for attempt in range(1, attempts + 1):
-            log_size = self.error_log.stat().st_size if self.error_log.exists() else 0
+            offsets = {path: _size(path) for path in (self.error_log, self.output_log)}
             try:
-                self._start_once()
+                self._start_once(wait)
             except Mongrel2Error:
-                if attempt == attempts or not self._port_clash(log_size):
+                if attempt == attempts or not self._port_clash(offsets):
                     raise
                 log.warning("mongrel2 port clash (attempt %s), picking new ports", attempt)
                 self._assign_ports()
@@ -481,19 +508,18 @@ class Mongrel2:
             break
         return self
 
-    def _port_clash(self, log_offset: int) -> bool:
-        """Whether the last failed start logged an address already in use."""
-        try:
-            with self.error_log.open("rb") as fh:
-                fh.seek(log_offset)
-                text = fh.read()
-        except OSError:
-            return False
+    def _port_clash(self, offsets: Mapping[Path, int]) -> bool:
+        """Whether the last failed start logged an address already in use.
+
+        A ZeroMQ bind fails into the error log; the HTTP listener's bind, done
+        before that log is open, into the process output.
+        """
+        text = b"".join(_read_from(path, offset) for path, offset in offsets.items())
         if self._fixed_port is not None and b"port %d\n" % self._fixed_port in text:
             return False  # the caller's own port: retrying cannot help
         return b"Address already in use" in text
 
-    def _start_once(self) -> None:
+    def _start_once(self, wait: bool = True) -> None:
         """One attempt: load the config, spawn Mongrel2, wait for it to answer."""
         with self._lock:
             if self.running:
@@ -505,6 +531,7 @@ class Mongrel2:
             # A SIGKILLed Mongrel2 leaves its pid file behind and the next one
             # would refuse to start if that PID got reused.
             (self.workdir / "run" / "mongrel2.pid").unlink(missing_ok=True)
+            log_offset = _size(self.error_log)
             in_main = threading.current_thread() is threading.main_thread()
             with self.output_log.open("ab") as out:
                 proc = subprocess.Popen(
@@ -524,10 +551,32 @@ class Mongrel2:
                 _LIVE[proc.pid] = proc
         log.info("started mongrel2 pid %s on %s in %s", proc.pid, self.url, self.workdir)
         try:
-            self._wait_listening(proc)
+            if wait:
+                self._wait_listening(proc)
+            else:
+                self._wait_bound(proc, log_offset)
         except BaseException:
             self.stop()
             raise
+
+    def _wait_bound(self, proc: subprocess.Popen[bytes], log_offset: int) -> None:
+        """Wait for the error log line Mongrel2 writes once every port is bound.
+
+        Its HTTP listener is bound (else it exits) before the handlers and the
+        control port are set up, and those before it sleeps half a second and
+        starts accepting; the line is its own, written in this start's part of
+        the log, so no other process on the port can fake it.
+        """
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            if _CONTROL_UP in _read_from(self.error_log, log_offset):
+                if proc.poll() is None:
+                    return
+            if proc.poll() is not None:
+                break
+            time.sleep(0.005)
+        # No such line (another Mongrel2 version, a slow machine): the HTTP way.
+        self._wait_listening(proc)
 
     def _wait_listening(self, proc: subprocess.Popen[bytes]) -> None:
         """Poll the HTTP port until Mongrel2 answers there, or fail with the logs."""
