@@ -12,6 +12,9 @@ One real Mongrel2 (one handler route per kind, one ``Dir`` route), the same
 - ``dev``: ``m2gate serve`` from this interpreter's venv with this tree's
   ``src`` first on ``PYTHONPATH`` (the fastest install);
 - ``p2``, ``p2-t4``: the same with ``-p 2`` and ``-p 2 --threads 4``;
+- ``p2-rr``, ``p2-direct``: ``-p 2`` with ``--dispatch round-robin`` (the
+  master routes without looking at load) and ``--dispatch direct`` (no
+  master in the request path: what the hand-off itself costs);
 - ``asgi``: the same serving ``apps/hello_asgi.py`` (the asyncio runtime).
 
 Each round runs every side with Mongrel2's access log off, then on (the
@@ -106,6 +109,15 @@ SIDES = (
     Side("dev", "m2gate dev", "dev"),
     Side("p2", "m2gate dev -p 2", "dev", ("-p", "2")),
     Side("p2-t4", "m2gate dev -p 2 --threads 4", "dev", ("-p", "2", "--threads", "4")),
+    Side(
+        "p2-rr",
+        "m2gate dev -p 2 --dispatch round-robin",
+        "dev",
+        ("-p", "2", "--dispatch", "round-robin"),
+    ),
+    Side(
+        "p2-direct", "m2gate dev -p 2 --dispatch direct", "dev", ("-p", "2", "--dispatch", "direct")
+    ),
     Side("asgi", "m2gate dev ASGI", "dev", ("--interface", "asgi"), ASGI_APP),
 )
 SIDE_KEYS = tuple(s.key for s in SIDES)
