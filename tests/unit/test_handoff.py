@@ -240,3 +240,65 @@ def test_a_new_ready_worker_gets_the_next_turn() -> None:
     d.mark_ready(b"w9")
     assert assign(d, req(3)) == Forward(b"w9")
     assert assign(d, req(4)) == Forward(b"w0")
+
+
+# -- adaptive prefetch: a busy worker's queue slots follow its pace ----------
+
+
+def _busy_worker_serving(d: Dispatcher, gap: float, rounds: int) -> Worker:
+    """One thread, kept busy: a request every ``gap`` seconds is done and replaced."""
+    w = d.workers[b"w0"]
+    now, conn = 1.0, 1
+    assign(d, req(conn), now)
+    for _ in range(rounds):
+        conn += 1
+        d.assign(*req(conn), now)  # waits in a slot or in the master: the thread stays busy
+        now += gap
+        first = next(iter(w.inflight))
+        d.on_done(b"w0", first, now)
+        d.dispatch_queued(now)
+    return w
+
+
+def test_quick_requests_earn_a_busy_worker_every_slot() -> None:
+    d = dispatcher(1, prefetch=16)
+    w = _busy_worker_serving(d, 0.0001, 200)  # 0.1 ms each: 50 fit in 5 ms
+    assert w.room == 16 and d.slots(w) == 16
+
+
+def test_slow_requests_leave_a_busy_worker_no_slot() -> None:
+    d = dispatcher(1, prefetch=16)
+    w = _busy_worker_serving(d, 0.02, 100)  # 20 ms each: none fits in 5 ms
+    assert w.room == 0
+
+
+def test_room_is_what_fits_in_the_wait_budget() -> None:
+    d = dispatcher(1, prefetch=16)
+    w = _busy_worker_serving(d, 0.001, 400)  # 1 ms each: about 5 fit
+    assert 3 <= w.room <= 6
+
+
+def test_no_slot_behind_a_request_that_runs_long() -> None:
+    """A quick worker whose oldest request has run for 50 ms gets nothing queued behind it."""
+    d = dispatcher(1, 1, prefetch=16)
+    for w in d.workers.values():
+        w.room, w.gap = 16, 0.0001
+    assert isinstance(assign(d, req(1), 0.0), Forward)
+    assert isinstance(assign(d, req(2), 0.0), Forward)  # both threads busy now
+    assert isinstance(assign(d, req(3), 0.001), Forward)  # young requests: a slot
+    assert isinstance(assign(d, req(4), 0.001), Forward)
+    assert assign(d, req(5), 0.05) == Hold()  # both have run 50 ms: wait in the master
+
+
+def test_a_thread_gone_idle_does_not_count_its_idle_time_as_pace() -> None:
+    d = dispatcher(2, prefetch=16)
+    w = d.workers[b"w0"]
+    w.room, w.gap = 16, 0.0001
+    assign(d, req(1), 0.0)
+    d.on_done(b"w0", (KEY_SENDER, 1), 0.001)  # not busy (one of two threads): no pace
+    assert w.last_done == 0.0 and w.room == 16
+    assign(d, req(2), 10.0)
+    assign(d, req(3), 10.0)
+    d.on_done(b"w0", (KEY_SENDER, 2), 10.0001)
+    d.on_done(b"w0", (KEY_SENDER, 3), 10.0002)  # the gap is 0.1 ms, not 10 s
+    assert w.room == 16

@@ -131,11 +131,12 @@ def test_a_request_that_got_a_freed_thread_is_not_taken_back() -> None:
     w = Worker(b"w0", 1000, 1, 2)
     d.add_worker(w)
     d.mark_ready(b"w0")
+    w.room = 2  # its pace gives it both slots (requests a millisecond apart)
     raws = {i: message(request_headers("GET", "/%d" % i), conn_id=i) for i in range(1, 5)}
     for i, raw in raws.items():
-        d.assign(peek(raw), raw, float(i))  # 1, 2 on threads; 3, 4 in slots
+        d.assign(peek(raw), raw, i / 1000)  # 1, 2 on threads; 3, 4 in slots
     assert set(d.spare) == {(SENDER.decode(), 3), (SENDER.decode(), 4)}
-    d.on_done(b"w0", (SENDER.decode(), 1), 5.0)  # 3 takes the freed thread
+    d.on_done(b"w0", (SENDER.decode(), 1), 0.005)  # 3 takes the freed thread
     assert d.take_waiting(b"w0") == [raws[4]]
     assert [k[1] for k in w.inflight] == [2, 3]
     assert (SENDER.decode(), 4) not in d.owner

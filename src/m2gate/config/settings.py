@@ -347,9 +347,11 @@ class Config:
         accepted="a number of seconds >= 0",
     )
     prefetch: int = setting(
-        1,
-        "Requests the master hands a worker beyond its free threads (queued in it), hiding"
-        " the master round trip; 0: only to free threads.",
+        16,
+        "Most requests the master hands a busy worker beyond its threads (queued in it),"
+        " hiding the master round trip: as many as it serves in 5 ms at its recent pace,"
+        " and none while its oldest request runs long (so no request waits behind a slow"
+        " one while another worker could take it); 0: only to free threads.",
         section="workers",
         validate=non_negative,
         accepted="an integer >= 0",

@@ -51,6 +51,11 @@ from m2gate.supervisor.waits import WaitWindow
 
 # Idle keep-alive connections remembered for their notices (credits, disconnect).
 LAST_SERVED_MAX = 65536
+# Adaptive prefetch (Dispatcher.pick/_pace): how long a request handed to a
+# busy worker may expect to wait in it, and how fast the estimate of the
+# worker's pace follows new done reports.
+PREFETCH_WAIT = 0.005
+GAP_WEIGHT = 0.05
 # Methods a request of which may run again if it did already (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 READY = WorkerState.READY
@@ -91,6 +96,17 @@ class Drop:
 @dataclass(frozen=True)
 class Reject:
     """The queue is full: answer 503 now."""
+
+
+def _stuck(w: Worker, load: int, now: float) -> bool:
+    """Whether busy ``w``'s oldest request has run longer than its pace explains.
+
+    The first connection in ``w.inflight`` is the oldest one there (dicts keep
+    insertion order): one look, not a scan.
+    """
+    for q in w.inflight.values():
+        return now - q[0].started > PREFETCH_WAIT + load * w.gap * 2
+    return False
 
 
 Decision = Forward | Hold | Drop | Reject
@@ -258,7 +274,7 @@ class Dispatcher:
                 return decision
         if key in self._queued_keys:
             return self._hold(p, raw, now)  # behind an earlier request of this connection
-        w = self.pick()
+        w = self.pick(now)
         if w is None:
             return self._hold(p, raw, now)
         self._add(w, key, now, False, p, raw)
@@ -271,28 +287,63 @@ class Dispatcher:
             f = self._forward[wid] = Forward(wid)
         return f
 
-    def pick(self) -> Worker | None:
+    def pick(self, now: float = 0.0) -> Worker | None:
         """The least loaded ready worker with room (round robin on ties).
 
-        Room is a free thread, or one of ``prefetch`` queue slots once every
+        Room is a free thread, or one of the worker's queue slots once every
         worker's threads are all busy (least loaded first, so a queue slot is
-        only used when no thread is free anywhere).
+        only used when no thread is free anywhere). A busy worker has up to
+        ``prefetch`` slots, as many as it serves in :data:`PREFETCH_WAIT` at
+        its recent pace (:meth:`_pace`), and none while its oldest request has
+        run longer than that pace explains: a request queued behind a slow
+        one there would wait while another worker frees a thread sooner, so
+        it waits in the master instead.
         """
         best: Worker | None = None
         best_load = 0
-        extra = self.prefetch
         for w in self.workers.values():
             if w.state is not READY:
                 continue
             load = len(w.inflight)
-            if load >= w.capacity + extra:
-                continue
+            if load >= w.capacity:
+                room = w.room
+                if room < 0:  # no pace known yet: one slot (see slots)
+                    if load >= w.capacity + min(self.prefetch, 1):
+                        continue
+                elif load >= w.capacity + room or (now and _stuck(w, load, now)):
+                    continue
             if best is None or load < best_load or (load == best_load and w.turn < best.turn):
                 best, best_load = w, load
         if best is not None:
             self._turn += 1
             best.turn = self._turn
         return best
+
+    def slots(self, w: Worker) -> int:
+        """Queue slots ``w`` may fill beyond its threads now (one until its pace is known)."""
+        room = w.room
+        return room if room >= 0 else min(self.prefetch, 1)
+
+    def _pace(self, w: Worker, now: float) -> None:
+        """A request of busy ``w`` is done: learn its pace; its queue slots follow.
+
+        ``gap`` is the time between two of its done reports while all its
+        threads were busy (reports come in batches: the average is what
+        counts, hence the light weight): about one request's service time
+        over its threads. Quick requests (hello world) get deep queues and
+        few master round trips; slow or mixed ones get none and wait here
+        for the first free thread.
+        """
+        if w.last_done:
+            gap = now - w.last_done
+            if w.room >= 0:
+                gap = w.gap + (gap - w.gap) * GAP_WEIGHT
+            w.gap = gap
+            room = self.prefetch
+            if gap * room > PREFETCH_WAIT:
+                room = int(PREFETCH_WAIT / gap)
+            w.room = room
+        w.last_done = now
 
     def on_done(self, wid: bytes, key: Key, now: float, epoch: int | None = None) -> bool:
         """A worker finished (or dropped) one request of ``key``; False if unknown.
@@ -307,6 +358,11 @@ class Dispatcher:
         entries = w.inflight.get(key)
         if not entries:
             return False
+        if self.prefetch:
+            if len(w.inflight) >= w.capacity:
+                self._pace(w, now)
+            else:
+                w.last_done = 0.0  # a thread was idle: the next gap would include idle time
         entry = entries.pop(0)
         w.requests += 1
         took = now - entry.started
@@ -406,7 +462,7 @@ class Dispatcher:
                 else:
                     self._upload_done(key, now)
             else:
-                w = self.pick()
+                w = self.pick(now)
                 if w is None:
                     break
                 wid = w.wid
@@ -545,7 +601,7 @@ class Dispatcher:
             if slot is None:
                 return None
             w = target(self.workers.values(), slot)
-            if w is not None and len(w.inflight) < w.capacity + self.prefetch:
+            if w is not None and len(w.inflight) < w.capacity + self.slots(w):
                 self._add(w, key, now, False, p, raw)
                 return self._forward.get(w.wid) or self.forward(w.wid)
         if len(self.queue) + waiting.count >= self.queue_size:
@@ -574,7 +630,7 @@ class Dispatcher:
                     else:
                         self._upload_done(key, now)
                 else:
-                    if w is None or len(w.inflight) >= w.capacity + self.prefetch:
+                    if w is None or len(w.inflight) >= w.capacity + self.slots(w):
                         break
                     wid = w.wid
                     self._add(w, key, now, False, item.peeked, item.raw)
@@ -604,7 +660,7 @@ class RoundRobin(Dispatcher):
     is handed over, so it includes the time it waited in its worker's queue.
     """
 
-    def pick(self) -> Worker | None:
+    def pick(self, now: float = 0.0) -> Worker | None:
         """The ready worker picked longest ago (a new one first): strict rotation."""
         best: Worker | None = None
         for w in self.workers.values():

@@ -101,6 +101,12 @@ class Worker:
     requests: int = 0
     busy_time: float = 0.0  # total seconds of served requests
     last_time: float = 0.0  # duration of the last request
+    # adaptive prefetch (kept by the Dispatcher): queue slots beyond its threads
+    # it may take now (-1: not known yet), the time between its done reports
+    # while busy, the last one
+    room: int = -1
+    gap: float = 0.0
+    last_done: float = 0.0
     # life cycle (kept by the Lifecycle)
     serial: int = 0
     # Its place in the fleet, 0..N-1: a replacement (crash, harakiri, recycling)
