@@ -117,7 +117,8 @@ def test_each_mode_serves_and_counts_its_requests(
 def test_idle_answers_a_fast_request_on_the_free_worker_while_the_other_runs_a_slow_one(
     mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path
 ) -> None:
-    fleet = Fleet(m2gate_server, tmp_path, "idle")
+    # A short graceful stop: the slow request is only there to be waited behind.
+    fleet = Fleet(m2gate_server, tmp_path, "idle", "--graceful-timeout", "1")
     slow: list[Any] = []
     in_background(SLOW, mongrel2, slow)
     busy = wait_until(lambda: fleet.running("/sleep"), "the slow request in flight")
@@ -131,7 +132,8 @@ def test_idle_answers_a_fast_request_on_the_free_worker_while_the_other_runs_a_s
 def test_round_robin_puts_a_fast_request_behind_a_slow_one(
     mongrel2: Mongrel2, m2gate_server: Factory, tmp_path: Path
 ) -> None:
-    fleet = Fleet(m2gate_server, tmp_path, "round-robin")
+    # A short graceful stop: the slow request is only there to be waited behind.
+    fleet = Fleet(m2gate_server, tmp_path, "round-robin", "--graceful-timeout", "1")
     slow: list[Any] = []
     in_background(SLOW, mongrel2, slow)
     busy = wait_until(lambda: fleet.running("/sleep"), "the slow request in flight")
