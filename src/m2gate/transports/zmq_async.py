@@ -18,13 +18,13 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from m2gate.transports.frontends import MAX_FRONTENDS, FrontendSinks, tag, tag_message
+from m2gate.transports.frontends import MAX_FRONTENDS, FrontendSinks
 from m2gate.transports.zmq_common import (
+    FrontendIntake,
     FrontendMonitor,
     HandlerSockets,
     PubSink,
     connect_pair,
-    disconnect_pull,
 )
 
 
@@ -90,7 +90,7 @@ class AsyncZmqTransport(HandlerSockets):
         self.ctx.term()
 
 
-class MultiAsyncZmqTransport:
+class MultiAsyncZmqTransport(FrontendIntake):
     """Several Mongrel2 front-ends on one event loop: a PULL and a PUB for each.
 
     As :class:`~m2gate.transports.zmq_sync.MultiZmqTransport`: messages come
@@ -131,12 +131,10 @@ class MultiAsyncZmqTransport:
             sinks.append(PubSink(zmq.Socket.shadow(pub.underlying), send_timeout))
             self._monitors.append(FrontendMonitor(pull_sync, send_spec, blocking_ctx))
             self._poller.register(pull, zmq.POLLIN)
-        self._tags = [tag(i) for i in range(len(self.frontends))]
-        self._names = [t.decode("ascii") for t in self._tags]
+        self._intake = self._pulls_sync
+        self._open_intake()
         self.sink = FrontendSinks(sinks)
         self.send = self.sink.send
-        self._next = 0
-        self._receiving = True
 
     async def recv(self, timeout_ms: int | None = None) -> bytes | None:
         """Next raw message (sender tagged); ``None`` after ``timeout_ms`` (``None``: forever)."""
@@ -146,32 +144,6 @@ class MultiAsyncZmqTransport:
                 return data
             if not await self._poller.poll(timeout_ms):
                 return None
-
-    def recv_nowait(self) -> bytes | None:
-        """A message already queued on any PULL (in turn), or ``None``; never waits."""
-        count = len(self._pulls_sync)
-        for step in range(count):
-            i = (self._next + step) % count
-            try:
-                data: bytes = self._pulls_sync[i].recv(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                continue
-            self._next = (i + 1) % count
-            return tag_message(self._tags[i], data)
-        return None
-
-    def frontend_changed(self) -> tuple[str, ...]:
-        """The tags of the front-ends that went away since the last call."""
-        if not self._receiving:
-            return ()
-        return tuple(n for n, m in zip(self._names, self._monitors, strict=True) if m.changed())
-
-    def stop_receiving(self) -> None:
-        """Disconnect every PULL so each Mongrel2 pushes new requests elsewhere."""
-        if self._receiving:
-            self._receiving = False
-            for pull, (send_spec, _) in zip(self._pulls_sync, self.frontends, strict=True):
-                disconnect_pull(pull, send_spec)
 
     def close(self, linger_s: float) -> None:
         """Close every socket, giving queued replies ``linger_s`` to leave."""

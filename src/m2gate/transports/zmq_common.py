@@ -30,6 +30,7 @@ from typing import Any
 import zmq
 
 from m2gate.transports.base import ReplyStalled
+from m2gate.transports.frontends import tag, tag_message
 
 log = logging.getLogger("m2gate.transport")
 
@@ -294,3 +295,50 @@ class HandlerSockets:
     def _close_pull(self) -> None:
         self._monitor.close()
         self.pull.close(linger=0)
+
+
+class FrontendIntake:
+    """The receiving side both multi-front-end transports share (threads, event loop).
+
+    Their PULLs are read in turn, so a busy front-end cannot starve another;
+    each message comes out with its front-end's tag in front of its sender;
+    each PULL has its own :class:`FrontendMonitor`, so a Mongrel2 restart
+    voids only its own front-end's connections (:meth:`frontend_changed`).
+    ``_intake`` holds the blocking handles of the PULLs.
+    """
+
+    frontends: list[tuple[str, str]]
+    _intake: list[zmq.Socket[bytes]]
+    _monitors: list[FrontendMonitor]
+
+    def _open_intake(self) -> None:
+        self._tags = [tag(i) for i in range(len(self.frontends))]
+        self._names = [t.decode("ascii") for t in self._tags]
+        self._next = 0
+        self._receiving = True
+
+    def recv_nowait(self) -> bytes | None:
+        """A message already queued on any PULL (in turn), tagged, or ``None``; never waits."""
+        count = len(self._intake)
+        for step in range(count):
+            i = (self._next + step) % count
+            try:
+                data: bytes = self._intake[i].recv(zmq.NOBLOCK)
+            except zmq.Again:
+                continue
+            self._next = (i + 1) % count
+            return tag_message(self._tags[i], data)
+        return None
+
+    def frontend_changed(self) -> tuple[str, ...]:
+        """The tags of the front-ends that went away since the last call."""
+        if not self._receiving:
+            return ()
+        return tuple(n for n, m in zip(self._names, self._monitors, strict=True) if m.changed())
+
+    def stop_receiving(self) -> None:
+        """Disconnect every PULL so each Mongrel2 pushes new requests elsewhere."""
+        if self._receiving:
+            self._receiving = False
+            for pull, (send_spec, _) in zip(self._intake, self.frontends, strict=True):
+                disconnect_pull(pull, send_spec)

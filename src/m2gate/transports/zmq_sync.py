@@ -9,13 +9,13 @@ from collections.abc import Callable, Sequence
 
 import zmq
 
-from m2gate.transports.frontends import MAX_FRONTENDS, FrontendSinks, tag, tag_message
+from m2gate.transports.frontends import MAX_FRONTENDS, FrontendSinks
 from m2gate.transports.zmq_common import (
+    FrontendIntake,
     FrontendMonitor,
     HandlerSockets,
     PubSink,
     connect_pair,
-    disconnect_pull,
 )
 
 
@@ -91,7 +91,7 @@ class ZmqTransport(HandlerSockets):
         self.ctx.term()
 
 
-class MultiZmqTransport:
+class MultiZmqTransport(FrontendIntake):
     """Several Mongrel2 front-ends: a PULL and a PUB for each, shared by threads.
 
     Each message comes out with its front-end's tag in front of its sender
@@ -130,44 +130,17 @@ class MultiZmqTransport:
             self.sinks.append(PubSink(pub, send_timeout))
             self._monitors.append(FrontendMonitor(pull, send_spec))
             self._poller.register(pull, zmq.POLLIN)
-        self._tags = [tag(i) for i in range(len(self.frontends))]
-        self._names = [t.decode("ascii") for t in self._tags]
+        self._intake = self.pulls
+        self._open_intake()
         self.sink = FrontendSinks(self.sinks)
         self.send = self.sink.send
-        self._next = 0
-        self._receiving = True
 
     def recv(self, timeout_ms: int) -> bytes | None:
         """Next raw message (sender tagged) from any front-end, in turn; None after the wait."""
-        data = self._recv_ready()
+        data = self.recv_nowait()
         if data is None and self._poller.poll(timeout_ms):
-            data = self._recv_ready()
+            data = self.recv_nowait()
         return data
-
-    def _recv_ready(self) -> bytes | None:
-        count = len(self.pulls)
-        for step in range(count):
-            i = (self._next + step) % count
-            try:
-                data: bytes = self.pulls[i].recv(zmq.NOBLOCK)
-            except zmq.Again:
-                continue
-            self._next = (i + 1) % count
-            return tag_message(self._tags[i], data)
-        return None
-
-    def frontend_changed(self) -> tuple[str, ...]:
-        """The tags of the front-ends that went away since the last call (see FrontendMonitor)."""
-        if not self._receiving:
-            return ()
-        return tuple(n for n, m in zip(self._names, self._monitors, strict=True) if m.changed())
-
-    def stop_receiving(self) -> None:
-        """Disconnect every PULL so each Mongrel2 pushes new requests elsewhere."""
-        if self._receiving:
-            self._receiving = False
-            for pull, (send_spec, _) in zip(self.pulls, self.frontends, strict=True):
-                disconnect_pull(pull, send_spec)
 
     def close(self, linger_s: float) -> None:
         """Close every socket, giving queued replies ``linger_s`` to leave."""
