@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -31,7 +30,7 @@ from wsgi_http import read_events
 from m2gate.cli import control as client
 from m2gate.ops.pidfile import control_path_for, pidfile_for_app_dir
 from m2gate.testing.mongrel2 import Mongrel2
-from support import m2gate_command, wait_until
+from support import in_background, m2gate_command, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -90,20 +89,6 @@ def start(m2gate_server: Factory, tmp_path: Path, *args: str, app: str = APP, **
 
 def get(m2: Mongrel2, path: str, timeout: float = 20.0) -> requests.Response:
     return requests.get(m2.url + path, timeout=timeout)
-
-
-def in_background(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except Exception as exc:  # reported by the test's assertions
-            out.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
 
 
 def ws_url(m2: Mongrel2, path: str = "/ws") -> str:

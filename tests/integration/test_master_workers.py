@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from loadgen import LoadGenerator
 from m2gate.cli import control as client
 from m2gate.ops.pidfile import control_path_for
 from m2gate.testing.mongrel2 import Mongrel2, free_port
-from support import pid_alive, wait_until
+from support import in_background, pid_alive, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -77,20 +76,6 @@ def answers(s: Served) -> bool:
 
 def get(m2: Mongrel2, path: str, timeout: float = 15.0) -> requests.Response:
     return requests.get(m2.url + path, timeout=timeout)
-
-
-def in_background(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except Exception as exc:  # reported by the test's assertions
-            out.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
 
 
 def sleepers(worker: dict[str, Any]) -> list[dict[str, Any]]:
