@@ -182,7 +182,8 @@ def test_workers_exit_when_the_master_is_killed(
     pids = s.worker_pids()
     os.kill(s.server.pid, signal.SIGKILL)
     s.server.proc.wait(10)
-    wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=10, what="orphans to exit")
+    # An orphan stops gracefully (SIGTERM from PR_SET_PDEATHSIG): within the graceful timeout.
+    wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=30, what="orphans to exit")
 
 
 # -- stop ------------------------------------------------------------------------------

@@ -128,14 +128,21 @@ def status(pidfile: Path) -> dict[str, Any]:
     return client.request(control_path_for(str(pidfile)), "status", timeout=10)
 
 
-def busy_pid(pidfile: Path) -> int:
+def busy_pid(pidfile: Path, request: str = "POST ") -> int:
+    """The worker serving ``request`` (a prefix of "METHOD PATH"), by default the upload.
+
+    Any in-flight entry is not enough: a worker whose done report for the
+    readiness probe had not reached the master yet was killed instead of the
+    upload's, which then ran its 30 s on the other worker (no 502 to see).
+    """
+
     def find() -> int | None:
         for w in status(pidfile)["workers"]:
-            if w["in_flight"]:
+            if any(e["request"].startswith(request) for e in w["in_flight"]):
                 return int(w["pid"])
         return None
 
-    return wait_until(find, "a worker with the upload in flight")
+    return wait_until(find, "a worker with %s in flight" % request)
 
 
 @pytest.mark.parametrize("phase", ["uploading", "in-the-app"])
@@ -227,7 +234,7 @@ def test_master_503_with_an_upload_leaves_no_temp_file(
         "--pidfile", str(pidfile), "--upload-dir", str(mongrel2.upload_dir),
     )  # fmt: skip
     busy = _occupy(mongrel2, 4)
-    busy_pid(pidfile)
+    busy_pid(pidfile, "GET /sleep")
     if how == "queue-full":
         filler = _occupy(mongrel2, 0)  # waits in the master's queue of one
         wait_until(lambda: status(pidfile)["queued"], "a request queued", timeout=5)
